@@ -1,0 +1,5 @@
+import sys
+
+from ifcn.cli import main
+
+sys.exit(main())
