@@ -40,10 +40,8 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    for words, module_name in COMMANDS.items():
-        if tuple(argv[: len(words)]) == words:
-            break
-    else:
+    words = next((w for w in COMMANDS if tuple(argv[: len(w)]) == w), None)
+    if words is None:
         if argv and argv[0] in ("-V", "--version"):
             from ifcn import __version__
 
@@ -52,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         stream = sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr
         stream.write(_usage())
         return 0 if stream is sys.stdout else 2
+    module_name = COMMANDS[words]
     prog = "ifcn " + " ".join(words)
     module = importlib.import_module(module_name)
     parser: argparse.ArgumentParser = module.get_args_parser()

@@ -1,0 +1,99 @@
+"""The instance assembling module of the paper (§3.1), the only place the assembling index lives.
+
+A window of m×m feature cells whose top-left cell is (y0, x0) assembles an m×m instance: output
+pixel (u, v) copies score map ``c = floor(u·k/m)·k + floor(v·k/m)`` at feature cell
+(y0 + u, x0 + v). Cells outside the feature map read ``fill``. There are no parameters.
+
+Two implementations of the one definition: :func:`assemble_sparse` for a list of windows
+(training, and inference after ranking by objectness) and :func:`assemble_dense` for every
+window position (optionally strided). The dense one copies each of the k² blocks of the output
+with one strided copy, so it writes m²·H·W values and never materialises k²·m² per position.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def assembling_index(k: int, m: int, device: torch.device | str | None = None) -> Tensor:
+    """[m, m] long tensor: the score map each output pixel (u, v) of a window copies."""
+    u = torch.arange(m, device=device)
+    part = torch.div(u * k, m, rounding_mode="floor")
+    return part[:, None] * k + part[None, :]
+
+
+def block_bounds(k: int, m: int) -> list[tuple[int, int]]:
+    """[start, stop) of output rows (or columns) taken from relative position i = 0..k-1."""
+    part = assembling_index(k, m)[:, 0] // k
+    return [(int((part < i).sum()), int((part <= i).sum())) for i in range(k)]
+
+
+def _pad(scores: Tensor, m: int, fill: float) -> Tensor:
+    return F.pad(scores, (m, m, m, m), value=fill)
+
+
+def assemble_sparse(
+    scores: Tensor,
+    tops: Tensor,
+    m: int,
+    batch_index: Tensor | None = None,
+    fill: float = 0.0,
+) -> Tensor:
+    """Assemble the windows whose top-left cells are ``tops`` ([N, 2] as (y0, x0)).
+
+    ``scores`` is [k², H, W] or [B, k², H, W] (then ``batch_index`` [N] picks the image of each
+    window). Returns [N, m, m]; differentiable with respect to ``scores``.
+    """
+    if scores.dim() == 3:
+        scores = scores[None]
+    b, kk, _, _ = scores.shape
+    k = int(round(kk**0.5))
+    if k * k != kk:
+        raise ValueError(f"number of score maps {kk} is not a square k²")
+    tops = tops.to(device=scores.device, dtype=torch.long)
+    if batch_index is None:
+        batch_index = torch.zeros(len(tops), dtype=torch.long, device=scores.device)
+    padded = _pad(scores, m, fill)
+    offsets = torch.arange(m, device=scores.device)
+    rows = tops[:, 0, None, None] + offsets[None, :, None] + m
+    cols = tops[:, 1, None, None] + offsets[None, None, :] + m
+    channel = assembling_index(k, m, scores.device)[None]
+    return padded[batch_index.to(scores.device)[:, None, None], channel, rows, cols]
+
+
+def dense_tops(height: int, width: int, m: int, stride: int = 1) -> Tensor:
+    """Top-left cells of the windows centred on cells (i·stride, j·stride): [h', w', 2]."""
+    ys = torch.arange(0, height, stride) - m // 2
+    xs = torch.arange(0, width, stride) - m // 2
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+
+
+def assemble_dense(scores: Tensor, m: int, stride: int = 1, fill: float = 0.0) -> Tensor:
+    """Assemble the window centred on every ``stride``-th feature cell of [k², H, W] score maps.
+
+    Returns [h', w', m, m] with h' = ceil(H / stride): entry (a, b) is the window centred on
+    cell (a·stride, b·stride), i.e. with top-left (a·stride − m//2, b·stride − m//2), equal to
+    ``assemble_sparse`` of that window. The result is a view of an [m, m, h', w'] buffer.
+    """
+    kk, height, width = scores.shape
+    k = int(round(kk**0.5))
+    if k * k != kk:
+        raise ValueError(f"number of score maps {kk} is not a square k²")
+    padded = _pad(scores[None], m, fill)[0].contiguous()
+    row_stride = padded.stride(1)
+    out_h = (height + stride - 1) // stride
+    out_w = (width + stride - 1) // stride
+    out = torch.empty((m, m, out_h, out_w), dtype=scores.dtype, device=scores.device)
+    bounds = block_bounds(k, m)
+    origin = m - m // 2  # padded coordinate of the top-left cell of the first window
+    for i, (u0, u1) in enumerate(bounds):
+        for j, (v0, v1) in enumerate(bounds):
+            source = padded[i * k + j, origin + u0 :, origin + v0 :]
+            view = source.as_strided(
+                (u1 - u0, v1 - v0, out_h, out_w),
+                (row_stride, 1, stride * row_stride, stride),
+            )
+            out[u0:u1, v0:v1].copy_(view)
+    return out.permute(2, 3, 0, 1)

@@ -1,0 +1,145 @@
+"""The training step and its bookkeeping, apart from the CLI and the model (DETR's engine)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from ifcn.distributed import all_reduce_mean
+
+LOG_COLUMNS = [
+    "iteration",
+    "loss",
+    "loss_objectness",
+    "loss_mask",
+    "lr",
+    "num_pos",
+    "num_neg",
+    "data_seconds",
+    "seconds",
+]
+
+
+def step_seed(seed: int, iteration: int, rank: int) -> int:
+    """Seed of everything random in one step of one rank: a pure function of the three."""
+    return int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0])
+
+
+class IterationSampler(Sampler):
+    """Keys (image index, step seed) for steps ``start..total`` of one rank.
+
+    Step i of rank r takes position p = i·W + r of an endless sequence of epochs, each a
+    permutation of the images seeded by (seed, epoch): every epoch visits each image once across
+    the W ranks, as DistributedSampler with set_epoch does, and a resumed run continues the very
+    same sequence mid-epoch.
+    """
+
+    def __init__(
+        self, num_images: int, start: int, total: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
+        self.num_images = num_images
+        self.start, self.total = start, total
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, order = -1, None
+        for iteration in range(self.start, self.total):
+            position = iteration * self.world_size + self.rank
+            if position // self.num_images != epoch:
+                epoch = position // self.num_images
+                order = torch.randperm(
+                    self.num_images, generator=torch.Generator().manual_seed(self.seed + epoch)
+                )
+            yield int(order[position % self.num_images]), step_seed(self.seed, iteration, self.rank)
+
+
+def train_one_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    sample: dict,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    generator: torch.Generator,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
+    """Forward one image, compute the loss of eq. (1), step the optimiser.
+
+    Raises FloatingPointError (on every rank) when the loss is not finite, before any update.
+    """
+    image = sample["image"][None].to(device, non_blocking=True)
+    target = {
+        key: sample[key].to(device, non_blocking=True) for key in ("boxes", "masks", "iscrowd")
+    }
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        outputs = model(image)
+    outputs = {key: value.float() for key, value in outputs.items()}
+    losses = criterion(outputs, target, generator)
+    loss = losses["loss"]
+    finite = all_reduce_mean(torch.isfinite(loss).float().reshape(1))
+    if finite.item() < 1.0:
+        raise FloatingPointError(f"loss is {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return {key: value.detach() for key, value in losses.items()}
+
+
+class TrainLog:
+    """train_log.csv: one row per logging period with period means reduced over ranks."""
+
+    def __init__(self, path: Path, start_iteration: int, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        if enabled:
+            self._truncate_after(start_iteration)
+
+    def _truncate_after(self, iteration: int) -> None:
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def update(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def write(self, iteration: int, lr: float, device: torch.device) -> dict[str, float]:
+        """Reduce the period's means over ranks and append them (rank 0); returns them."""
+        keys = sorted(self.sums)
+        local = torch.tensor([self.sums[k] / max(self.count, 1) for k in keys], device=device)
+        means = dict(zip(keys, all_reduce_mean(local).tolist(), strict=True))
+        self.sums, self.count = {}, 0
+        if self.enabled:
+            row = {"iteration": iteration, "lr": f"{lr:.6g}"}
+            row.update({k: f"{means.get(k, 0.0):.6g}" for k in LOG_COLUMNS[1:] if k != "lr"})
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, LOG_COLUMNS).writerow(row)
+        return means
