@@ -70,3 +70,36 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
 def config_json(config: dict) -> str:
     """Canonical JSON of a config, stored in checkpoints and output files."""
     return json.dumps(config, sort_keys=True)
+
+
+def schema_markdown() -> str:
+    """config/README.md: every key of the schema with its type, default and description."""
+    schema = load_schema()
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from `workflow/schemas/config.schema.yaml` (a test checks it is current:",
+        "regenerate with `python -c \"from ifcn.config import schema_markdown as s;"
+        " print(s(), end='')\" > config/README.md`).",
+        "",
+        " ".join(schema["description"].split()),
+        "",
+        "| key | type | default | description |",
+        "|---|---|---|---|",
+    ]
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            name = f"{prefix}{key}"
+            kind = sub.get("type", "")
+            kind = " or ".join(kind) if isinstance(kind, list) else kind
+            if "enum" in sub:
+                kind += " (" + ", ".join(map(str, sub["enum"])) + ")"
+            default = "" if sub.get("type") == "object" else json.dumps(sub.get("default"))
+            text = " ".join(str(sub.get("description", "")).split()).replace("|", "\\|")
+            lines.append(f"| `{name}` | {kind} | {default and f'`{default}`'} | {text} |")
+            if sub.get("type") == "object":
+                walk(sub, name + ".")
+
+    walk(schema, "")
+    return "\n".join(lines) + "\n"

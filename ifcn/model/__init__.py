@@ -1,0 +1,80 @@
+"""The InstanceFCN network (paper §3.3, Fig. 4): a stride-8 backbone and two branches.
+
+``forward`` returns logits only; the assembling module, window geometry and the loss live in
+their own modules and read these outputs. The objectness logit at feature cell (y, x) scores
+the window *centred* on that cell, i.e. the window whose top-left cell is
+(y − m//2, x − m//2) (the paper: "the sliding window centered at this pixel").
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ifcn.config import load_schema
+from ifcn.errors import IfcnError
+from ifcn.model.backbone import build_backbone
+from ifcn.model.heads import DeepMaskHead, InstanceBranch, ObjectnessBranch
+
+HEADS = ("instancefcn", "deepmask")
+
+
+def model_defaults() -> dict:
+    """The ``model`` section's defaults, read from the config schema (their one source)."""
+    properties = load_schema()["properties"]["model"]["properties"]
+    return {key: spec["default"] for key, spec in properties.items()}
+
+
+class InstanceFCN(nn.Module):
+    """Backbone + instance branch (k² score maps) or ~DeepMask head, + objectness branch.
+
+    With ``head="deepmask"`` the instance branch is replaced by ``mask_head``
+    (:class:`~ifcn.model.heads.DeepMaskHead`), whose masks come from
+    ``mask_head.forward_windows(features, batch_index, tops)``.
+    """
+
+    stride = 8
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: str = "instancefcn",
+        k: int = 5,
+        m: int = 21,
+        head_channels: int = 512,
+    ) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise IfcnError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+        self.backbone = backbone
+        self.head, self.k, self.m = head, k, m
+        channels = backbone.out_channels
+        if head == "instancefcn":
+            self.instance_branch = InstanceBranch(channels, k, hidden=head_channels)
+        else:
+            self.mask_head = DeepMaskHead(channels, m=m, hidden=head_channels)
+        self.objectness_branch = ObjectnessBranch(channels, hidden=head_channels)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """[B, 3, H, W] images → features [B, C, h, w], objectness logits [B, 1, h, w] and,
+        for the instancefcn head, instance-sensitive score logits ``scores`` [B, k², h, w];
+        h, w = ceil(H/8), ceil(W/8)."""
+        features = self.backbone(images)
+        out = {"features": features, "objectness": self.objectness_branch(features)}
+        if self.head == "instancefcn":
+            out["scores"] = self.instance_branch(features)
+        return out
+
+
+def build_model(model_cfg: dict) -> InstanceFCN:
+    """The network described by the config's ``model`` section (missing keys: schema defaults)."""
+    defaults = model_defaults()
+    unknown = sorted(set(model_cfg) - set(defaults))
+    if unknown:
+        raise IfcnError(f"unknown model config keys: {', '.join(unknown)}")
+    cfg = {**defaults, **model_cfg}
+    if cfg["head"] not in HEADS:
+        raise IfcnError(f"unknown head {cfg['head']!r}; choose one of {', '.join(HEADS)}")
+    backbone = build_backbone(cfg["backbone"], cfg["pretrained"], cfg["weights"])
+    return InstanceFCN(
+        backbone, head=cfg["head"], k=cfg["k"], m=cfg["m"], head_channels=cfg["head_channels"]
+    )

@@ -1,0 +1,148 @@
+"""`ifcn data convert`: a dataset in its own format -> COCO instances JSON + its image root.
+
+Everything downstream reads only the COCO JSON (DESIGN §3). The JSON's `info.image_root` records
+the folder its file names are relative to (relative to the JSON's own folder); images are not
+copied. What the conversion changed is printed and kept in `info.conversion_notes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ifcn.data.cocojson import write_json_atomic
+from ifcn.data.formats import Converted
+from ifcn.data.formats.coco import convert_coco
+from ifcn.data.formats.pennfudan import convert_pennfudan
+from ifcn.data.formats.sbd import convert_sbd
+from ifcn.data.formats.voc import convert_voc
+from ifcn.errors import IfcnError
+
+FORMATS = ("voc", "sbd", "coco", "pennfudan")
+_SPLIT_CONVERTERS = {"voc": convert_voc, "sbd": convert_sbd, "pennfudan": convert_pennfudan}
+
+
+def coco_sources(
+    root: Path | None, split: str | None, json_path: Path | None, images: Path | None
+) -> tuple[Path, Path]:
+    """The input JSON and image root of a COCO-format dataset.
+
+    Without --json, ROOT/annotations/instances_SPLIT.json (COCO's layout) or
+    ROOT/SPLIT/_annotations.coco.json (Roboflow's); the images default to ROOT/SPLIT, or to the
+    JSON's folder when only --json is given.
+    """
+    if json_path is None:
+        if root is None or split is None:
+            raise IfcnError("--format coco needs --json FILE, or --root DIR with --split NAME")
+        candidates = [
+            root / "annotations" / f"instances_{split}.json",
+            root / split / "_annotations.coco.json",
+        ]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise IfcnError(
+                f"no COCO JSON for split '{split}' (looked for {candidates[0]} and "
+                f"{candidates[1]})",
+                root,
+            )
+        json_path = found[0]
+    if images is None:
+        images = root / split if root is not None and split is not None else json_path.parent
+    return json_path, images
+
+
+def convert(
+    fmt: str,
+    root: Path | None,
+    split: str | None = None,
+    *,
+    json_path: Path | None = None,
+    images: Path | None = None,
+    first_n: int | None = None,
+    exclude: Path | None = None,
+    workers: int = 1,
+) -> Converted:
+    """Convert one split of a dataset; see `FORMATS` and the per-format modules."""
+    if fmt == "coco":
+        if exclude is not None:
+            raise IfcnError("--exclude applies to voc, sbd and pennfudan; use --first-n for coco")
+        src, image_root = coco_sources(root, split, json_path, images)
+        return convert_coco(src, image_root, first_n=first_n, workers=workers)
+    if fmt not in _SPLIT_CONVERTERS:
+        raise IfcnError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    if root is None or split is None:
+        raise IfcnError(f"--format {fmt} needs --root DIR and --split NAME")
+    if not root.is_dir():
+        raise IfcnError("dataset folder not found", root)
+    if first_n is not None or json_path is not None or images is not None:
+        raise IfcnError("--first-n, --json and --images apply to --format coco only")
+    return _SPLIT_CONVERTERS[fmt](root, split, exclude=exclude, workers=workers)
+
+
+def write_converted(converted: Converted, out: Path) -> None:
+    """Write the COCO JSON atomically, recording its image root and the conversion notes."""
+    out = Path(out)
+    info = converted.dataset.setdefault("info", {})
+    info["image_root"] = os.path.relpath(converted.image_root.resolve(), out.parent.resolve())
+    info["conversion_notes"] = list(converted.notes)
+    write_json_atomic(converted.dataset, out)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Convert a dataset to COCO instances JSON (RLE masks, area = mask area).",
+        add_help=add_help,
+    )
+    parser.add_argument("--format", required=True, choices=FORMATS, help="source format")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="dataset folder: VOC2012 (JPEGImages, SegmentationObject, SegmentationClass, "
+        "ImageSets), SBD benchmark_RELEASE/dataset, PennFudanPed, or a COCO/Roboflow folder",
+    )
+    parser.add_argument(
+        "--split",
+        help="voc: ImageSets/Segmentation/NAME.txt; sbd: NAME.txt; pennfudan: train|val|all; "
+        "coco: annotations/instances_NAME.json or NAME/_annotations.coco.json",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="COCO JSON to write")
+    parser.add_argument(
+        "--json", type=Path, help="coco: the input JSON (instead of --root/--split)"
+    )
+    parser.add_argument("--images", type=Path, help="coco: folder the input file names are in")
+    parser.add_argument(
+        "--first-n", type=int, help="coco: keep the first N image ids in sorted order"
+    )
+    parser.add_argument(
+        "--exclude", type=Path, help="voc/sbd/pennfudan: drop the images named in this list file"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes over images"
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.first_n is not None and args.first_n < 1:
+        raise IfcnError(f"--first-n must be at least 1, got {args.first_n}")
+    converted = convert(
+        args.format,
+        args.root,
+        args.split,
+        json_path=args.json,
+        images=args.images,
+        first_n=args.first_n,
+        exclude=args.exclude,
+        workers=args.workers,
+    )
+    write_converted(converted, args.out)
+    d = converted.dataset
+    print(
+        f"wrote {args.out}: {len(d['images'])} images, {len(d['annotations'])} annotations, "
+        f"{len(d['categories'])} categories"
+    )
+    print(f"image root: {converted.image_root}")
+    for note in converted.notes:
+        print(f"changed: {note}" if args.format == "coco" else f"note: {note}")
+    return 0

@@ -1,0 +1,266 @@
+"""Feature extractors at stride 8 (paper §3.3): the score maps are as fine as these features.
+
+Every backbone maps an image of H×W pixels to a feature map of exactly
+(ceil(H/8), ceil(W/8)) cells, so window geometry needs no per-backbone rounding rule: pooling
+uses ``ceil_mode`` and stride-2 convolutions are padded. The stride-16 and stride-32 stages of
+the ImageNet networks run at stride 8 by the "hole algorithm": the stride is removed and every
+later 3×3 filter is dilated by the stride it lost, so the network computes the ImageNet
+network's features densely (tested against the undilated network).
+
+ImageNet weights are read from a local file or torchvision's hub cache, never downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+from torchvision.models import vgg as tv_vgg
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ifcn.errors import IfcnError
+
+BACKBONES = ("tiny", "vgg16", "resnet18", "resnet50")
+
+# The torchvision weights whose file may sit in the hub cache, in order of preference.
+_IMAGENET_WEIGHTS = {
+    "vgg16": [torchvision.models.VGG16_Weights.IMAGENET1K_V1],
+    "resnet18": [torchvision.models.ResNet18_Weights.IMAGENET1K_V1],
+    "resnet50": [
+        torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
+        torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+    ],
+}
+
+# Indices of the pooling layers in torchvision's ``vgg16().features``.
+_VGG16_POOLS = (4, 9, 16)
+_VGG16_POOL4 = 23
+_VGG16_CONV5 = (24, 26, 28)
+_VGG16_POOL5 = 30
+
+
+class _SameSizeMaxPool2x2(nn.Module):
+    """pool4 at stride 1: the 2×2 max of each cell and its right/lower neighbours.
+
+    At even positions this equals the original stride-2 pool4, which is what makes conv5's
+    dilation exact. The input is post-ReLU (non-negative), so zero padding acts as -inf.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.pad(x))
+
+
+class VGG16Backbone(nn.Module):
+    """VGG-16 conv1_1..conv5_3 (+ReLU), pool4 at stride 1, conv5 dilated by 2; no pool5.
+
+    ``features`` keeps torchvision's layer indices, so its state-dict keys are torchvision's.
+    """
+
+    out_channels = 512
+    stride = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        features = tv_vgg.make_layers(tv_vgg.cfgs["D"], batch_norm=False)
+        for i in _VGG16_POOLS:
+            features[i].ceil_mode = True
+        features[_VGG16_POOL4] = _SameSizeMaxPool2x2()
+        for i in _VGG16_CONV5:
+            features[i].dilation = (2, 2)
+            features[i].padding = (2, 2)
+        self.features = nn.Sequential(*list(features)[:_VGG16_POOL5])
+        for mod in self.features.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(mod.bias)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.features(images)
+
+
+def _dilate_basic_layer(layer: nn.Sequential, previous_dilation: int, dilation: int) -> None:
+    """Turn a stride-2 layer of BasicBlocks into a stride-1 dilated one (torchvision refuses).
+
+    The strided conv keeps the dilation of the layers before it; every 3×3 conv after it sees
+    cells ``dilation`` apart, as in ``replace_stride_with_dilation`` for Bottlenecks.
+    """
+    first = layer[0]
+    first.conv1.stride = (1, 1)
+    first.conv1.dilation = first.conv1.padding = (previous_dilation, previous_dilation)
+    first.downsample[0].stride = (1, 1)
+    first.stride = 1
+    convs = [first.conv2] + [conv for block in layer[1:] for conv in (block.conv1, block.conv2)]
+    for conv in convs:
+        conv.dilation = conv.padding = (dilation, dilation)
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet up to layer4 at stride 8, FrozenBatchNorm2d as in detection.
+
+    The module names are torchvision's (``conv1``, ``bn1``, ``layer1``..``layer4``), so its
+    state-dict keys are those of the torchvision ImageNet file minus ``fc``.
+    """
+
+    stride = 8
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        if name == "resnet50":
+            net = tv_resnet.resnet50(
+                weights=None,
+                replace_stride_with_dilation=[False, True, True],
+                norm_layer=FrozenBatchNorm2d,
+            )
+            self.out_channels = 2048
+        else:
+            net = tv_resnet.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
+            _dilate_basic_layer(net.layer3, previous_dilation=1, dilation=2)
+            _dilate_basic_layer(net.layer4, previous_dilation=2, dilation=4)
+            self.out_channels = 512
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def _conv_gn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.GroupNorm(8, cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _DilatedResidual(nn.Module):
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            channels, channels, 3, padding=dilation, dilation=dilation, bias=False
+        )
+        self.norm = nn.GroupNorm(8, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x + self.norm(self.conv(x)))
+
+
+class TinyBackbone(nn.Module):
+    """A small CNN for CPU runs: three stride-2 3×3 convs, then dilated residual 3×3 convs.
+
+    Dilations 1, 2, 4, 8 at stride 8 give a receptive field of 255 px, wider than the 168-px
+    window (21 cells), so each cell sees where it lies within an instance.
+    """
+
+    stride = 8
+    dilations = (1, 2, 4, 8)
+
+    def __init__(self, width: int = 96) -> None:
+        super().__init__()
+        self.out_channels = width
+        self.stem = nn.Sequential(
+            _conv_gn_relu(3, 32, stride=2),
+            _conv_gn_relu(32, 64, stride=2),
+            _conv_gn_relu(64, width, stride=2),
+        )
+        self.context = nn.Sequential(*[_DilatedResidual(width, d) for d in self.dilations])
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.context(self.stem(images))
+
+
+def imagenet_weight_paths(name: str) -> list[Path]:
+    """Where torchvision's hub cache would hold the ImageNet weights of backbone ``name``."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return [cache / Path(w.url).name for w in _IMAGENET_WEIGHTS[name]]
+
+
+def _find_weights(name: str, weights: str | None) -> Path:
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise IfcnError(
+                f"pretrained weights for {name} not found; place the torchvision ImageNet "
+                "state dict there or set model.pretrained: false",
+                path,
+            )
+        return path
+    candidates = imagenet_weight_paths(name)
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = ", ".join(str(p) for p in candidates)
+    raise IfcnError(
+        f"pretrained weights for {name} not found: looked in {looked}; place the file "
+        f"{candidates[0].name} (from {_IMAGENET_WEIGHTS[name][0].url}) there, set "
+        "model.weights to a local copy, or set model.pretrained: false"
+    )
+
+
+def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = None) -> Path:
+    """Copy a torchvision ImageNet state dict into ``backbone``; return the file read.
+
+    Keys the backbone lacks (the classifier, ``num_batches_tracked``) are ignored; a key it
+    needs that the file lacks, or a shape that differs, is an error naming the file.
+    """
+    path = _find_weights(name, weights)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise IfcnError(f"cannot read pretrained weights for {name}: {exc}", path) from None
+    if not isinstance(state, dict):
+        raise IfcnError(f"pretrained weights for {name} are not a state dict", path)
+    expected = backbone.state_dict()
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise IfcnError(
+            f"not a torchvision {name} state dict: {len(missing)} keys missing, e.g. {missing[0]}",
+            path,
+        )
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise IfcnError(
+                f"not a torchvision {name} state dict: {key} has shape "
+                f"{tuple(state[key].shape)}, expected {tuple(value.shape)}",
+                path,
+            )
+    backbone.load_state_dict({key: state[key] for key in expected})
+    return path
+
+
+def build_backbone(name: str, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """The feature extractor ``name`` (tiny, vgg16, resnet18, resnet50) at stride 8.
+
+    The module has ``out_channels`` and ``stride`` (8); its output for an H×W image is
+    [B, out_channels, ceil(H/8), ceil(W/8)]. With ``pretrained`` the ImageNet weights come from
+    ``weights`` (a torchvision state dict) or torchvision's hub cache; absent, an IfcnError.
+    """
+    if name not in BACKBONES:
+        raise IfcnError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if name == "tiny":
+        if pretrained:
+            raise IfcnError(
+                "backbone tiny has no ImageNet weights; set model.pretrained: false "
+                "or choose vgg16, resnet18 or resnet50"
+            )
+        return TinyBackbone()
+    backbone = VGG16Backbone() if name == "vgg16" else ResNetBackbone(name)
+    if pretrained:
+        load_imagenet_weights(backbone, name, weights)
+    return backbone
