@@ -30,6 +30,7 @@ run: venv
 
 lint: venv
 	$(BIN)/ruff check ifcn tests benchmarks
+	$(BIN)/ruff format --check ifcn tests benchmarks
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
@@ -39,3 +40,5 @@ test: venv lint
 bench: venv
 	mkdir -p results/bench
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/assemble.py --out results/bench/assemble.json
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/proposals_io.py --out results/bench/proposals_io.json
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/evaluate.py --out results/bench/evaluate.json

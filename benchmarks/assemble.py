@@ -63,8 +63,9 @@ def main(args: argparse.Namespace) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"dense assembling {dense * 1e3:.2f} ms vs copy of the same {result['output_mbytes']:.1f} MB"
-        f" {copy * 1e3:.2f} ms: ratio {result['ratio']:.2f} (target <= 2)"
+        f"dense assembling {dense * 1e3:.2f} ms vs copy of the same"
+        f" {result['output_mbytes']:.1f} MB {copy * 1e3:.2f} ms:"
+        f" ratio {result['ratio']:.2f} (target <= 2)"
     )
     return result
 

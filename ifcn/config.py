@@ -79,7 +79,7 @@ def schema_markdown() -> str:
         "# Configuration keys",
         "",
         "Generated from `workflow/schemas/config.schema.yaml` (a test checks it is current:",
-        "regenerate with `python -c \"from ifcn.config import schema_markdown as s;"
+        'regenerate with `python -c "from ifcn.config import schema_markdown as s;'
         " print(s(), end='')\" > config/README.md`).",
         "",
         " ".join(schema["description"].split()),

@@ -62,7 +62,11 @@ def test_sparse_equals_dense_on_random_maps(k, m, stride):
     scores = torch.randn(k * k, 23, 31)
     dense = assemble_dense(scores, m, stride=stride, fill=-3.0)
     tops = dense_tops(23, 31, m, stride)
-    assert dense.shape[:2] == tops.shape[:2] == ((23 + stride - 1) // stride, (31 + stride - 1) // stride)
+    assert (
+        dense.shape[:2]
+        == tops.shape[:2]
+        == ((23 + stride - 1) // stride, (31 + stride - 1) // stride)
+    )
     sparse = assemble_sparse(scores, tops.reshape(-1, 2), m, fill=-3.0)
     assert torch.equal(dense.reshape(-1, m, m), sparse)
 

@@ -23,11 +23,21 @@ def test_defaults_are_the_papers_settings(tmp_path):
     path.write_text("{}\n")
     config = load_config(path)
     assert config["model"] | {"weights": None} == {
-        "backbone": "tiny", "pretrained": False, "weights": None, "head": "instancefcn",
-        "k": 5, "m": 21, "head_channels": 512,
+        "backbone": "tiny",
+        "pretrained": False,
+        "weights": None,
+        "head": "instancefcn",
+        "k": 5,
+        "m": 21,
+        "head_channels": 512,
     }
     train = config["train"]
-    assert (train["iters"], train["lr"], train["lr_step"], train["momentum"]) == (40000, 1e-3, 0.8, 0.9)
+    assert (train["iters"], train["lr"], train["lr_step"], train["momentum"]) == (
+        40000,
+        1e-3,
+        0.8,
+        0.9,
+    )
     assert train["weight_decay"] == 5e-4 and train["windows_per_image"] == 256
     assert train["scales"] == [round(600 * 1.5**e) for e in range(-4, 2)]
     assert config["nms"]["iou"] == 0.8 and config["nms"]["top_n"] == 1000

@@ -118,7 +118,9 @@ def test_labels_over_a_whole_map():
     # one canonical object at the centre of a 336×336 image: positives exactly where the
     # window centre is within 16 px per axis, i.e. the 5×5 cells around (20, 20)
     tops = top_left_of_cell(cell_grid(42, 42), 21)
-    labels, _ = label_windows(tops, torch.tensor([_box(CENTRE, CENTRE, 96)]), torch.tensor([False]), RULE)
+    labels, _ = label_windows(
+        tops, torch.tensor([_box(CENTRE, CENTRE, 96)]), torch.tensor([False]), RULE
+    )
     labels = labels.view(42, 42)
     positives = torch.nonzero(labels == POSITIVE)
     assert positives[:, 0].unique().tolist() == [18, 19, 20, 21, 22]

@@ -1,0 +1,78 @@
+"""`ifcn export`: proposals.h5 to a COCO results JSON, for tools that read only that (DESIGN §7).
+
+Each proposal becomes `{"image_id", "category_id", "segmentation": {"size", "counts"}, "score"}`
+with the RLE counts as str. There is no `bbox` key on purpose: with one, `COCO.loadRes` would
+take the box path and overwrite each result's area with the box's. The JSON is streamed image by
+image into a temporary file that is renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ifcn.errors import IfcnError
+from ifcn.proposals_io import Proposals
+
+
+def export_results(
+    proposals_path: str | Path,
+    out: str | Path,
+    category_id: int = 1,
+    top_n: int | None = None,
+) -> int:
+    """Write the COCO results JSON of the proposals (best `top_n` per image); return the count."""
+    out = Path(out)
+    if top_n is not None and top_n < 1:
+        raise IfcnError("--top-n must be positive")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with Proposals(proposals_path) as proposals:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("[")
+                for image in proposals.iter_images(top_n=top_n):
+                    size = [image.height, image.width]
+                    entries = [
+                        {
+                            "image_id": image.image_id,
+                            "category_id": category_id,
+                            "segmentation": {"size": size, "counts": counts.decode("ascii")},
+                            "score": score,
+                        }
+                        for counts, score in zip(image.rles, image.scores.tolist(), strict=True)
+                    ]
+                    if entries:
+                        f.write(",\n" if count else "\n")
+                        f.write(",\n".join(map(json.dumps, entries)))
+                        count += len(entries)
+                f.write("\n]\n")
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return count
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Convert proposals.h5 to a COCO results JSON (RLE segmentations, no bbox).",
+        add_help=add_help,
+    )
+    parser.add_argument("--proposals", required=True, type=Path, help="proposals.h5")
+    parser.add_argument("--out", required=True, type=Path, help="results JSON to write")
+    parser.add_argument(
+        "--category-id", type=int, default=1, help="category_id of every result (default 1)"
+    )
+    parser.add_argument("--top-n", type=int, metavar="N", help="keep the best N per image")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    count = export_results(args.proposals, args.out, args.category_id, args.top_n)
+    print(f"wrote {count} results to {args.out}")
+    return 0

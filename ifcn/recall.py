@@ -1,0 +1,155 @@
+"""Recall of proposals at IoU thresholds: COCOeval's greedy matching and the best-IoU matching.
+
+Both work on the sparse list of (detection, GT) pairs whose mask IoU is at least 0.5, pooled over
+all images: a pair below 0.5 can never match at a threshold of 0.5 or more, so it is dropped
+before matching. GT indices are global (images' GTs laid end to end) and each image's GTs keep
+COCOeval's order, which decides ties.
+
+`greedy_recall` is COCOeval's `evaluateImg` + `accumulate` (iouType='segm', useCats=0) restricted
+to what recall depends on. In COCOeval a detection takes, among the GTs not yet taken and not
+ignored, the one of highest IoU >= min(t, 1 - 1e-10) (the last such in GT order on ties); only if
+there is none may it take an ignored GT (crowd or outside the area range), which never changes
+which regular GTs are free. Recall is then (regular GTs taken) / (regular GTs). The matching is
+sequential only in detection rank, and the figures at maxDets N are those of the first N ranks,
+so one pass over rank, vectorised over images x conditions, gives every N at once. A condition is
+a (threshold, area range) pair; crowd GTs are not passed in at all, since they are always ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# COCOeval's thresholds, built exactly as pycocotools' Params does (np.arange drifts).
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+# Recall-vs-IoU curve of the paper's Fig. 6/7.
+CURVE_IOU_THRESHOLDS = np.linspace(0.5, 1.0, 51)
+# COCOeval's areaRng: GT area (the annotation's `area`) within [lo, hi], both ends inclusive.
+COCO_AREA_RANGES = {
+    "all": (0.0, 1e5**2),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e5**2),
+}
+MIN_IOU = 0.5  # pairs below this are never needed
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Detection-GT pairs with IoU >= 0.5; `rank` is the detection's rank in its image."""
+
+    image: np.ndarray  # (p,) int64, index of the image
+    rank: np.ndarray  # (p,) int64, 0 = the image's best-scored detection
+    gt: np.ndarray  # (p,) int64, global GT index
+    iou: np.ndarray  # (p,) float64
+
+    @classmethod
+    def concatenate(cls, parts: list[Pairs]) -> Pairs:
+        if not parts:
+            empty = np.zeros(0, np.int64)
+            return cls(empty, empty, empty, np.zeros(0))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__annotations__))
+
+    @classmethod
+    def from_ious(cls, ious: np.ndarray, image: int, gt_offset: int) -> Pairs:
+        """The pairs of one image's (detections x GTs) IoU matrix."""
+        rank, gt = np.nonzero(ious >= MIN_IOU)
+        return cls(np.full(len(rank), image, np.int64), rank, gt + gt_offset, ious[rank, gt])
+
+
+def _effective(thresholds: np.ndarray) -> np.ndarray:
+    # COCOeval: iou = min([t, 1 - 1e-10]), so a perfect mask counts at t = 1.
+    return np.minimum(np.asarray(thresholds, dtype=np.float64), 1 - 1e-10)
+
+
+def _regular(gt_area: np.ndarray, area_ranges: np.ndarray) -> np.ndarray:
+    """(C, G) True where GT g is a regular (not ignored) GT under condition c's area range."""
+    lo, hi = np.asarray(area_ranges, dtype=np.float64).T
+    return (gt_area[None, :] >= lo[:, None]) & (gt_area[None, :] <= hi[:, None])
+
+
+def _ratio(hits: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """hits / total, -1 where there is no regular GT (COCOeval's marker)."""
+    return np.where(total > 0, hits / np.maximum(total, 1), -1.0)
+
+
+def greedy_recall(
+    pairs: Pairs,
+    gt_area: np.ndarray,
+    thresholds: np.ndarray,
+    area_ranges: np.ndarray,
+    max_dets: list[int],
+    gt_counted: np.ndarray | None = None,
+) -> np.ndarray:
+    """(C, M) recall of COCOeval's greedy matching for C conditions and M values of maxDets.
+
+    `thresholds` (C,) and `area_ranges` (C, 2) give the conditions; `gt_area` (G,) the area of
+    every non-crowd GT. `gt_counted` (G,) False marks GTs that are matched but never counted as
+    recalled: COCOeval stores the matched GT's id in dtMatches and reads 0 as "no match", so a GT
+    whose annotation id is 0 is never recalled there.
+    """
+    gt_area = np.asarray(gt_area, dtype=np.float64)
+    thr = _effective(thresholds)
+    regular = _regular(gt_area, area_ranges)
+    counted = regular if gt_counted is None else regular & np.asarray(gt_counted, bool)[None]
+    free = regular.copy()  # regular and not yet taken
+    max_dets = sorted(max_dets)
+    recall = np.empty((len(thr), len(max_dets)))
+
+    # Order pairs by rank, then image; within one detection by (IoU, GT index) ascending, so that
+    # COCOeval's pick (highest IoU, the last GT on ties) is the last eligible pair of its run.
+    order = np.lexsort((pairs.gt, pairs.iou, pairs.image, pairs.rank))
+    rank, image, gt, iou = (a[order] for a in (pairs.rank, pairs.image, pairs.gt, pairs.iou))
+    # A run is one detection's pairs; a step is one rank's runs, all in different images.
+    run_start = np.flatnonzero(np.diff(rank, prepend=-1) | np.diff(image, prepend=-1))
+    step_start = np.flatnonzero(np.diff(rank, prepend=-1))
+    step_bounds = np.append(step_start, len(rank))
+    step_runs = np.searchsorted(run_start, step_bounds)  # runs of step s: step_runs[s:s + 2]
+    steps_before = np.searchsorted(rank[step_start], max_dets)  # steps with rank < N
+
+    step = 0
+    for m, n_steps in enumerate(steps_before):
+        for s in range(step, n_steps):
+            a, b = step_bounds[s], step_bounds[s + 1]
+            runs = run_start[step_runs[s] : step_runs[s + 1]] - a
+            g = gt[a:b]
+            eligible = free[:, g] & (iou[None, a:b] >= thr[:, None])  # (C, pairs of this rank)
+            last = np.maximum.reduceat(np.where(eligible, np.arange(b - a), -1), runs, axis=1)
+            cond, run = np.nonzero(last >= 0)
+            free[cond, g[last[cond, run]]] = False
+        step = max(step, n_steps)
+        taken = counted & ~free
+        recall[:, m] = _ratio(taken.sum(axis=1), regular.sum(axis=1))
+    return recall
+
+
+def best_recall(
+    pairs: Pairs,
+    gt_area: np.ndarray,
+    thresholds: np.ndarray,
+    area_ranges: np.ndarray,
+    max_dets: list[int],
+) -> np.ndarray:
+    """(C, M) recall when each GT takes its best IoU among the top N (Hosang et al.)."""
+    gt_area = np.asarray(gt_area, dtype=np.float64)
+    thr = _effective(thresholds)
+    regular = _regular(gt_area, area_ranges)
+    max_dets = sorted(max_dets)
+    recall = np.empty((len(thr), len(max_dets)))
+    for m, n in enumerate(max_dets):
+        top = pairs.rank < n
+        best = np.zeros(len(gt_area))
+        np.maximum.at(best, pairs.gt[top], pairs.iou[top])
+        hits = regular & (best[None, :] >= thr[:, None])
+        recall[:, m] = _ratio(hits.sum(axis=1), regular.sum(axis=1))
+    return recall
+
+
+def average_recall(recall: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Mean over thresholds ignoring COCOeval's -1 (no GT), computed as its summarize() does
+    (np.mean of the valid entries), so that figures agree to the last bit; -1 if none is valid."""
+    moved = np.moveaxis(np.asarray(recall, dtype=np.float64), axis, -1)
+    flat = moved.reshape(-1, moved.shape[-1])
+    out = np.array([np.mean(r[r > -1]) if (r > -1).any() else -1.0 for r in flat])
+    return out.reshape(moved.shape[:-1])
