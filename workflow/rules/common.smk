@@ -3,12 +3,22 @@ import json
 import os
 
 # The file the ifcn commands read: the last --configfile, else the default. Snakemake's own
-# `config` (validated above, defaults filled) is used for paths and for rerun triggers: each rule
-# lists the config sections it depends on as params, so changing nms.iou reruns nms onwards only.
+# `config` (validated, defaults filled) gives paths and rerun triggers: each rule lists the config
+# sections it depends on as params, so changing nms.iou reruns nms onwards only.
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 DATA = config["data"]
+SPLITS = {
+    "train": (DATA["train_json"], DATA["train_images"]),
+    "val": (DATA["val_json"], DATA["val_images"]),
+}
+SHARDS = list(range(config["infer"]["shards"]))
+
+
+wildcard_constraints:
+    split="train|val",
+    shard=r"\d+",
 
 
 def result(path):
@@ -37,6 +47,26 @@ def parent_of_output(name):
     return folder
 
 
+def split_json(wildcards):
+    return SPLITS[wildcards.split][0]
+
+
+def split_images(wildcards):
+    return SPLITS[wildcards.split][1]
+
+
+def shard_files(wildcards):
+    return expand(
+        result("{split}/shards/candidates-{shard}.h5"),
+        split=wildcards.split,
+        shard=SHARDS,
+    )
+
+
+def maybe_temp(path, keep):
+    return path if keep else temp(path)
+
+
 def train_launcher(wildcards, resources):
     """One process per GPU under torchrun when a job is given more than one GPU."""
     gpus = int(resources.get("gpu", 0) or 0)
@@ -46,4 +76,9 @@ def train_launcher(wildcards, resources):
 
 
 def all_outputs():
-    return [result("train/model_final.pt")]
+    return [result("report.md")]
+
+
+def first_n_option(wildcards):
+    first_n = DATA["first_n"]
+    return f"--first-n {first_n}" if first_n and wildcards.split == "val" else ""

@@ -1,0 +1,145 @@
+"""candidates.h5: writer/reader round trip, merging shards, and damaged files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ifcn import cli
+from ifcn.candidates import (
+    Candidates,
+    CandidateWriter,
+    ImageCandidates,
+    merge_candidates,
+    parse_shard,
+)
+from ifcn.errors import IfcnError
+
+
+def _record(image_id: int, count: int, side: int = 5, seed: int = 0) -> ImageCandidates:
+    rng = np.random.default_rng(seed + image_id)
+    corners = rng.uniform(-20, 60, (count, 2)).astype(np.float32)
+    return ImageCandidates(
+        image_id=image_id,
+        file_name=f"img {image_id}.jpg",
+        height=40 + image_id,
+        width=50,
+        masks=rng.random((count, side, side)).astype(np.float16),
+        boxes=np.concatenate([corners, corners + 30], axis=1),
+        objectness=rng.normal(size=count).astype(np.float32),
+        scale=rng.integers(0, 2, count).astype(np.int8),
+    )
+
+
+def _attrs(shard: str = "0/1", **changes) -> dict:
+    return {"config": '{"model": {"k": 3}}', "checkpoint_sha256": "ab" * 32, "dataset": "val.json",
+            "scales": [100, 150], "max_size": 0, "k": 3, "m": 5, "head": "instancefcn",
+            "pre_nms_topk": 10, "shard": shard, **changes}  # fmt: skip
+
+
+def _write(path, records, shard="0/1", **changes):
+    with CandidateWriter(path, _attrs(shard, **changes), mask_size=5) as writer:
+        for record in records:
+            writer.add(record)
+    return path
+
+
+def _same(a: ImageCandidates, b: ImageCandidates) -> None:
+    assert (a.image_id, a.file_name, a.height, a.width) == (
+        b.image_id,
+        b.file_name,
+        b.height,
+        b.width,
+    )
+    for name in ("masks", "boxes", "objectness", "scale"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert getattr(a, name).dtype == getattr(b, name).dtype
+
+
+def test_round_trip_keeps_every_column_and_attribute(tmp_path):
+    records = [_record(3, 7), _record(1, 0), _record(8, 20_000)]  # an empty image; a flush
+    path = _write(tmp_path / "c.h5", records)
+    with Candidates(path) as read:
+        assert len(read) == 3 and read.num_candidates == 20_007 and read.mask_size == 5
+        assert read.image_ids.tolist() == [3, 1, 8]
+        for record in records:
+            _same(read.get(record.image_id), record)
+        attrs = read.attrs
+    assert attrs["config"] == {"model": {"k": 3}} and attrs["scales"] == [100, 150]
+    assert attrs["objectness"] == "logit" and attrs["format"] == "ifcn-candidates"
+    assert not list(tmp_path.glob(".c.h5*"))
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    path = tmp_path / "c.h5"
+    with pytest.raises(RuntimeError), CandidateWriter(path, _attrs(), mask_size=5) as writer:
+        writer.add(_record(1, 3))
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_merge_orders_shards_by_image_and_keeps_the_rows(tmp_path):
+    first = _write(tmp_path / "a.h5", [_record(1, 4), _record(2, 0)], "0/2")
+    second = _write(tmp_path / "b.h5", [_record(5, 3), _record(9, 2)], "1/2")
+    out = tmp_path / "merged.h5"
+    assert merge_candidates([second, first], out) == 4
+    with Candidates(out) as merged:
+        assert merged.image_ids.tolist() == [1, 2, 5, 9]
+        assert merged.attrs["shard"] == "0/1"
+        for image_id in (1, 2, 5, 9):
+            _same(merged.get(image_id), _record(image_id, {1: 4, 2: 0, 5: 3, 9: 2}[image_id]))
+
+
+def test_merge_refuses_overlapping_or_foreign_or_missing_shards(tmp_path):
+    a = _write(tmp_path / "a.h5", [_record(1, 2), _record(2, 2)], "0/2")
+    overlap = _write(tmp_path / "b.h5", [_record(2, 2), _record(3, 2)], "1/2")
+    foreign = _write(tmp_path / "c.h5", [_record(3, 2)], "1/2", checkpoint_sha256="cd" * 32)
+    out = tmp_path / "merged.h5"
+    with pytest.raises(IfcnError, match="overlapping") as info:
+        merge_candidates([a, overlap], out)
+    assert str(overlap) in str(info.value)
+    with pytest.raises(IfcnError, match="checkpoint_sha256"):
+        merge_candidates([a, foreign], out)
+    with pytest.raises(IfcnError, match=r"shards \[1\] of 2 are missing"):
+        merge_candidates([a], out)
+    with pytest.raises(IfcnError, match="also given"):
+        merge_candidates([a, a], out)
+    assert not out.exists()
+    assert merge_candidates([a], out, allow_partial=True) == 2
+    with Candidates(out) as partial:
+        assert partial.attrs["shard"] == "0/2"
+
+
+def test_truncated_file_is_one_line_naming_it_and_nothing_is_written(tmp_path, capsys):
+    good = _write(tmp_path / "a.h5", [_record(1, 300), _record(2, 300)], "0/2")
+    data = good.read_bytes()
+    truncated = tmp_path / "b.h5"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IfcnError, match="truncated") as info:
+        Candidates(truncated)
+    assert str(truncated) in str(info.value)
+    out = tmp_path / "merged.h5"
+    code = cli.main(["merge", "--inputs", str(good), str(truncated), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(truncated) in err
+    proposals = tmp_path / "proposals.h5"
+    code = cli.main(["nms", "--candidates", str(truncated), "--out", str(proposals)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(truncated) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]
+
+
+def test_not_a_candidates_file(tmp_path):
+    path = tmp_path / "x.h5"
+    path.write_text("hello")
+    with pytest.raises(IfcnError, match="x.h5"):
+        Candidates(path)
+    with pytest.raises(IfcnError, match="not found"):
+        Candidates(tmp_path / "missing.h5")
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == (2, 5)
+    for text in ("5/5", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError):
+            parse_shard(text)
