@@ -9,6 +9,8 @@ VENV_DIR := $(VENV_CACHE)/venv-$(PINS_HASH)
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# Commands run against this checkout even if the shared venv was last pointed at another clone.
+export PYTHONPATH := $(CURDIR)
 
 .PHONY: venv run test lint bench clean-results
 
