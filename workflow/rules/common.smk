@@ -5,7 +5,14 @@ import os
 # The file the ifcn commands read: the last --configfile, else the default. Snakemake's own
 # `config` (validated, defaults filled) gives paths and rerun triggers: each rule lists the config
 # sections it depends on as params, so changing nms.iou reruns nms onwards only.
+from ifcn.config import load_config
+
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
+# Snakemake layers --configfile over config/config.yaml; a run is described by its one file, so
+# keys it leaves out take the schema's defaults, not the synthetic default's values.
+if workflow.overwrite_configfiles:
+    config.clear()
+    config.update(load_config(CONFIG_FILE))
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 DATA = config["data"]
@@ -14,6 +21,11 @@ SPLITS = {
     "val": (DATA["val_json"], DATA["val_images"]),
 }
 SHARDS = list(range(config["infer"]["shards"]))
+if DATA["dataset"] == "coco" and not (DATA["source"] and os.path.isdir(DATA["source"])):
+    raise ValueError(
+        f"{CONFIG_FILE}: data.source must name the folder of the COCO export for dataset "
+        f"'coco' (got {DATA['source']!r})"
+    )
 
 
 wildcard_constraints:
@@ -82,3 +94,42 @@ def all_outputs():
 def first_n_option(wildcards):
     first_n = DATA["first_n"]
     return f"--first-n {first_n}" if first_n and wildcards.split == "val" else ""
+
+
+# Archives each dataset needs (`ifcn data download --dataset NAME`) and how each split is
+# converted (`ifcn data convert ...`); the paper's protocol: SBD train / VOC 2012 seg val, COCO
+# train2014 / the first 5k val2014 ids.
+DOWNLOADS = {
+    "voc2012": ["voc2012", "sbd"],
+    "sbd": ["voc2012", "sbd"],
+    "coco2014": ["coco2014"],
+    "coco2017": ["coco2017"],
+    "pennfudan": ["pennfudan"],
+    "coco": [],
+}
+
+
+def download_flag(name):
+    return f"{DATA['root']}/.download-{name}.done"
+
+
+def download_flags(wildcards):
+    return [download_flag(name) for name in DOWNLOADS[DATA["dataset"]]]
+
+
+def convert_arguments(split):
+    """Arguments of `ifcn data convert` that produce the ``split`` JSON of the dataset."""
+    root, first_n = DATA["root"], DATA["first_n"]
+    limit = f" --first-n {first_n}" if first_n and split == "val" else ""
+    dataset = DATA["dataset"]
+    if dataset in ("voc2012", "sbd"):
+        if split == "train":
+            return f"--format sbd --root {root}/benchmark_RELEASE/dataset --split train"
+        return f"--format voc --root {root}/VOCdevkit/VOC2012 --split val"
+    if dataset in ("coco2014", "coco2017"):
+        year = dataset[-4:]
+        return f"--format coco --root {root} --split {split}{year}{limit}"
+    if dataset == "pennfudan":
+        return f"--format pennfudan --root {root}/PennFudanPed --split {split}"
+    name = DATA["train_split"] if split == "train" else DATA["val_split"]
+    return f"--format coco --root {DATA['source']} --split {name}{limit}"

@@ -26,3 +26,63 @@ if DATA["dataset"] == "synthetic":
             " --min-side {params.synth[min_side]} --max-side {params.synth[max_side]}"
             " --min-objects {params.synth[min_objects]} --max-objects {params.synth[max_objects]}"
             " --workers {threads} > {log} 2>&1"
+
+else:
+
+    rule download:
+        output:
+            touch(download_flag("{name}")),
+        log:
+            log_file("download_{name}"),
+        benchmark:
+            benchmark_file("download_{name}")
+        conda:
+            "../../environment.yml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=600,
+        params:
+            root=DATA["root"],
+        shell:
+            "ifcn data download --dataset {wildcards.name} --out {params.root} > {log} 2>&1"
+
+    rule convert_train:
+        input:
+            download_flags,
+        output:
+            DATA["train_json"],
+        log:
+            log_file("convert_train"),
+        benchmark:
+            benchmark_file("convert_train")
+        conda:
+            "../../environment.yml"
+        threads: 4
+        resources:
+            mem_mb=16000,
+            runtime=240,
+        params:
+            source=convert_arguments("train"),
+        shell:
+            "ifcn data convert {params.source} --workers {threads} --out {output} > {log} 2>&1"
+
+    rule convert_val:
+        input:
+            download_flags,
+        output:
+            DATA["val_json"],
+        log:
+            log_file("convert_val"),
+        benchmark:
+            benchmark_file("convert_val")
+        conda:
+            "../../environment.yml"
+        threads: 4
+        resources:
+            mem_mb=16000,
+            runtime=240,
+        params:
+            source=convert_arguments("val"),
+        shell:
+            "ifcn data convert {params.source} --workers {threads} --out {output} > {log} 2>&1"
