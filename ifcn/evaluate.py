@@ -22,8 +22,7 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 import ifcn
+from ifcn import atomic
+from ifcn.atomic import atomic_path
 from ifcn.errors import IfcnError
 from ifcn.proposals_io import Proposals
 from ifcn.recall import (
@@ -464,18 +465,6 @@ def format_table(result: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def _replace_into(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_csv(result: Evaluation, path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -518,17 +507,15 @@ def write_outputs(result: Evaluation, out: Path, record: dict[str, Any]) -> dict
     """ar.json at `out`, recall_iou.csv and recall_iou.png beside it; ar.json is written last."""
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out.parent / "recall_iou.csv", "png": out.parent / "recall_iou.png"}
-    _replace_into(paths["csv"], lambda p: _write_csv(result, p))
-    _replace_into(paths["png"], lambda p: plot_recall_iou(result, p))
+    with atomic_path(paths["csv"]) as tmp:
+        _write_csv(result, tmp)
+    with atomic_path(paths["png"]) as tmp:
+        plot_recall_iou(result, tmp)
     summary = result.summary()
     summary.update(record)
     summary["outputs"] = {"recall_iou_csv": paths["csv"].name, "recall_iou_png": paths["png"].name}
     summary["ifcn_version"] = ifcn.__version__
-
-    def write_json(p: Path) -> None:
-        p.write_text(json.dumps(summary, indent=2) + "\n")
-
-    _replace_into(out, write_json)
+    atomic.write_text(out, json.dumps(summary, indent=2) + "\n")
     paths["json"] = out
     return paths
 

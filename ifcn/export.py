@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ifcn.atomic import atomic_path
 from ifcn.errors import IfcnError
 from ifcn.proposals_io import Proposals
 
@@ -31,30 +30,24 @@ def export_results(
     out.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with Proposals(proposals_path) as proposals:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write("[")
-                for image in proposals.iter_images(top_n=top_n):
-                    size = [image.height, image.width]
-                    entries = [
-                        {
-                            "image_id": image.image_id,
-                            "category_id": category_id,
-                            "segmentation": {"size": size, "counts": counts.decode("ascii")},
-                            "score": score,
-                        }
-                        for counts, score in zip(image.rles, image.scores.tolist(), strict=True)
-                    ]
-                    if entries:
-                        f.write(",\n" if count else "\n")
-                        f.write(",\n".join(map(json.dumps, entries)))
-                        count += len(entries)
-                f.write("\n]\n")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(out) as tmp, open(tmp, "w") as f:
+            f.write("[")
+            for image in proposals.iter_images(top_n=top_n):
+                size = [image.height, image.width]
+                entries = [
+                    {
+                        "image_id": image.image_id,
+                        "category_id": category_id,
+                        "segmentation": {"size": size, "counts": counts.decode("ascii")},
+                        "score": score,
+                    }
+                    for counts, score in zip(image.rles, image.scores.tolist(), strict=True)
+                ]
+                if entries:
+                    f.write(",\n" if count else "\n")
+                    f.write(",\n".join(map(json.dumps, entries)))
+                    count += len(entries)
+            f.write("\n]\n")
     return count
 
 

@@ -10,8 +10,6 @@ draws the same pictures.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -23,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torchvision.ops import nms as box_nms
 
+from ifcn import atomic
 from ifcn.config import load_config
 from ifcn.data.coco import load_image, resize_image
 from ifcn.distributed import resolve_device
@@ -133,14 +132,7 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise IfcnError("cannot encode the picture as PNG", path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return atomic.write_bytes(path, data.tobytes())
 
 
 @torch.inference_mode()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from ifcn.atomic import atomic_path
 from ifcn.data.cocojson import (
     load_json,
     polygons_outside,
@@ -272,9 +273,7 @@ def main(args: argparse.Namespace) -> int:
             args.json,
         )
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-        report.summary.to_csv(tmp)
-        os.replace(tmp, args.out)
+        with atomic_path(args.out) as tmp:
+            report.summary.to_csv(tmp)
     print(f"check passed: {args.json}")
     return 0

@@ -8,13 +8,13 @@ temporary file and `os.replace`, so a crash never leaves a JSON that looks compl
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ifcn.atomic import atomic_path
 from ifcn.errors import IfcnError
 
 # COCO's object-size limits (pixels of mask area), as in COCOeval's areaRng.
@@ -154,16 +154,8 @@ def require_coco_shape(data: Any, path: str | Path) -> None:
 
 def write_json_atomic(data: Any, path: str | Path) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
 
 
 def _bytes_rle(rle: dict) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from ifcn import atomic
 from ifcn.errors import IfcnError
 
 CATEGORIES: tuple[dict, ...] = (
@@ -305,12 +305,6 @@ def _annotation(obj: SynthObject) -> dict:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _make_image(job: tuple[int, str, int, SynthParams, str]) -> tuple[dict, list[dict]]:
     """Render one image, write its PNG; return its COCO image entry and annotations (no ids)."""
     seed, split, index, params, image_dir = job
@@ -319,7 +313,7 @@ def _make_image(job: tuple[int, str, int, SynthParams, str]) -> tuple[dict, list
     ok, png = cv2.imencode(".png", image[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise IfcnError("could not encode the image as PNG", Path(image_dir) / file_name)
-    _write_atomic(Path(image_dir) / file_name, png.tobytes())
+    atomic.write_bytes(Path(image_dir) / file_name, png.tobytes())
     entry = {
         "id": index + 1,
         "file_name": file_name,
@@ -398,7 +392,7 @@ def generate_dataset(
             "categories": [dict(c) for c in CATEGORIES],
         }
         paths[split] = out_dir / f"{split}.json"
-        _write_atomic(paths[split], json.dumps(dataset, separators=(",", ":")).encode())
+        atomic.write_bytes(paths[split], json.dumps(dataset, separators=(",", ":")).encode())
     return paths
 
 
