@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ifcn.errors import IfcnError
+from ifcn.proposals_io import index_images
 
 FORMAT = "ifcn-candidates"
 FORMAT_VERSION = 1
@@ -301,18 +302,9 @@ class Candidates:
             self._columns = {name: group[name] for name in _COLUMNS}
         except (KeyError, OSError) as exc:
             raise IfcnError(f"damaged candidates file ({exc})", self.path) from None
-        rows = len(self._columns["objectness"])
-        if (
-            len(self.offset) != len(self.image_ids) + 1
-            or self.offset[0] != 0
-            or self.offset[-1] != rows
-            or (np.diff(self.offset) < 0).any()
-            or any(len(column) != rows for column in self._columns.values())
-        ):
-            raise IfcnError("inconsistent candidates file (offsets vs. column lengths)", self.path)
-        self._row = {int(i): n for n, i in enumerate(self.image_ids)}
-        if len(self._row) != len(self.image_ids):
-            raise IfcnError("candidates file lists an image id twice", self.path)
+        self._row = index_images(
+            self.image_ids, self.offset, list(self._columns.values()), self.path, "candidates"
+        )
 
     def __enter__(self) -> Candidates:
         return self

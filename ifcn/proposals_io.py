@@ -306,6 +306,28 @@ def _python(value: Any) -> Any:
     return value
 
 
+def index_images(
+    ids: np.ndarray, offset: np.ndarray, columns: Sequence, path: Path, kind: str
+) -> dict[int, int]:
+    """Check the flat layout (offsets vs. column lengths, unique ids); map image id -> row.
+
+    Shared by proposals.h5 and the internal candidates.h5, which use the same layout.
+    """
+    rows = len(columns[0])
+    if (
+        len(offset) != len(ids) + 1
+        or offset[0] != 0
+        or offset[-1] != rows
+        or (np.diff(offset) < 0).any()
+        or any(len(column) != rows for column in columns)
+    ):
+        raise IfcnError(f"inconsistent {kind} file (offsets vs. column lengths)", path)
+    row = {int(i): n for n, i in enumerate(ids)}
+    if len(row) != len(ids):
+        raise IfcnError(f"{kind} file lists an image id twice", path)
+    return row
+
+
 class Proposals:
     """Reader of proposals.h5: the image table in memory, one image's rows on demand.
 
@@ -350,18 +372,8 @@ class Proposals:
             self._rle, self._scale = proposals["rle"], proposals["scale"]
         except KeyError as exc:
             raise IfcnError(f"proposals file lacks a column ({exc})", self.path) from None
-        rows = len(self._score)
-        if (
-            len(self._offset) != len(self._ids) + 1
-            or self._offset[0] != 0
-            or self._offset[-1] != rows
-            or (np.diff(self._offset) < 0).any()
-            or any(len(c) != rows for c in (self._box, self._rle, self._scale))
-        ):
-            raise IfcnError("inconsistent proposals file (offsets vs. column lengths)", self.path)
-        self._row = {int(i): n for n, i in enumerate(self._ids)}
-        if len(self._row) != len(self._ids):
-            raise IfcnError("proposals file lists an image id twice", self.path)
+        columns = (self._score, self._box, self._rle, self._scale)
+        self._row = index_images(self._ids, self._offset, columns, self.path, "proposals")
 
     def __enter__(self) -> Proposals:
         return self
