@@ -30,6 +30,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("classify", "predict"): "ifcn.classify.predict",
     ("classify", "evaluate"): "ifcn.classify.evaluate",
     ("report",): "ifcn.report",
+    ("ablation",): "ifcn.ablation",
 }
 
 

@@ -6,6 +6,12 @@ image with :mod:`ifcn.windows`, samples up to ``windows_per_image`` of them at u
 :func:`ifcn.assemble.assemble_sparse` and compares them with the ground truth cropped to the
 window. Each term is a mean (over sampled windows; over the positives' in-image pixels), so the
 two are on the same footing whatever the number of windows.
+
+The ~DeepMask baseline (paper Table 2) is trained by the same criterion with one change: its
+positives' masks come from the model's fc mask head (``mask_head.forward_windows`` on the
+backbone features) at the head's own resolution (56×56), against targets cut from the same
+window box by the same :func:`ifcn.windows.mask_targets`. Labels, sampling and the objectness
+term are shared, so both heads are trained on equal terms.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifcn.assemble import assemble_sparse
+from ifcn.errors import IfcnError
 from ifcn.windows import (
     POSITIVE,
     LabelRule,
@@ -79,8 +86,50 @@ class InstanceFCNCriterion(nn.Module):
         return per_pixel[valid].mean() if valid.any() else scores.sum() * 0.0
 
 
-def build_criterion(config: dict) -> InstanceFCNCriterion:
+class DeepMaskCriterion(InstanceFCNCriterion):
+    """Eq. (1) for the ~DeepMask head: the mask term reads the fc head's mask_size² logits.
+
+    The criterion holds the model's ``mask_head`` (not a copy): its forward runs here, on the
+    ``features`` output, because only the criterion knows which windows are positive.
+    """
+
+    def __init__(
+        self,
+        rule: LabelRule,
+        mask_head: nn.Module,
+        windows_per_image: int = 256,
+        positive_fraction: float = 0.5,
+    ):
+        super().__init__(rule, windows_per_image, positive_fraction)
+        # not registered as a submodule: the model owns, saves and optimises it
+        object.__setattr__(self, "mask_head", mask_head)
+
+    def _mask_loss(self, outputs: dict[str, Tensor], target: dict, tops: Tensor, instance: Tensor):
+        features = outputs["features"]
+        head = self.mask_head
+        if len(tops) == 0:
+            # zero, yet touching every head weight, so DDP sees all of them take a gradient
+            return features.sum() * 0.0 + sum(p.sum() for p in head.parameters()) * 0.0
+        batch_index = torch.zeros(len(tops), dtype=torch.long, device=features.device)
+        logits = head.forward_windows(features, batch_index, tops).float()
+        masks = target["masks"].to(features.device)
+        gt, valid = mask_targets(
+            masks, instance, tops, self.rule.m, self.rule.stride, size=head.mask_size
+        )
+        per_pixel = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
+        return per_pixel[valid].mean() if valid.any() else logits.sum() * 0.0
+
+
+def build_criterion(config: dict, model: nn.Module | None = None) -> InstanceFCNCriterion:
+    """The loss of the config's head; the ~DeepMask head's loss needs the model it trains."""
     train = config["train"]
-    return InstanceFCNCriterion(
-        LabelRule.from_config(config), train["windows_per_image"], train["positive_fraction"]
-    )
+    rule = LabelRule.from_config(config)
+    if config["model"]["head"] == "deepmask":
+        head = getattr(getattr(model, "module", model), "mask_head", None)  # DDP or bare
+        if head is None:
+            raise IfcnError(
+                "model.head is deepmask: build_criterion needs the model, whose mask_head "
+                "computes the positives' masks"
+            )
+        return DeepMaskCriterion(rule, head, train["windows_per_image"], train["positive_fraction"])
+    return InstanceFCNCriterion(rule, train["windows_per_image"], train["positive_fraction"])

@@ -1,16 +1,32 @@
 """Distributed plumbing in one place (torchvision references' `utils.init_distributed_mode`).
 
-The same code runs as one plain process, or under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in
-the environment; NCCL on CUDA, gloo on CPU). Only rank 0 writes files and prints.
+The same code runs three ways:
+- one plain process (nothing in the environment): world size 1, no process group;
+- under ``torchrun``: RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT come from it;
+- as the tasks of an ``srun`` step without torchrun (one task per GPU): SLURM_PROCID /
+  SLURM_STEP_NUM_TASKS / SLURM_LOCALID, with MASTER_ADDR / MASTER_PORT from the environment
+  (on one node they default to 127.0.0.1 and a port derived from the job id).
+The step's task count is read rather than SLURM_NTASKS because a batch script also carries
+SLURM_NTASKS (the job's) while it runs a single process: reading it there would wait forever
+for ranks that never start. NCCL on CUDA, gloo on CPU. Only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ifcn.errors import IfcnError
+
+# NCCL's default of 10 minutes is shorter than rank 0's check of every image of COCO on a slow
+# file system while the others wait; 30 minutes (gloo's default, detectron2's) still ends a hang.
+TIMEOUT = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -18,6 +34,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launcher: str = "none"  # none | torchrun | slurm
 
     @property
     def distributed(self) -> bool:
@@ -28,45 +45,100 @@ class DistInfo:
         return self.rank == 0
 
 
+def dist_info_from_env(environ: Mapping[str, str] | None = None) -> DistInfo:
+    """Who this process is, from torchrun's variables, else an srun step's, else alone."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistInfo(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            launcher="torchrun",
+        )
+    step_tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "SLURM_PROCID" in env and step_tasks > 1:
+        return DistInfo(
+            rank=int(env["SLURM_PROCID"]),
+            world_size=step_tasks,
+            local_rank=int(env.get("SLURM_LOCALID", "0")),
+            launcher="slurm",
+        )
+    return DistInfo()
+
+
+def slurm_init_method(environ: Mapping[str, str] | None = None) -> str:
+    """``tcp://MASTER_ADDR:MASTER_PORT`` for srun-launched tasks; IfcnError when it can't be known.
+
+    One node: 127.0.0.1 and 20000 + job id mod 20000 unless set, so that two jobs sharing a node
+    do not collide. Several nodes: MASTER_ADDR must be exported (docs/slurm.md shows how).
+    """
+    env = os.environ if environ is None else environ
+    address = env.get("MASTER_ADDR")
+    if address is None:
+        if int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "1"))) > 1:
+            raise IfcnError(
+                "MASTER_ADDR is not set for a multi-node srun launch: export "
+                "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1) "
+                "(see docs/slurm.md)"
+            )
+        address = "127.0.0.1"
+    port = env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "9500")) % 20000)
+    return f"tcp://{address}:{port}"
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` picks CUDA when available; each process of a node takes its local GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+            raise IfcnError("--device cuda asked for, but no CUDA device is available")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise IfcnError(f"unknown device {name!r}; choose auto, cpu or cuda") from None
 
 
 def init_distributed_mode(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Start the process group when launched by torchrun; return who we are and our device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo(), resolve_device(device_name)
-    info = DistInfo(
-        rank=int(os.environ["RANK"]),
-        world_size=world_size,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
+    """Start the process group under torchrun or srun; return who we are and our device."""
+    info = dist_info_from_env()
     device = resolve_device(device_name, info.local_rank)
+    if not info.distributed:
+        return info, device
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        extra: dict[str, Any] = {}
+        if info.launcher == "slurm":
+            extra = {
+                "init_method": slurm_init_method(),
+                "rank": info.rank,
+                "world_size": info.world_size,
+            }
+        dist.init_process_group(
+            backend=backend,
+            device_id=device if backend == "nccl" else None,
+            timeout=TIMEOUT,
+            **extra,
+        )
     dist.barrier()
     return info, device
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over ranks (identity when not distributed), for logging."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         values = values.clone()
         dist.all_reduce(values)
         values /= dist.get_world_size()
@@ -75,13 +147,22 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
 
 def broadcast_flag(flag: bool, device: torch.device) -> bool:
     """True on every rank when any rank raised the flag (e.g. a SIGTERM seen by one of them)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
 
 
+def broadcast_object(obj: Any, device: torch.device) -> Any:
+    """Rank 0's ``obj`` on every rank (a decision that only rank 0 takes, e.g. which checkpoint)."""
+    if not is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0, device=device if device.type == "cuda" else None)
+    return holder[0]
+
+
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()

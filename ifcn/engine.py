@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from ifcn.atomic import atomic_path
 from ifcn.distributed import all_reduce_mean
 
 LOG_COLUMNS = [
@@ -35,10 +36,14 @@ def step_seed(seed: int, iteration: int, rank: int) -> int:
 class IterationSampler(Sampler):
     """Keys (image index, step seed) for steps ``start..total`` of one rank.
 
-    Step i of rank r takes position p = i·W + r of an endless sequence of epochs, each a
-    permutation of the images seeded by (seed, epoch): every epoch visits each image once across
-    the W ranks, as DistributedSampler with set_epoch does, and a resumed run continues the very
-    same sequence mid-epoch.
+    It plays the role of DistributedSampler with ``set_epoch`` in an epoch loop, for a training
+    counted in iterations: step i of rank r takes position p = i·W + r of an endless sequence
+    of epochs, each a permutation of the images seeded by (seed, epoch). Every epoch visits each
+    image exactly once across the W ranks, without DistributedSampler's padding (only a step
+    that straddles the end of an epoch may hand two ranks the same image), and a resumed run
+    continues the very same sequence mid-epoch, where DistributedSampler would restart its
+    epoch. The step seed draws the sample's scale and flip; it is a pure function of
+    (seed, i, r), so neither the number of DataLoader workers nor a restart changes a sample.
     """
 
     def __init__(
@@ -75,7 +80,8 @@ def train_one_step(
 ) -> dict[str, Tensor]:
     """Forward one image, compute the loss of eq. (1), step the optimiser.
 
-    Raises FloatingPointError (on every rank) when the loss is not finite, before any update.
+    Raises FloatingPointError (on every rank, so that all stop together) when the loss of any
+    rank is not finite, before any update.
     """
     image = sample["image"][None].to(device, non_blocking=True)
     target = {
@@ -91,9 +97,11 @@ def train_one_step(
     outputs = {key: value.float() for key, value in outputs.items()}
     losses = criterion(outputs, target, generator)
     loss = losses["loss"]
-    finite = all_reduce_mean(torch.isfinite(loss).float().reshape(1))
-    if finite.item() < 1.0:
-        raise FloatingPointError(f"loss is {loss.item()}")
+    local_finite = torch.isfinite(loss).float().reshape(1)
+    if all_reduce_mean(local_finite).item() < 1.0:
+        if local_finite.item() < 1.0:
+            raise FloatingPointError(f"loss is {loss.item()}")
+        raise FloatingPointError("the loss of another process is not finite")
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -117,17 +125,24 @@ class TrainLog:
             self._truncate_after(start_iteration)
 
     def _truncate_after(self, iteration: int) -> None:
+        """Drop the rows a killed run logged after its checkpoint: the resumed run redoes them."""
         rows = []
         if self.path.exists():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
-        with open(self.path, "w", newline="") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, LOG_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
 
-    def update(self, values: dict[str, float]) -> None:
-        for key, value in values.items():
+    def update(self, values: dict[str, float | Tensor]) -> None:
+        """Add one step's values; tensors are fetched together (one device sync per step)."""
+        keys = list(values)
+        tensors = [k for k in keys if isinstance(values[k], Tensor)]
+        stacked = torch.stack([values[k].float() for k in tensors]).tolist() if tensors else []
+        fetched = dict(zip(tensors, stacked, strict=True))
+        for key in keys:
+            value = fetched[key] if key in fetched else values[key]
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.count += 1
 

@@ -161,22 +161,30 @@ def sample_windows(
 
 
 def mask_targets(
-    masks: Tensor, instance: Tensor, tops: Tensor, m: int, stride: int = STRIDE
+    masks: Tensor,
+    instance: Tensor,
+    tops: Tensor,
+    m: int,
+    stride: int = STRIDE,
+    size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Ground-truth m×m masks of windows, and which of their pixels lie inside the image.
+    """Ground-truth size×size masks of windows, and which of their pixels lie inside the image.
 
     ``masks`` [N, H, W] are the instance masks at the resized resolution and window i segments
-    instance ``instance[i]``. Output pixel (u, v) is the instance's share of feature cell
-    (y0+u, x0+v), binarised at one half, so it lines up with the assembled window pixel for
-    pixel. Returns (targets [K, m, m] in {0, 1}, valid [K, m, m] bool).
+    instance ``instance[i]``. The window's box is cut into size×size equal bins and output pixel
+    (u, v) is the instance's share of bin (u, v), binarised at one half. With ``size`` = m (the
+    default) a bin is feature cell (y0+u, x0+v), so the target lines up with the assembled
+    window pixel for pixel; the ~DeepMask head asks for its own mask side (56). Returns
+    (targets [K, size, size] in {0, 1}, valid [K, size, size] bool).
     """
+    size = m if size is None else size
     boxes = window_boxes(tops, m, 1.0, stride).to(masks.device)
     rois = torch.cat([instance.to(masks.device)[:, None].float(), boxes], dim=1)
-    samples = max(stride // 2, 1)
-    share = roi_align(masks[:, None].float(), rois, (m, m), 1.0, samples, aligned=True)[:, 0]
+    samples = max(-(-m * stride // (2 * size)), 1)  # one sample per 2 px of a bin, rounded up
+    share = roi_align(masks[:, None].float(), rois, (size, size), 1.0, samples, aligned=True)[:, 0]
     rois[:, 0] = 0
     inside = torch.ones((1, 1) + masks.shape[1:], device=masks.device)
-    cover = roi_align(inside, rois, (m, m), 1.0, samples, aligned=True)[:, 0]
+    cover = roi_align(inside, rois, (size, size), 1.0, samples, aligned=True)[:, 0]
     valid = cover >= 0.5
     targets = (share >= 0.5 * cover) & valid
     return targets.float(), valid

@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from ifcn.data.synth import generate_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.configs import ROOT, write_config
 
 
 @pytest.fixture(scope="session")
@@ -19,23 +18,6 @@ def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_data")
     generate_dataset(out, **synth)
     return out
-
-
-def write_config(folder: Path, data_root: Path, **sections) -> Path:
-    """config/tiny.yaml with its data paths moved to ``data_root`` and ``sections`` merged in."""
-    config = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
-    config["data"].update(
-        root=str(data_root),
-        train_json=str(data_root / "train.json"),
-        train_images=str(data_root / "images"),
-        val_json=str(data_root / "val.json"),
-        val_images=str(data_root / "images"),
-    )
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture

@@ -1,0 +1,187 @@
+"""`ifcn ablation config|table`: the paper's ablations (Tables 1 and 2) as runs of the workflow.
+
+Each variant is the run's own config with a few keys overridden (``config``), trained and
+evaluated by the same ``ifcn`` stages under results/<run>/ablation/<variant>/; ``table`` then
+gathers the variants' ar.json files into one CSV (AR as fractions, one row per variant) and a
+recall-vs-IoU plot. The variants are named here once, for the workflow and the report alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from ifcn.config import load_config, validate_config
+from ifcn.errors import IfcnError
+
+# Table 2 trains on 224×224 crops at the training scale, as DeepMask does.
+CROP = 224
+
+# Table 1: the number of relative positions; k = 1 is the plain FCN of Fig. 1 (top), which has
+# a single score map and so cannot tell touching instances apart.
+K_VARIANTS: dict[str, dict] = {
+    f"k={k}": {"model.k": k, "model.head": "instancefcn", "train.crop": None} for k in (1, 3, 5, 7)
+}
+# Table 2: InstanceFCN against ~DeepMask, each trained on crops and on full images; both are
+# tested fully convolutionally (~DeepMask's fc applied at every window: the "sliding fc").
+HEAD_VARIANTS: dict[str, dict] = {
+    "instancefcn-full": {"model.head": "instancefcn", "train.crop": None},
+    "instancefcn-crop": {"model.head": "instancefcn", "train.crop": CROP},
+    "deepmask-crop": {"model.head": "deepmask", "train.crop": CROP},
+    "deepmask-full": {"model.head": "deepmask", "train.crop": None},
+}
+TABLES: dict[str, dict[str, dict]] = {"k": K_VARIANTS, "head": HEAD_VARIANTS}
+VARIANTS: dict[str, dict] = {**K_VARIANTS, **HEAD_VARIANTS}
+
+
+def apply_overrides(config: dict, overrides: dict, source: str | Path = "<config>") -> dict:
+    """A validated copy of ``config`` with dotted keys (``model.k``) set to new values."""
+    out = copy.deepcopy(config)
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise IfcnError(f"cannot set {dotted}: {name} is not a section", source)
+        node[key] = value
+    return validate_config(out, source)
+
+
+def variant_config(config: dict, variant: str) -> dict:
+    """The run's config as ``variant`` of the ablations trains it (run name unchanged)."""
+    if variant not in VARIANTS:
+        raise IfcnError(
+            f"unknown ablation variant {variant!r}; choose one of {', '.join(VARIANTS)}"
+        )
+    return apply_overrides(config, VARIANTS[variant])
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``section.key=value`` with the value read as YAML (``null``, ``224``, ``deepmask``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or "." not in key:
+        raise IfcnError(f"--set wants section.key=value, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise IfcnError(f"--set {key}: not a YAML value: {value!r}") from None
+
+
+def _replace_into(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_config(config: dict, path: str | Path, note: str) -> Path:
+    path = Path(path)
+    text = f"# {note}\n" + yaml.safe_dump(config, sort_keys=False)
+    _replace_into(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def read_ar(path: str | Path) -> dict:
+    try:
+        ar = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise IfcnError("file not found", path) from None
+    except json.JSONDecodeError as exc:
+        raise IfcnError(f"not valid JSON ({exc})", path) from None
+    if not isinstance(ar, dict) or not any(key.startswith("AR@") for key in ar):
+        raise IfcnError("not an ar.json of `ifcn evaluate` (no AR@N figures)", path)
+    return ar
+
+
+def ablation_table(ar_files: Sequence[str | Path], variants: Sequence[str]) -> pd.DataFrame:
+    """One row per variant: its name and AR@N (fractions) read from its ar.json."""
+    if len(ar_files) != len(variants):
+        raise IfcnError(f"{len(variants)} variants named for {len(ar_files)} ar.json files")
+    rows, columns = [], None
+    for path, variant in zip(ar_files, variants, strict=True):
+        ar = read_ar(path)
+        keys = [key for key in ar if key.startswith("AR@")]
+        if columns is None:
+            columns = keys
+        elif keys != columns:
+            raise IfcnError(f"has {', '.join(keys)}, the first file {', '.join(columns)}", path)
+        rows.append({"variant": variant, **{key: ar[key] for key in keys}})
+    return pd.DataFrame(rows, columns=["variant", *(columns or [])])
+
+
+def plot_ablation(ar_files: Sequence[str | Path], variants: Sequence[str], path: Path) -> None:
+    """Recall against IoU of every variant, one panel per N (the paper's Fig. 6 layout)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ars = [read_ar(p) for p in ar_files]
+    ns = [key.split("@")[1] for key in ars[0] if key.startswith("AR@")]
+    fig = Figure(figsize=(4.2 * len(ns), 3.8), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(ns), squeeze=False)[0]
+    for ax, n in zip(axes, ns, strict=True):
+        for variant, ar in zip(variants, ars, strict=True):
+            recall = [float("nan") if r is None else r for r in ar["recall"][n]]
+            value = ar[f"AR@{n}"]
+            label = variant if value is None else f"{variant} (AR {100 * value:.1f})"
+            ax.plot(ar["iou_thresholds"], recall, marker="o", ms=3, label=label)
+        ax.set(xlim=(0.5, 0.95), ylim=(0, 1), xlabel="IoU", ylabel="recall", title=f"N = {n}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=7)
+    FigureCanvasAgg(fig)
+    _replace_into(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("ifcn ablation", description=__doc__, add_help=add_help)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="config|table")
+    config = commands.add_parser(
+        "config", help="write a variant's config: the run's config with keys overridden"
+    )
+    config.add_argument("--config", required=True, help="the run's configuration (YAML)")
+    group = config.add_mutually_exclusive_group(required=True)
+    group.add_argument("--variant", choices=list(VARIANTS), help="a named ablation variant")
+    group.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override (repeatable)"
+    )
+    config.add_argument("--out", required=True, help="config.yaml to write")
+    table = commands.add_parser("table", help="gather the variants' ar.json into one CSV")
+    table.add_argument("--ar", nargs="+", required=True, help="ar.json of each variant")
+    table.add_argument("--variants", nargs="+", required=True, help="their names, same order")
+    table.add_argument("--plot", help="recall-vs-IoU PNG of the variants")
+    table.add_argument("--out", required=True, help="CSV to write")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        config = load_config(args.config)
+        if args.variant:
+            overrides = VARIANTS[args.variant]
+        else:
+            overrides = dict(parse_setting(text) for text in args.set)
+        result = apply_overrides(config, overrides, args.config)
+        settings = ", ".join(f"{key}={value}" for key, value in overrides.items())
+        path = write_config(result, args.out, f"{args.config} with {settings} (ifcn ablation)")
+        print(f"wrote {path}")
+        return 0
+    frame = ablation_table(args.ar, args.variants)
+    out = Path(args.out)
+    _replace_into(out, lambda tmp: frame.to_csv(tmp, index=False))
+    if args.plot:
+        plot_ablation(args.ar, args.variants, Path(args.plot))
+    print(frame.to_string(index=False))
+    return 0

@@ -1,0 +1,190 @@
+"""`ifcn classify evaluate`: mAP@0.5 and mAP@0.7 of instance segmentation (paper Table 4).
+
+pycocotools' COCOeval with iouType 'segm' and `params.iouThrs = [0.5, 0.7]`, the mask-level
+IoU thresholds of SDS, Hypercolumn, CFM and MNC that the paper compares with; AP per category
+is the mean of COCOeval's interpolated precision over its 101 recall points (area 'all', the
+last maxDets), mAP the mean over the categories that have GT objects. The results are checked
+first: an image or category the GT does not know is an error, not a silent drop as in COCOeval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+import ifcn
+from ifcn.data.cocojson import load_json, require_coco_shape, write_json_atomic
+from ifcn.errors import IfcnError
+
+IOU_THRESHOLDS = (0.5, 0.7)
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def load_gt(path: Path) -> COCO:
+    data = load_json(path)
+    require_coco_shape(data, path)
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with _quiet():
+            coco.createIndex()
+        for ann in data["annotations"]:  # COCOeval reads both keys unconditionally
+            ann["iscrowd"] = int(bool(ann.get("iscrowd", 0)))
+            if "area" not in ann:
+                ann["area"] = float(mask_utils.area(coco.annToRLE(ann)))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise IfcnError(f"not a COCO instances JSON ({type(exc).__name__}: {exc})", path) from None
+    return coco
+
+
+def check_results(results: Any, gt: COCO, path: Path, gt_path: Path) -> list[dict]:
+    """The results as COCOeval takes them; IfcnError naming `path` for anything it would drop."""
+    if not isinstance(results, list):
+        raise IfcnError("not a COCO results JSON (top level is not a list)", path)
+    for k, result in enumerate(results):
+        try:
+            image_id, category = result["image_id"], result["category_id"]
+            rle, score = result["segmentation"], float(result["score"])
+            size, counts = rle["size"], rle["counts"]
+        except (KeyError, TypeError, ValueError):
+            raise IfcnError(
+                f"result {k} lacks an image_id, a category_id, a score or an RLE segmentation",
+                path,
+            ) from None
+        if image_id not in gt.imgs:
+            raise IfcnError(f"result {k}: image_id {image_id!r} is not in {gt_path}", path)
+        if category not in gt.cats:
+            raise IfcnError(f"result {k}: category_id {category!r} is not in {gt_path}", path)
+        if not isinstance(counts, str):
+            raise IfcnError(f"result {k}: segmentation is not a compressed RLE", path)
+        if not math.isfinite(score):
+            raise IfcnError(f"result {k}: score is not a finite number", path)
+        image = gt.imgs[image_id]
+        if list(size) != [image["height"], image["width"]]:
+            raise IfcnError(
+                f"result {k}: RLE size {size} but image {image_id} is "
+                f"{image['height']}x{image['width']} in {gt_path}",
+                path,
+            )
+    return results
+
+
+def _detections(gt: COCO, results: list[dict]) -> COCO:
+    """COCO.loadRes, which cannot take an empty list: then an empty result set."""
+    if results:
+        with _quiet():
+            return gt.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in results])
+    empty = COCO()
+    empty.dataset = {"images": list(gt.dataset["images"]), "annotations": []}
+    empty.dataset["categories"] = list(gt.dataset["categories"])
+    with _quiet():
+        empty.createIndex()
+    return empty
+
+
+def evaluate_segm(
+    gt_path: str | Path,
+    results_path: str | Path,
+    max_dets: int = 100,
+    first_n: int | None = None,
+) -> dict[str, Any]:
+    """mAP@0.5, mAP@0.7 and AP per category (None where a category has no GT object)."""
+    gt_path, results_path = Path(gt_path), Path(results_path)
+    if max_dets < 1:
+        raise IfcnError("--max-dets must be positive")
+    gt = load_gt(gt_path)
+    results = check_results(load_json(results_path), gt, results_path, gt_path)
+    image_ids = sorted(gt.getImgIds())
+    if first_n is not None:
+        if first_n < 1:
+            raise IfcnError("--first-n must be positive")
+        image_ids = image_ids[:first_n]
+    evaluator = COCOeval(gt, _detections(gt, results), iouType="segm")
+    evaluator.params.iouThrs = np.array(IOU_THRESHOLDS)
+    evaluator.params.maxDets = [max_dets]
+    evaluator.params.imgIds = image_ids
+    with _quiet():
+        evaluator.evaluate()
+        evaluator.accumulate()
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+    per_category = []
+    for k, category_id in enumerate(int(c) for c in evaluator.params.catIds):
+        entry: dict[str, Any] = {"category_id": category_id, "name": gt.cats[category_id]["name"]}
+        for t, threshold in enumerate(IOU_THRESHOLDS):
+            curve = precision[t, :, k, 0, -1]
+            entry[f"AP@{threshold}"] = float(curve.mean()) if (curve > -1).all() else None
+        per_category.append(entry)
+    summary: dict[str, Any] = {}
+    for threshold in IOU_THRESHOLDS:
+        values = [e[f"AP@{threshold}"] for e in per_category if e[f"AP@{threshold}"] is not None]
+        summary[f"mAP@{threshold}"] = float(np.mean(values)) if values else None
+    wanted = set(image_ids)
+    num_gt = sum(1 for a in gt.dataset["annotations"] if a["image_id"] in wanted)
+    summary.update(
+        per_category=per_category,
+        num_images=len(image_ids),
+        num_gt=num_gt,
+        num_results=sum(1 for r in results if r["image_id"] in wanted),
+        max_dets=max_dets,
+        iou_thresholds=list(IOU_THRESHOLDS),
+    )
+    return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Per-category AP and the means, in percent as the paper's Table 4."""
+
+    def cell(value: float | None) -> str:
+        return f"{'-':>9}" if value is None else f"{100 * value:>9.1f}"
+
+    heads = "".join(f"{'AP@' + str(t):>9}" for t in IOU_THRESHOLDS)
+    lines = [
+        f"ifcn classify evaluate: {summary['num_images']} images, {summary['num_gt']} GT objects, "
+        f"{summary['num_results']} results (AP in %)",
+        "",
+        f"{'category':<20}{heads}",
+    ]
+    for entry in summary["per_category"]:
+        name = f"{entry['name']} ({entry['category_id']})"
+        lines.append(f"{name:<20}" + "".join(cell(entry[f"AP@{t}"]) for t in IOU_THRESHOLDS))
+    lines.append(f"{'mean (mAP)':<20}" + "".join(cell(summary[f"mAP@{t}"]) for t in IOU_THRESHOLDS))
+    return "\n".join(lines)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        "ifcn classify evaluate", description=__doc__, add_help=add_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--gt", required=True, type=Path, help="COCO instances JSON")
+    parser.add_argument(
+        "--results", required=True, type=Path, help="COCO segm results JSON (classify predict)"
+    )
+    parser.add_argument(
+        "--max-dets", type=int, default=100, help="results per image counted (default 100)"
+    )
+    parser.add_argument(
+        "--first-n", type=int, metavar="K", help="only the first K image ids in sorted order"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="segm_eval.json to write")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = evaluate_segm(args.gt, args.results, args.max_dets, args.first_n)
+    summary.update(gt=str(args.gt), results=str(args.results), ifcn_version=ifcn.__version__)
+    write_json_atomic(summary, args.out)
+    print(format_table(summary))
+    return 0

@@ -1,0 +1,151 @@
+"""The classifier network: MNC's stage 3 on top of segment proposals (paper §4, DESIGN §9).
+
+Per proposal, the backbone's stride-8 features are pooled on its box with RoIAlign into a
+P×P grid (the box path); the same grid multiplied by the proposal's binary mask resized to
+that grid is the segment path ("RoI masking": features outside the segment are zeroed). Each
+path goes through two fc layers, the two are concatenated and a linear layer gives C+1 logits
+(index 0 = background). Proposals arrive as RLE masks and boxes in original-image pixels;
+`roi_inputs` turns them into what the network reads, for training and prediction alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from ifcn.checkpoint import load as load_checkpoint
+from ifcn.errors import IfcnError
+from ifcn.model.backbone import build_backbone
+from ifcn.model.heads import init_new_layers
+
+KIND = "ifcn-classifier"  # the `kind` entry of the classifier's checkpoints
+_DECODE_CHUNK = 64  # masks decoded at once at full image size
+_MARGIN = 2  # pixels around a box that bilinear sampling may read
+
+
+def mask_grids(rles: Sequence[dict], boxes: np.ndarray, size: int) -> Tensor:
+    """Binary masks [n, size, size] float: each mask resized to its box's RoIAlign grid.
+
+    The mask is sampled with RoIAlign on the same box (aligned, one sample per pixel), so each
+    cell holds the fraction of its bin that the segment covers; cells at least half covered
+    are 1. Boxes are (x0, y0, x1, y1) in the masks' pixels, x1 and y1 exclusive.
+    """
+    out = torch.zeros(len(rles), size, size)
+    for start in range(0, len(rles), _DECODE_CHUNK):
+        chunk = list(rles[start : start + _DECODE_CHUNK])
+        if not chunk:
+            continue
+        masks = mask_utils.decode(chunk)
+        height, width = masks.shape[:2]
+        for j in range(masks.shape[2]):
+            x0, y0, x1, y1 = (float(v) for v in boxes[start + j])
+            left = int(min(max(np.floor(x0) - _MARGIN, 0), width))
+            top = int(min(max(np.floor(y0) - _MARGIN, 0), height))
+            right = int(min(max(np.ceil(x1) + _MARGIN, left + 1), width))
+            bottom = int(min(max(np.ceil(y1) + _MARGIN, top + 1), height))
+            crop = torch.from_numpy(np.ascontiguousarray(masks[top:bottom, left:right, j]))
+            if crop.numel() == 0:
+                continue
+            box = torch.tensor([[0.0, x0 - left, y0 - top, x1 - left, y1 - top]])
+            cover = roi_align(crop[None, None].float(), box, size, 1.0, 0, aligned=True)
+            out[start + j] = (cover[0, 0] >= 0.5).float()
+    return out
+
+
+def roi_inputs(
+    rles: Sequence[dict], boxes: np.ndarray, scale: float, width: int, flipped: bool, size: int
+) -> tuple[Tensor, Tensor]:
+    """RoIs [n, 5] (batch index 0, box in resized-image pixels) and mask grids [n, size, size].
+
+    `boxes` are in original-image pixels; the image was resized by `scale` to `width` pixels
+    and then mirrored if `flipped` (the mirrored grid is the grid of the mirrored box).
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    grids = mask_grids(rles, boxes, size)
+    scaled = torch.from_numpy(boxes * np.float32(scale))
+    if flipped:
+        scaled = torch.stack(
+            [width - scaled[:, 2], scaled[:, 1], width - scaled[:, 0], scaled[:, 3]], 1
+        )
+        grids = grids.flip(-1)
+    rois = torch.cat([torch.zeros(len(scaled), 1), scaled], 1)
+    return rois, grids
+
+
+def _fc_path(in_dim: int, fc_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_dim, fc_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(fc_dim, fc_dim),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ProposalClassifier(nn.Module):
+    """Backbone → RoIAlign on each proposal's box → box path and RoI-masked path → C+1 logits."""
+
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, pool_size: int = 7, fc_dim: int = 256
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes, self.pool_size = num_classes, pool_size
+        self.spatial_scale = 1.0 / backbone.stride
+        in_dim = backbone.out_channels * pool_size * pool_size
+        self.box_path = _fc_path(in_dim, fc_dim)
+        self.mask_path = _fc_path(in_dim, fc_dim)
+        self.cls_score = nn.Linear(2 * fc_dim, num_classes + 1)
+        for head in (self.box_path, self.mask_path, self.cls_score):
+            init_new_layers(head)
+
+    def roi_features(self, features: Tensor, rois: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
+        """RoIAlign features [n, C, P, P] of the boxes, and the same zeroed outside the mask."""
+        pooled = roi_align(
+            features, rois, self.pool_size, self.spatial_scale, sampling_ratio=2, aligned=True
+        )
+        return pooled, pooled * grids[:, None].to(pooled.dtype)
+
+    def forward(self, images: Tensor, rois: Tensor, grids: Tensor) -> Tensor:
+        """Images [B, 3, H, W], RoIs [n, 5] (batch index, x0, y0, x1, y1 in image pixels) and
+        mask grids [n, P, P] → class logits [n, C+1]."""
+        features = self.backbone(images)
+        boxed, masked = self.roi_features(features, rois.to(features.dtype), grids)
+        joint = torch.cat([self.box_path(boxed), self.mask_path(masked)], 1)
+        return self.cls_score(joint)
+
+
+def build_classifier(
+    config: dict, num_classes: int, pretrained: bool | None = None
+) -> ProposalClassifier:
+    """The network of the config (backbone from `model`, head sizes from `classify`).
+
+    `pretrained` overrides model.pretrained (False when the weights come from a checkpoint).
+    """
+    model_cfg, cfg = config["model"], config["classify"]
+    use_imagenet = model_cfg["pretrained"] if pretrained is None else pretrained
+    backbone = build_backbone(model_cfg["backbone"], use_imagenet, model_cfg["weights"])
+    return ProposalClassifier(backbone, num_classes, cfg["pool_size"], cfg["fc_dim"])
+
+
+def load_backbone_from(model: ProposalClassifier, path: str, config: dict) -> None:
+    """Copy the backbone of an `ifcn train` checkpoint (the proposal model) into `model`."""
+    state = load_checkpoint(path)
+    theirs = state["config"].get("model", {}).get("backbone")
+    ours = config["model"]["backbone"]
+    if theirs != ours:
+        raise IfcnError(
+            f"proposal model has backbone {theirs!r}, the config asks for {ours!r}", path
+        )
+    prefix = "backbone."
+    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    try:
+        model.backbone.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise IfcnError(f"backbone weights do not fit ({first})", path) from None

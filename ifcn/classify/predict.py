@@ -1,0 +1,224 @@
+"""`ifcn classify predict`: label proposals, giving instance segmentation (DESIGN §9).
+
+Per image: one forward pass of the backbone at `classify.test_scale`, the best `top_n`
+proposals classified, then for each class the proposals scoring at least `score_threshold`
+go through greedy mask NMS (pycocotools mask IoU above `nms_iou` suppresses the lower score),
+and the best `detections_per_image` over all classes are kept. The output is a COCO segm
+results JSON: `image_id`, `category_id`, `segmentation` (compressed RLE, counts as str) and
+`score`, with no `bbox` key (`COCO.loadRes` would then take the box path and overwrite each
+result's area with its box's). Settings come from the checkpoint's config unless overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from ifcn import checkpoint
+from ifcn.classify.model import KIND, ProposalClassifier, build_classifier, roi_inputs
+from ifcn.classify.targets import check_image_sets
+from ifcn.data.coco import load_image, resize_image
+from ifcn.data.cocojson import load_json, write_json_atomic
+from ifcn.distributed import resolve_device
+from ifcn.errors import IfcnError
+from ifcn.infer import image_tensor, read_image_table
+from ifcn.proposals_io import Proposals
+
+OVERRIDABLE = ("top_n", "test_scale", "score_threshold", "nms_iou", "detections_per_image")
+
+
+def mask_nms(rles: list[dict], scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy NMS on mask IoU, best first (ties keep the earlier index)."""
+    if not rles:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-scores, kind="stable")
+    ranked = [rles[i] for i in order]
+    overlaps = np.asarray(mask_utils.iou(ranked, ranked, [0] * len(ranked)))
+    overlaps = overlaps.reshape(len(ranked), len(ranked))
+    suppressed = np.zeros(len(ranked), bool)
+    keep = []
+    for i in range(len(ranked)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= overlaps[i] > iou
+    return order[keep]
+
+
+def select_detections(
+    probs: np.ndarray,
+    rles: list[dict],
+    score_threshold: float,
+    nms_iou: float,
+    max_dets: int,
+) -> list[tuple[int, int, float]]:
+    """(proposal index, class 1..C, score) of the kept detections, best first.
+
+    `probs` [n, C+1] are softmax outputs; each class is suppressed on its own.
+    """
+    found = []
+    for c in range(1, probs.shape[1]):
+        candidates = np.flatnonzero(probs[:, c] >= score_threshold)
+        scores = probs[candidates, c]
+        kept = mask_nms([rles[i] for i in candidates], scores, nms_iou)
+        found += [(int(candidates[k]), c, float(scores[k])) for k in kept]
+    found.sort(key=lambda d: -d[2])
+    return found[:max_dets]
+
+
+def load_classifier(path: str | Path, device: torch.device) -> tuple[ProposalClassifier, dict]:
+    """The trained classifier and its checkpoint (config, categories)."""
+    state = checkpoint.load(path)
+    if state.get("kind") != KIND:
+        raise IfcnError("not a classifier checkpoint (written by `ifcn classify train`)", path)
+    model = build_classifier(state["config"], len(state["categories"]), pretrained=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise IfcnError(f"weights do not fit the checkpoint's config ({first})", path) from None
+    return model.to(device).eval(), state
+
+
+def check_categories(categories: list[dict], json_path: str | Path, checkpoint_path) -> None:
+    """An images JSON that lists categories must know every class the classifier predicts."""
+    data = load_json(json_path)
+    listed = data.get("categories") if isinstance(data, dict) else None
+    if not listed:
+        return
+    try:
+        known = {int(c["id"]) for c in listed}
+    except (KeyError, TypeError, ValueError):
+        raise IfcnError("a category lacks an integer id", json_path) from None
+    unknown = [c["id"] for c in categories if c["id"] not in known]
+    if unknown:
+        raise IfcnError(
+            f"the classifier {checkpoint_path} predicts category_id {unknown[0]}, "
+            "which this JSON's categories lack",
+            json_path,
+        )
+
+
+@torch.no_grad()
+def classify_image(
+    model: ProposalClassifier,
+    image: np.ndarray,
+    rles: list[dict],
+    boxes: np.ndarray,
+    test_scale: int,
+    max_size: int | None,
+    device: torch.device,
+) -> np.ndarray:
+    """Class probabilities [n, C+1] of one image's proposals."""
+    if not rles:
+        return np.zeros((0, model.num_classes + 1), np.float32)
+    resized, scale = resize_image(image, test_scale, max_size)
+    rois, grids = roi_inputs(rles, boxes, scale, resized.shape[1], False, model.pool_size)
+    logits = model(image_tensor(resized, device), rois.to(device), grids.to(device))
+    return torch.softmax(logits.float(), 1).cpu().numpy()
+
+
+def run_prediction(
+    checkpoint_path: str | Path,
+    proposals_path: str | Path,
+    images_json: str | Path,
+    out: str | Path,
+    image_root: str | Path | None = None,
+    overrides: dict | None = None,
+    device_name: str = "auto",
+    show_progress: bool = True,
+) -> int:
+    """Write the COCO segm results of the images' proposals to `out`; return their number."""
+    device = resolve_device(device_name)
+    model, state = load_classifier(checkpoint_path, device)
+    cfg = {
+        **state["config"]["classify"],
+        **{k: v for k, v in (overrides or {}).items() if v is not None},
+    }
+    for key in ("top_n", "test_scale", "detections_per_image"):
+        if int(cfg[key]) < 1:
+            raise IfcnError(f"{key} must be positive, not {cfg[key]}")
+    if not 0 <= cfg["nms_iou"] <= 1:
+        raise IfcnError(f"nms_iou must lie in [0, 1], not {cfg['nms_iou']}")
+    categories = state["categories"]
+    table = read_image_table(images_json)
+    check_categories(categories, images_json, checkpoint_path)
+    root = Path(image_root or state["config"]["data"]["val_images"])
+    results = []
+    with Proposals(proposals_path) as proposals:
+        check_image_sets(proposals, table, images_json)
+        for image_id in tqdm(sorted(table), desc="classify", disable=not show_progress):
+            entry = table[image_id]
+            path = root / entry["file_name"]
+            image = load_image(path)
+            if image.shape[:2] != (entry["height"], entry["width"]):
+                raise IfcnError(
+                    f"decoded size {image.shape[0]}x{image.shape[1]} differs from "
+                    f"{entry['height']}x{entry['width']} in {images_json}",
+                    path,
+                )
+            found = proposals.get(image_id, top_n=int(cfg["top_n"]))
+            rles = found.coco_rles()
+            probs = classify_image(
+                model, image, rles, found.boxes, int(cfg["test_scale"]), cfg["max_size"], device
+            )
+            kept = select_detections(
+                probs,
+                rles,
+                float(cfg["score_threshold"]),
+                float(cfg["nms_iou"]),
+                int(cfg["detections_per_image"]),
+            )
+            size = [entry["height"], entry["width"]]
+            results += [
+                {
+                    "image_id": image_id,
+                    "category_id": categories[c - 1]["id"],
+                    "segmentation": {"size": size, "counts": found.rles[i].decode("ascii")},
+                    "score": round(score, 6),
+                }
+                for i, c, score in kept
+            ]
+    write_json_atomic(results, out)
+    return len(results)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        "ifcn classify predict", description=__doc__, add_help=add_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint", required=True, help="model_final.pt of `ifcn classify train`"
+    )
+    parser.add_argument("--proposals", required=True, help="proposals.h5 of the images")
+    parser.add_argument("--images", required=True, help="COCO JSON listing the images")
+    parser.add_argument("--image-root", help="folder of the images (default: data.val_images)")
+    parser.add_argument("--top-n", type=int, help="proposals classified per image")
+    parser.add_argument("--test-scale", type=int, help="shorter side the image is resized to")
+    parser.add_argument("--score-threshold", type=float, help="lowest class score kept")
+    parser.add_argument("--nms-iou", type=float, help="mask IoU above which NMS suppresses")
+    parser.add_argument("--detections-per-image", type=int, help="results kept per image")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--out", required=True, help="COCO segm results JSON to write")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = {key: getattr(args, key) for key in OVERRIDABLE}
+    count = run_prediction(
+        args.checkpoint,
+        args.proposals,
+        args.images,
+        args.out,
+        image_root=args.image_root,
+        overrides=overrides,
+        device_name=args.device,
+    )
+    print(f"wrote {count} results to {args.out}")
+    return 0

@@ -1,0 +1,136 @@
+"""mAP@0.5 / mAP@0.7 (COCOeval, iouThrs 0.5 and 0.7) and the per-class mask NMS before it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from ifcn.classify.evaluate import evaluate_segm
+from ifcn.classify.predict import mask_nms, select_detections
+from ifcn.cli import main as cli_main
+
+H, W = 60, 100
+
+
+def _mask(x0: int, x1: int, y0: int = 10, y1: int = 30) -> np.ndarray:
+    mask = np.zeros((H, W), np.uint8)
+    mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+def _rle(mask: np.ndarray, text: bool = False) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [H, W], "counts": rle["counts"].decode() if text else rle["counts"]}
+
+
+@pytest.fixture
+def gt_json(tmp_path):
+    anns = [
+        (1, _mask(0, 20)),  # A
+        (1, _mask(40, 60)),  # B
+        (2, _mask(70, 90, 35, 55)),  # C
+    ]
+    data = {
+        "images": [{"id": 7, "file_name": "a.png", "height": H, "width": W}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": 7,
+                "category_id": c,
+                "segmentation": _rle(m, text=True),
+                "area": int(m.sum()),
+                "bbox": [0, 0, 1, 1],
+                "iscrowd": 0,
+            }
+            for i, (c, m) in enumerate(anns)
+        ],
+        "categories": [{"id": k, "name": n} for k, n in ((1, "box"), (2, "blob"), (3, "none"))],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _result(category: int, mask: np.ndarray, score: float) -> dict:
+    return {
+        "image_id": 7,
+        "category_id": category,
+        "segmentation": _rle(mask, True),
+        "score": score,
+    }
+
+
+def test_ap_at_0_5_and_0_7_match_the_hand_computed_values(tmp_path, gt_json, capsys):
+    results = [
+        _result(1, _mask(0, 20), 0.9),  # A: true positive
+        _result(1, _mask(20, 35), 0.8),  # matches nothing: false positive
+        _result(1, _mask(40, 60), 0.7),  # B: true positive
+        _result(2, _mask(70, 90, 42, 55), 0.6),  # C at IoU 13/20: only counts at 0.5
+    ]
+    path = tmp_path / "segm.json"
+    path.write_text(json.dumps(results))
+    out = tmp_path / "eval" / "segm_eval.json"
+    assert cli_main(["classify", "evaluate", "--gt", str(gt_json), "--results", str(path),
+                     "--out", str(out)]) == 0  # fmt: skip
+    summary = json.loads(out.read_text())
+    # category 1: precision 1 up to recall 0.5, 2/3 beyond: 51 and 50 of COCO's 101 points
+    ap1 = (51 + 50 * 2 / 3) / 101
+    assert summary["per_category"] == [
+        {"category_id": 1, "name": "box", "AP@0.5": pytest.approx(ap1),
+         "AP@0.7": pytest.approx(ap1)},
+        {"category_id": 2, "name": "blob", "AP@0.5": pytest.approx(1.0), "AP@0.7": 0.0},
+        {"category_id": 3, "name": "none", "AP@0.5": None, "AP@0.7": None},
+    ]  # fmt: skip
+    assert summary["mAP@0.5"] == pytest.approx((ap1 + 1) / 2)
+    assert summary["mAP@0.7"] == pytest.approx(ap1 / 2)
+    table = capsys.readouterr().out
+    assert "mean (mAP)" in table and f"{100 * (ap1 + 1) / 2:.1f}" in table
+
+
+def test_no_results_give_zero_ap(tmp_path, gt_json):
+    path = tmp_path / "segm.json"
+    path.write_text("[]")
+    summary = evaluate_segm(gt_json, path)
+    assert summary["mAP@0.5"] == 0.0 and summary["mAP@0.7"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"category_id": 9}, "category_id 9 is not in"),
+        ({"image_id": 8}, "image_id 8 is not in"),
+        ({"score": "nan"}, "score is not a finite number"),
+    ],
+)
+def test_results_the_gt_does_not_know_are_one_line_errors(
+    tmp_path, gt_json, capsys, change, message
+):
+    path = tmp_path / "segm.json"
+    path.write_text(json.dumps([_result(1, _mask(0, 20), 0.9) | change]))
+    out = tmp_path / "segm_eval.json"
+    args = ["classify", "evaluate", "--gt", str(gt_json), "--results", str(path), "--out", str(out)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and message in err
+    assert not out.exists()
+
+
+def test_mask_nms_keeps_the_best_of_overlapping_segments():
+    rles = [_rle(_mask(0, 20)), _rle(_mask(1, 21)), _rle(_mask(50, 70)), _rle(_mask(0, 12))]
+    scores = np.array([0.5, 0.9, 0.4, 0.8])
+    # 1 beats 0 (IoU 19/21); 3 overlaps 1 with IoU 11/21 = 0.52
+    assert mask_nms(rles, scores, 0.5).tolist() == [1, 2]
+    assert mask_nms(rles, scores, 0.6).tolist() == [1, 3, 2]
+    assert mask_nms([], np.zeros(0), 0.5).shape == (0,)
+
+
+def test_each_class_is_suppressed_on_its_own_and_the_best_are_kept():
+    rles = [_rle(_mask(0, 20)), _rle(_mask(1, 21)), _rle(_mask(50, 70))]
+    probs = np.array([[0.1, 0.6, 0.3], [0.2, 0.7, 0.1], [0.5, 0.0005, 0.4995]])
+    found = select_detections(probs, rles, score_threshold=0.001, nms_iou=0.3, max_dets=10)
+    # class 1: 1 suppresses 0, 2 is under the threshold; class 2: 2, then 0 (1 overlaps 0)
+    assert found == [(1, 1, 0.7), (2, 2, 0.4995), (0, 2, 0.3)]
+    assert select_detections(probs, rles, 0.001, 0.3, max_dets=2) == found[:2]

@@ -1,0 +1,84 @@
+# Downstream classifier (MNC stage 3 on the proposals, paper Table 4): two-step training as in
+# the paper, proposals of the training images first, then the classifier on them.
+
+
+rule classify_train:
+    input:
+        proposals=result("train/proposals.h5"),
+        gt=DATA["train_json"],
+        proposal_model=result("train/model_final.pt"),
+    output:
+        model=protected(result("classify/model_final.pt")),
+    params:
+        config=CONFIG_FILE,
+        images=DATA["train_images"],
+        out=parent_of_output("model"),
+        settings=section("model", "classify"),
+    conda:
+        "../../environment.yml"
+    log:
+        log_file("classify_train"),
+    benchmark:
+        benchmark_file("classify_train")
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=600,
+        gpu=0,
+    shell:
+        "ifcn classify train --config {params.config} --proposals {input.proposals}"
+        " --gt {input.gt} --images {params.images} --init-from {input.proposal_model}"
+        " --out {params.out} --resume auto --device auto > {log} 2>&1"
+
+
+rule classify_predict:
+    input:
+        model=result("classify/model_final.pt"),
+        proposals=result("val/proposals.h5"),
+        images=DATA["val_json"],
+    output:
+        result("val/segm.json"),
+    params:
+        image_root=DATA["val_images"],
+        nms_iou=config["classify"]["nms_iou"],
+        score_threshold=config["classify"]["score_threshold"],
+        detections=config["classify"]["detections_per_image"],
+    conda:
+        "../../environment.yml"
+    log:
+        log_file("classify_predict"),
+    benchmark:
+        benchmark_file("classify_predict")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=0,
+    shell:
+        "ifcn classify predict --checkpoint {input.model} --proposals {input.proposals}"
+        " --images {input.images} --image-root {params.image_root} --nms-iou {params.nms_iou}"
+        " --score-threshold {params.score_threshold} --detections-per-image {params.detections}"
+        " --device auto --out {output} > {log} 2>&1"
+
+
+rule classify_evaluate:
+    input:
+        gt=DATA["val_json"],
+        results=result("val/segm.json"),
+    output:
+        result("val/segm_eval.json"),
+    params:
+        first_n=first_n_option,
+    conda:
+        "../../environment.yml"
+    log:
+        log_file("classify_evaluate"),
+    benchmark:
+        benchmark_file("classify_evaluate")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "ifcn classify evaluate --gt {input.gt} --results {input.results} {params.first_n}"
+        " --out {output} > {log} 2>&1"
