@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/classify.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/report.smk"
 

@@ -9,22 +9,22 @@ rule classify_train:
         proposal_model=result("train/model_final.pt"),
     output:
         model=protected(result("classify/model_final.pt")),
-    params:
-        config=CONFIG_FILE,
-        images=DATA["train_images"],
-        out=parent_of_output("model"),
-        settings=section("model", "classify"),
-    conda:
-        "../../environment.yml"
     log:
         log_file("classify_train"),
     benchmark:
         benchmark_file("classify_train")
+    conda:
+        "../../environment.yml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=600,
         gpu=0,
+    params:
+        config=CONFIG_FILE,
+        images=DATA["train_images"],
+        out=parent_of_output("model"),
+        settings=classify_training_settings(),
     shell:
         "ifcn classify train --config {params.config} --proposals {input.proposals}"
         " --gt {input.gt} --images {params.images} --init-from {input.proposal_model}"
@@ -38,22 +38,22 @@ rule classify_predict:
         images=DATA["val_json"],
     output:
         result("val/segm.json"),
-    params:
-        image_root=DATA["val_images"],
-        nms_iou=config["classify"]["nms_iou"],
-        score_threshold=config["classify"]["score_threshold"],
-        detections=config["classify"]["detections_per_image"],
-    conda:
-        "../../environment.yml"
     log:
         log_file("classify_predict"),
     benchmark:
         benchmark_file("classify_predict")
+    conda:
+        "../../environment.yml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=0,
+    params:
+        image_root=DATA["val_images"],
+        nms_iou=config["classify"]["nms_iou"],
+        score_threshold=config["classify"]["score_threshold"],
+        detections=config["classify"]["detections_per_image"],
     shell:
         "ifcn classify predict --checkpoint {input.model} --proposals {input.proposals}"
         " --images {input.images} --image-root {params.image_root} --nms-iou {params.nms_iou}"
@@ -67,18 +67,18 @@ rule classify_evaluate:
         results=result("val/segm.json"),
     output:
         result("val/segm_eval.json"),
-    params:
-        first_n=first_n_option,
-    conda:
-        "../../environment.yml"
     log:
         log_file("classify_evaluate"),
     benchmark:
         benchmark_file("classify_evaluate")
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        first_n=first_n_option,
     shell:
         "ifcn classify evaluate --gt {input.gt} --results {input.results} {params.first_n}"
         " --out {output} > {log} 2>&1"

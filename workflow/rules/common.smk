@@ -50,6 +50,13 @@ def section(*names):
     return json.dumps({name: config[name] for name in names}, sort_keys=True)
 
 
+def classify_training_settings():
+    """The classifier's training settings (its prediction settings do not retrain it)."""
+    predict_only = {"score_threshold", "nms_iou", "detections_per_image"}
+    training = {k: v for k, v in config["classify"].items() if k not in predict_only}
+    return json.dumps({"model": config["model"], "classify": training}, sort_keys=True)
+
+
 def parent_of_output(name):
     """Input function: the folder of output ``name`` (for CLIs that take an output folder)."""
 
@@ -88,12 +95,14 @@ def train_launcher(wildcards, resources):
 
 
 def all_outputs():
-    return [result("report.md")]
+    return [result("report.md"), result("val/segm_eval.json")]
 
 
 def first_n_option(wildcards):
+    """`--first-n N` for evaluations of the val split when data.first_n is set."""
     first_n = DATA["first_n"]
-    return f"--first-n {first_n}" if first_n and wildcards.split == "val" else ""
+    split = getattr(wildcards, "split", "val")
+    return f"--first-n {first_n}" if first_n and split == "val" else ""
 
 
 # Archives each dataset needs (`ifcn data download --dataset NAME`) and how each split is

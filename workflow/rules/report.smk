@@ -8,6 +8,7 @@ include: "report_common.smk"
 rule report:
     input:
         ar=result("val/ar.json"),
+        segm_eval=result("val/segm_eval.json"),
         plot=result("val/recall_iou.png"),
         proposals=result("val/proposals.h5"),
         model=result("train/model_final.pt"),
@@ -32,7 +33,8 @@ rule report:
         pictures=config["report"]["pictures"],
         ablations=report_ablation_options,
     shell:
-        "ifcn report --config {params.config} --ar {input.ar} {params.ablations}"
+        "ifcn report --config {params.config} --ar {input.ar} --segm-eval {input.segm_eval}"
+        " {params.ablations}"
         " --proposals {input.proposals} --checkpoint {input.model} --images {input.images}"
         " --image-root {params.image_root} --pictures {params.pictures}"
         " --device auto --out {output.report} > {log} 2>&1"
