@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from collections.abc import Iterator
+import signal
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +115,22 @@ def train_one_step(
 
 
 class TrainLog:
-    """train_log.csv: one row per logging period with period means reduced over ranks."""
+    """A training CSV log: one row per logging period with period means reduced over ranks.
 
-    def __init__(self, path: Path, start_iteration: int, enabled: bool = True):
+    ``columns`` start with "iteration" and include "lr" (train_log.csv by default; the
+    classifier logs its own columns).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        start_iteration: int,
+        enabled: bool = True,
+        columns: Sequence[str] = LOG_COLUMNS,
+    ):
         self.path = path
         self.enabled = enabled
+        self.columns = list(columns)
         self.sums: dict[str, float] = {}
         self.count = 0
         if enabled:
@@ -131,7 +143,7 @@ class TrainLog:
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_COLUMNS)
+            writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -154,7 +166,22 @@ class TrainLog:
         self.sums, self.count = {}, 0
         if self.enabled:
             row = {"iteration": iteration, "lr": f"{lr:.6g}"}
-            row.update({k: f"{means.get(k, 0.0):.6g}" for k in LOG_COLUMNS[1:] if k != "lr"})
+            row.update({k: f"{means.get(k, 0.0):.6g}" for k in self.columns[1:] if k != "lr"})
             with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, LOG_COLUMNS).writerow(row)
+                csv.DictWriter(f, self.columns).writerow(row)
         return means
+
+
+class StopRequest:
+    """Turns SIGTERM (SLURM preemption) into a flag checked after every step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+
+
+def ignore_sigterm(_worker_id: int) -> None:
+    """DataLoader workers outlive a SIGTERM sent to the whole job, so the last step finishes."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -31,7 +31,14 @@ from ifcn import checkpoint, distributed
 from ifcn.config import load_config, validate_config
 from ifcn.criterion import build_criterion
 from ifcn.data.crops import build_train_dataset
-from ifcn.engine import IterationSampler, TrainLog, step_seed, train_one_step
+from ifcn.engine import (
+    IterationSampler,
+    StopRequest,
+    TrainLog,
+    ignore_sigterm,
+    step_seed,
+    train_one_step,
+)
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 
@@ -122,21 +129,6 @@ def _weights_finite(model: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-class _StopRequest:
-    """Turns SIGTERM (SLURM preemption) into a flag checked after every step."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __call__(self, signum, frame):
-        self.requested = True
-
-
-def _ignore_sigterm(_worker_id: int) -> None:
-    """DataLoader workers outlive a SIGTERM sent to the whole job, so the last step finishes."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def run_training(
     config: dict,
     out_dir: str | Path,
@@ -211,7 +203,7 @@ def run_training(
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_ignore_sigterm,
+        worker_init_fn=ignore_sigterm,
         persistent_workers=False,
     )
 
@@ -265,7 +257,7 @@ def run_training(
             file=sys.stderr,
         )
 
-    stop = _StopRequest()
+    stop = StopRequest()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, stop) if in_main_thread else None
     model.train()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import os
 import signal
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from ifcn.classify.model import KIND, build_classifier, load_backbone_from
 from ifcn.classify.targets import RoiSamples, category_table, check_image_sets
 from ifcn.config import load_config, validate_config
 from ifcn.data.coco import CocoInstances
-from ifcn.engine import IterationSampler
+from ifcn.engine import IterationSampler, StopRequest, TrainLog, ignore_sigterm
 from ifcn.errors import IfcnError
 from ifcn.proposals_io import Proposals
 from ifcn.train import build_lr_lambda
@@ -111,60 +109,6 @@ def check_resumable(
                 f"pass --resume {path}",
                 path,
             )
-
-
-class ClassifyLog:
-    """classify_log.csv: one row of period means per logging period (rank 0)."""
-
-    def __init__(self, path: Path, start: int, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        if enabled:  # drop what a killed run logged after its checkpoint: it is redone
-            rows = []
-            if path.exists():
-                with open(path, newline="") as f:
-                    rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, LOG_COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, path)
-
-    def update(self, values: dict[str, Tensor], seconds: float) -> None:
-        """Add one step's values (fetched from the device in one go) and its duration."""
-        keys = sorted(values)
-        fetched = torch.stack([values[k].float() for k in keys]).tolist()
-        for key, value in [*zip(keys, fetched, strict=True), ("seconds", seconds)]:
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        self.count += 1
-
-    def write(self, iteration: int, lr: float, device: torch.device) -> dict[str, float]:
-        keys = sorted(self.sums)
-        local = torch.tensor([self.sums[k] / max(self.count, 1) for k in keys], device=device)
-        means = dict(zip(keys, distributed.all_reduce_mean(local).tolist(), strict=True))
-        self.sums, self.count = {}, 0
-        if self.enabled:
-            row = {"iteration": iteration, "lr": f"{lr:.6g}"}
-            row.update({k: f"{means.get(k, 0.0):.6g}" for k in LOG_COLUMNS[1:] if k != "lr"})
-            with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, LOG_COLUMNS).writerow(row)
-        return means
-
-
-class _StopRequest:
-    """Turns SIGTERM (SLURM preemption) into a flag checked after every step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, signum, frame) -> None:
-        self.requested = True
-
-
-def _ignore_sigterm(_worker_id: int) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _train_step(
@@ -262,11 +206,11 @@ def run_training(
         sampler=sampler,
         num_workers=cfg["workers"] if workers is None else workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_ignore_sigterm,
+        worker_init_fn=ignore_sigterm,
     )
     if info.is_main:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    log = ClassifyLog(out_dir / "classify_log.csv", start, enabled=info.is_main)
+    log = TrainLog(out_dir / "classify_log.csv", start, enabled=info.is_main, columns=LOG_COLUMNS)
 
     def save(iteration: int) -> Path:
         path = checkpoint.checkpoint_path(out_dir, iteration)
@@ -289,7 +233,7 @@ def run_training(
         distributed.barrier()
         return path
 
-    stop = _StopRequest()
+    stop = StopRequest()
     previous_handler = signal.signal(signal.SIGTERM, stop)
     last_saved = resume_path
     model.train()
@@ -316,7 +260,7 @@ def run_training(
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             iteration += 1
-            log.update(losses, time.perf_counter() - tick)
+            log.update(losses | {"seconds": time.perf_counter() - tick})
             if iteration % cfg["log_period"] == 0 or iteration == total:
                 means = log.write(iteration, lr, device)
                 progress.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.2f}")
