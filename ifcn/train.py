@@ -14,7 +14,6 @@ rank finish its step, rank 0 write a checkpoint, and all exit with an error that
 from __future__ import annotations
 
 import argparse
-import copy
 import signal
 import sys
 import threading
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ifcn import checkpoint, distributed
-from ifcn.config import load_config, validate_config
+from ifcn.config import load_config
 from ifcn.criterion import build_criterion
 from ifcn.data.crops import build_train_dataset
 from ifcn.engine import (
@@ -322,11 +321,8 @@ def run_training(
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    if args.iters is not None:
-        config = copy.deepcopy(config)
-        config["train"]["iters"] = args.iters
-        config = validate_config(config, args.config)
+    overrides = {"train": {"iters": args.iters}} if args.iters is not None else None
+    config = load_config(args.config, overrides)
     try:
         final = run_training(
             config,

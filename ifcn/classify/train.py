@@ -11,7 +11,6 @@ on (classify.seed, i, rank).
 from __future__ import annotations
 
 import argparse
-import copy
 import signal
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from ifcn import checkpoint, distributed
 from ifcn.classify.model import KIND, build_classifier, load_backbone_from
 from ifcn.classify.targets import RoiSamples, category_table, check_image_sets
-from ifcn.config import load_config, validate_config
+from ifcn.config import load_config
 from ifcn.data.coco import CocoInstances
 from ifcn.engine import IterationSampler, StopRequest, TrainLog, ignore_sigterm
 from ifcn.errors import IfcnError
@@ -298,11 +297,8 @@ def run_training(
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    if args.iters is not None:
-        config = copy.deepcopy(config)
-        config["classify"]["iters"] = args.iters
-        config = validate_config(config, args.config)
+    overrides = {"classify": {"iters": args.iters}} if args.iters is not None else None
+    config = load_config(args.config, overrides)
     try:
         final = run_training(
             config,
