@@ -26,8 +26,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ifcn.evaluate import evaluate
-from ifcn.proposals_io import ProposalWriter
+from ifcn.evaluation.ar import evaluate
+from ifcn.proposals.format import ProposalWriter
 
 MAX_DETS = [10, 100, 1000]
 

@@ -33,14 +33,14 @@ import cv2
 import numpy as np
 import torch
 
-from ifcn.candidates import Candidates, CandidateWriter, ImageCandidates
 from ifcn.config import load_config
-from ifcn.data.coco import resize_image
-from ifcn.infer import image_tensor, infer_image, rank_windows, window_masks
+from ifcn.data.image import image_tensor, resize_image
 from ifcn.model import build_model
-from ifcn.nms import nms_image, torch_threads
-from ifcn.proposals_io import ProposalWriter
-from ifcn.windows import STRIDE, window_boxes
+from ifcn.proposals.candidates import Candidates, CandidateWriter, ImageCandidates
+from ifcn.proposals.format import ProposalWriter
+from ifcn.proposals.inference import infer_image, window_masks
+from ifcn.proposals.nms import nms_image, torch_threads
+from ifcn.windows import STRIDE, rank_windows, window_boxes
 
 PAPER_SCALES = [round(600 * 1.5**e) for e in range(-4, 2)]  # 119, 178, 267, 400, 600, 900
 ROOT = Path(__file__).resolve().parents[1]

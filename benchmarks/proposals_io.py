@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ifcn.proposals_io import Proposals, ProposalWriter
+from ifcn.proposals.format import Proposals, ProposalWriter
 
 HEIGHT, WIDTH = 375, 500
 ATTRS = {

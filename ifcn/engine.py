@@ -114,6 +114,19 @@ def train_one_step(
     return {key: value.detach() for key, value in losses.items()}
 
 
+def build_lr_lambda(train_cfg: dict):
+    """Step schedule of the paper (with an optional linear warm-up)."""
+    step_at = int(round(train_cfg["lr_step"] * train_cfg["iters"]))
+    warmup = train_cfg["warmup_iters"]
+    gamma = train_cfg["lr_gamma"]
+
+    def factor(iteration: int) -> float:
+        ramp = min(1.0, (iteration + 1) / warmup) if warmup else 1.0
+        return ramp * (gamma if iteration >= step_at else 1.0)
+
+    return factor
+
+
 class TrainLog:
     """A training CSV log: one row per logging period with period means reduced over ranks.
 

@@ -12,33 +12,18 @@ linked relative to the report so the folder can be moved or published as a whole
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ifcn import paper
-from ifcn.ablation import VARIANTS
 from ifcn.config import load_config
 from ifcn.errors import IfcnError
-
-# Fig. 8: each object's best proposal among the top FIG8_TOP_N; below MISSED_IOU it is missed.
-FIG8_TOP_N = 100
-MISSED_IOU = 0.5
-
-
-@dataclass(frozen=True)
-class Picture:
-    """A PNG of the report and the sentence shown under it."""
-
-    path: Path
-    caption: str
+from ifcn.pictures import Picture, draw_pictures
+from ifcn.variants import VARIANTS
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -234,158 +219,6 @@ def _parameters_section(model_cfg: dict) -> list[str]:
     lines += [""] + _table(["setting", "head", "layers", "weights", "biases"], table) + [""]
     lines += ["; ".join(ratios) + f". Paper (published): {published}.", ""]
     return lines
-
-
-def _gt_rles(images_json: Path) -> tuple[dict[int, dict], dict[int, list[dict]]]:
-    """Images by id and each image's non-crowd object masks as compressed RLE."""
-    from pycocotools.coco import COCO
-
-    from ifcn.infer import read_image_table
-
-    table = read_image_table(images_json)
-    data = _read_json(images_json)
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    objects: dict[int, list[dict]] = {image_id: [] for image_id in table}
-    for ann in data.get("annotations", []):
-        if ann.get("iscrowd") or ann.get("image_id") not in objects:
-            continue
-        try:
-            rle = coco.annToRLE(ann)
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise IfcnError(
-                f"annotation {ann.get('id')}: unreadable segmentation", images_json
-            ) from None
-        if isinstance(rle["counts"], str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode()}
-        objects[ann["image_id"]].append(rle)
-    return table, objects
-
-
-def pick_images(objects: dict[int, list], count: int) -> list[int]:
-    """The first ``count`` image ids in sorted order that show objects (then any others)."""
-    ids = sorted(objects)
-    with_objects = [i for i in ids if objects[i]]
-    chosen = (with_objects + [i for i in ids if not objects[i]])[:count]
-    if len(chosen) < count:
-        raise IfcnError(f"{count} pictures asked for, but only {len(ids)} validation images")
-    return chosen
-
-
-def best_proposals(gt_rles: list[dict], proposal_rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """For each object, the index of its best-IoU proposal and that IoU (-1 and 0: none)."""
-    from pycocotools import mask as mask_utils
-
-    if not gt_rles or not proposal_rles:
-        return np.full(len(gt_rles), -1), np.zeros(len(gt_rles))
-    ious = np.asarray(mask_utils.iou(proposal_rles, gt_rles, [0] * len(gt_rles)))
-    ious = ious.reshape(len(proposal_rles), len(gt_rles))
-    return ious.argmax(axis=0), ious.max(axis=0)
-
-
-def draw_recall_picture(
-    image: np.ndarray, gt_masks: np.ndarray, proposal_masks: np.ndarray, ious: np.ndarray
-) -> np.ndarray:
-    """Fig. 8: each object's best proposal tinted and labelled with its IoU; objects whose best
-    IoU is below MISSED_IOU filled with white and outlined in red."""
-    import cv2
-
-    from ifcn.viz import draw_proposals
-
-    missed = ious < MISSED_IOU
-    out = image.astype(np.float32)
-    thickness = max(1, round(min(image.shape[:2]) / 150))
-    contours = []
-    for mask in gt_masks[missed]:
-        region = mask.astype(bool)
-        out[region] = out[region] * 0.25 + 255 * 0.75
-        found, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        contours += found
-    out = out.clip(0, 255).astype(np.uint8)
-    cv2.drawContours(out, contours, -1, (230, 0, 0), thickness)
-    return draw_proposals(out, proposal_masks[~missed], ious[~missed])
-
-
-def draw_pictures(
-    config: dict,
-    figures_dir: Path,
-    count: int,
-    images_json: Path,
-    image_root: Path,
-    proposals: Path | None = None,
-    checkpoint: Path | None = None,
-    device_name: str = "auto",
-) -> list[Picture]:
-    """Fig. 8 (with ``proposals``) and Fig. 5 (with ``checkpoint``, InstanceFCN head only) of
-    the first ``count`` validation images: figures_dir/proposals-<i>.png, score_maps-<i>.png."""
-    from ifcn.data.coco import load_image
-    from ifcn.proposals_io import Proposals
-    from ifcn.viz import save_png, score_map_picture
-
-    table, objects = _gt_rles(images_json)
-    chosen = pick_images(objects, count)
-    model, device = None, None
-    if checkpoint is not None and config["model"]["head"] == "instancefcn":
-        from ifcn.distributed import resolve_device
-        from ifcn.infer import load_model
-
-        try:
-            device = resolve_device(device_name)
-        except RuntimeError as exc:
-            raise IfcnError(str(exc)) from None
-        model = load_model(config, checkpoint, device)
-    reader = Proposals(proposals) if proposals is not None else None
-    pictures: list[Picture] = []
-    try:
-        for position, image_id in enumerate(chosen, start=1):
-            entry = table[image_id]
-            image = load_image(image_root / entry["file_name"])
-            if reader is not None:
-                if image_id not in reader:
-                    raise IfcnError(f"no proposals for image {image_id}", proposals)
-                rles = reader.rles(image_id, FIG8_TOP_N)
-                best, ious = best_proposals(objects[image_id], rles)
-                found = _decode(rles, image.shape[:2])[np.clip(best, 0, None)]
-                gt_masks = _decode(objects[image_id], image.shape[:2])
-                picture = draw_recall_picture(image, gt_masks, found, ious)
-                missed = int((ious < MISSED_IOU).sum())
-                pictures.append(
-                    Picture(
-                        save_png(picture, figures_dir / f"proposals-{position}.png"),
-                        f"Image {image_id} (`{entry['file_name']}`): the best of the top "
-                        f"{FIG8_TOP_N} proposals for each of its {len(ious)} objects, labelled "
-                        f"with its IoU; {missed} missed (best IoU < {MISSED_IOU}) in white with "
-                        "a red outline, as in the paper's Fig. 8.",
-                    )
-                )
-            if model is not None:
-                short = min(image.shape[:2])
-                scale = min(config["infer"]["scales"], key=lambda s: abs(s - short))
-                picture = score_map_picture(
-                    model, image, scale, config["infer"]["max_size"], 4, device
-                )
-                pictures.append(
-                    Picture(
-                        save_png(picture, figures_dir / f"score_maps-{position}.png"),
-                        f"Image {image_id} at shorter side {scale}: the k² = {model.k**2} "
-                        "instance-sensitive score maps, the four best windows after box NMS "
-                        "and the instances assembled from the maps, as in the paper's Fig. 5.",
-                    )
-                )
-    finally:
-        if reader is not None:
-            reader.close()
-    return pictures
-
-
-def _decode(rles: list[dict], size: tuple[int, int]) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-
-    if not rles:
-        return np.zeros((0, *size), np.uint8)
-    return np.moveaxis(mask_utils.decode(rles), 2, 0)
 
 
 def build_report(

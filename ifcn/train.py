@@ -34,6 +34,7 @@ from ifcn.engine import (
     IterationSampler,
     StopRequest,
     TrainLog,
+    build_lr_lambda,
     ignore_sigterm,
     step_seed,
     train_one_step,
@@ -65,19 +66,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "scales), so off by default",
     )
     return parser
-
-
-def build_lr_lambda(train_cfg: dict):
-    """Step schedule of the paper (with an optional linear warm-up)."""
-    step_at = int(round(train_cfg["lr_step"] * train_cfg["iters"]))
-    warmup = train_cfg["warmup_iters"]
-    gamma = train_cfg["lr_gamma"]
-
-    def factor(iteration: int) -> float:
-        ramp = min(1.0, (iteration + 1) / warmup) if warmup else 1.0
-        return ramp * (gamma if iteration >= step_at else 1.0)
-
-    return factor
 
 
 def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:

@@ -32,6 +32,15 @@ def top_left_of_cell(cells: Tensor, m: int) -> Tensor:
     return cells - m // 2
 
 
+def rank_windows(objectness: Tensor, m: int, topk: int) -> tuple[Tensor, Tensor]:
+    """Top-left cells [n, 2] and logits [n] of the ``topk`` best windows of an [h, w] map."""
+    width = objectness.shape[-1]
+    flat = objectness.reshape(-1)
+    logits, index = flat.topk(min(topk, flat.numel()))
+    cells = torch.stack([index // width, index % width], dim=1)
+    return top_left_of_cell(cells, m), logits
+
+
 def cell_grid(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
     """All feature cells (y, x) of an H×W map in row-major order: [H·W, 2]."""
     ys, xs = torch.meshgrid(

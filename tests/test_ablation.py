@@ -13,16 +13,10 @@ import pytest
 import yaml
 
 from ifcn import ablation
-from ifcn.ablation import (
-    HEAD_VARIANTS,
-    K_VARIANTS,
-    ablation_table,
-    apply_overrides,
-    parse_setting,
-    variant_config,
-)
+from ifcn.ablation import ablation_table, parse_setting
 from ifcn.config import load_config, validate_config
 from ifcn.errors import IfcnError
+from ifcn.variants import HEAD_VARIANTS, K_VARIANTS, apply_overrides, variant_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,10 +20,9 @@ from ifcn.config import load_config
 from ifcn.criterion import build_criterion
 from ifcn.data.coco import CocoInstances
 from ifcn.distributed import DistInfo, dist_info_from_env, slurm_init_method
-from ifcn.engine import IterationSampler, step_seed
+from ifcn.engine import IterationSampler, build_lr_lambda, step_seed
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
-from ifcn.train import build_lr_lambda
 from tests.configs import ROOT, write_config
 
 WORLD = 2

@@ -20,8 +20,9 @@ from ifcn.checkpoint import save_atomic
 from ifcn.config import load_config, validate_config
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
-from ifcn.proposals_io import write_proposals
-from ifcn.report import best_proposals, build_report, draw_recall_picture, mask_layer_parameters
+from ifcn.pictures import best_proposals, draw_recall_picture
+from ifcn.proposals.format import write_proposals
+from ifcn.report import build_report, mask_layer_parameters
 
 
 def _png(path: Path) -> Path:

@@ -15,8 +15,8 @@ from ifcn import cli
 from ifcn.checkpoint import save_atomic
 from ifcn.config import load_config
 from ifcn.model import build_model
-from ifcn.proposals_io import write_proposals
-from ifcn.viz import distinct_colours, draw_proposals, draw_score_maps
+from ifcn.pictures import distinct_colours, draw_proposals, draw_score_maps
+from ifcn.proposals.format import write_proposals
 
 
 def test_draw_proposals_tints_each_mask_in_its_own_colour():

@@ -22,12 +22,11 @@ from tqdm import tqdm
 from ifcn import checkpoint
 from ifcn.classify.model import KIND, ProposalClassifier, build_classifier, roi_inputs
 from ifcn.classify.targets import check_image_sets
-from ifcn.data.coco import load_image, resize_image
-from ifcn.data.cocojson import load_json, write_json_atomic
+from ifcn.data.cocojson import load_json, read_image_table, write_json_atomic
+from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.distributed import resolve_device
 from ifcn.errors import IfcnError
-from ifcn.infer import image_tensor, read_image_table
-from ifcn.proposals_io import Proposals
+from ifcn.proposals.format import Proposals
 
 OVERRIDABLE = ("top_n", "test_scale", "score_threshold", "nms_iou", "detections_per_image")
 

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ifcn.classify.model import roi_inputs
 from ifcn.data.coco import CocoInstances
 from ifcn.errors import IfcnError
-from ifcn.proposals_io import Proposals
+from ifcn.proposals.format import Proposals
 
 IGNORE = -1  # label of RoIs that are neither foreground nor background
 _CROWD_IOA = 0.5  # share of a RoI inside a crowd region that keeps it from being background

@@ -27,10 +27,15 @@ from ifcn.classify.model import KIND, build_classifier, load_backbone_from
 from ifcn.classify.targets import RoiSamples, category_table, check_image_sets
 from ifcn.config import load_config
 from ifcn.data.coco import CocoInstances
-from ifcn.engine import IterationSampler, StopRequest, TrainLog, ignore_sigterm
+from ifcn.engine import (
+    IterationSampler,
+    StopRequest,
+    TrainLog,
+    build_lr_lambda,
+    ignore_sigterm,
+)
 from ifcn.errors import IfcnError
-from ifcn.proposals_io import Proposals
-from ifcn.train import build_lr_lambda
+from ifcn.proposals.format import Proposals
 
 LOG_COLUMNS = ["iteration", "loss", "accuracy", "num_fg", "num_bg", "lr", "seconds"]
 # classify keys that change neither the weights nor the data order, or only matter at prediction:

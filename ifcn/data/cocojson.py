@@ -152,6 +152,38 @@ def require_coco_shape(data: Any, path: str | Path) -> None:
             raise IfcnError(f"not a COCO instances JSON (no '{key}' list)", path)
 
 
+def check_image_entries(images: list, path: str | Path) -> dict[int, dict]:
+    """The JSON's image entries by id; IfcnError naming the file if one is malformed or repeated."""
+    by_id: dict[int, dict] = {}
+    for i, img in enumerate(images):
+        try:
+            image_id, height, width = img["id"], int(img["height"]), int(img["width"])
+            if type(image_id) is not int or not isinstance(img["file_name"], str):
+                raise ValueError
+            if height < 1 or width < 1:
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            raise IfcnError(
+                f"images[{i}] needs an integer id, a file_name and a positive height and width",
+                path,
+            ) from None
+        if image_id in by_id:
+            raise IfcnError(f"image id {image_id} appears twice", path)
+        by_id[image_id] = img
+    return by_id
+
+
+def read_image_table(json_path: str | Path) -> dict[int, dict]:
+    """Image entries of a COCO JSON by id (file_name, height, width), checked."""
+    data = load_json(json_path)
+    require_coco_shape(data, json_path)
+    return {
+        image_id: {"file_name": img["file_name"], "height": int(img["height"]),
+                   "width": int(img["width"])}
+        for image_id, img in check_image_entries(data["images"], json_path).items()
+    }  # fmt: skip
+
+
 def write_json_atomic(data: Any, path: str | Path) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:

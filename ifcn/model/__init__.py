@@ -8,8 +8,12 @@ the window *centred* on that cell, i.e. the window whose top-left cell is
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from torch import Tensor, nn
 
+from ifcn import checkpoint
 from ifcn.config import load_schema
 from ifcn.errors import IfcnError
 from ifcn.model.backbone import build_backbone
@@ -78,3 +82,23 @@ def build_model(model_cfg: dict) -> InstanceFCN:
     return InstanceFCN(
         backbone, head=cfg["head"], k=cfg["k"], m=cfg["m"], head_channels=cfg["head_channels"]
     )
+
+
+def load_model(
+    config: dict, checkpoint_path: str | Path, device: torch.device | str
+) -> InstanceFCN:
+    """The config's network with the checkpoint's weights, in eval mode on ``device``.
+
+    IfcnError naming the checkpoint if it was trained for another model.
+    """
+    state = checkpoint.load(checkpoint_path)
+    checkpoint.check_compatible(state, config, checkpoint_path)
+    model = build_model({**config["model"], "pretrained": False})
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise IfcnError(
+            f"weights do not fit the config's model ({first})", checkpoint_path
+        ) from None
+    return model.to(device).eval()

@@ -12,7 +12,7 @@ import yaml
 from pycocotools import mask as mask_utils
 
 from ifcn.data.coco import mask_boxes
-from ifcn.proposals_io import write_proposals
+from ifcn.proposals.format import write_proposals
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small and fast: images at their own size (128-160 px), narrow fc layers, no worker processes.

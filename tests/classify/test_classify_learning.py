@@ -17,7 +17,7 @@ from oracle import classify_config
 from ifcn.classify.evaluate import evaluate_segm
 from ifcn.classify.predict import select_detections
 from ifcn.cli import main as cli_main
-from ifcn.proposals_io import Proposals
+from ifcn.proposals.format import Proposals
 
 
 def chance_map(gt_json, proposals_path, out, draws: int = 5) -> float:

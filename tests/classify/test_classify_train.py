@@ -14,7 +14,7 @@ from ifcn.classify.targets import label_rois
 from ifcn.cli import main as cli_main
 from ifcn.config import load_config
 from ifcn.model import build_model
-from ifcn.proposals_io import Proposals
+from ifcn.proposals.format import Proposals
 
 
 def _train(config, data, out, *extra) -> list[str]:

@@ -11,16 +11,8 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from ifcn.data.coco import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    CocoInstances,
-    collate_single,
-    load_image,
-    mask_boxes,
-    resize_image,
-    resized_shape,
-)
+from ifcn.data.coco import CocoInstances, collate_single, mask_boxes
+from ifcn.data.image import IMAGENET_MEAN, IMAGENET_STD, load_image, resize_image, resized_shape
 from ifcn.data.synth import generate_dataset
 from ifcn.errors import IfcnError
 

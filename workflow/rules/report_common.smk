@@ -2,7 +2,7 @@
 # Snakemake reads it once).
 import re
 
-from ifcn.ablation import TABLES, VARIANTS, variant_config
+from ifcn.variants import TABLES, VARIANTS, variant_config
 
 ABLATION_BASE = load_config(CONFIG_FILE)
 # what makes two runs give the same ar.json

@@ -9,10 +9,10 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from ifcn.candidates import CandidateWriter, ImageCandidates
 from ifcn.data.coco import mask_boxes
-from ifcn.nms import masks_to_image, nms_image, render_kept, run_nms, tight_boxes
-from ifcn.proposals_io import Proposals
+from ifcn.proposals.candidates import CandidateWriter, ImageCandidates
+from ifcn.proposals.format import Proposals
+from ifcn.proposals.nms import masks_to_image, nms_image, render_kept, run_nms, tight_boxes
 from ifcn.windows import window_boxes
 
 

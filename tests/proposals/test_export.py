@@ -13,9 +13,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ifcn import cli
-from ifcn.evaluate import evaluate
-from ifcn.export import export_results
-from ifcn.proposals_io import write_proposals
+from ifcn.evaluation.ar import evaluate
+from ifcn.proposals.export import export_results
+from ifcn.proposals.format import write_proposals
 
 ATTRS = {
     "config": {},

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 
 from ifcn import cli
-from ifcn.candidates import (
-    Candidates,
-    CandidateWriter,
-    ImageCandidates,
-    merge_candidates,
-    parse_shard,
-)
 from ifcn.errors import IfcnError
+from ifcn.proposals.candidates import Candidates, CandidateWriter, ImageCandidates
+from ifcn.proposals.merge import merge_candidates
+from ifcn.proposals.sharding import parse_shard
 
 
 def _record(image_id: int, count: int, side: int = 5, seed: int = 0) -> ImageCandidates:

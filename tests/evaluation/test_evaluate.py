@@ -17,9 +17,9 @@ from pycocotools.cocoeval import COCOeval
 
 from ifcn import cli
 from ifcn.errors import IfcnError
-from ifcn.evaluate import evaluate
-from ifcn.proposals_io import write_proposals
-from ifcn.recall import COCO_IOU_THRESHOLDS
+from ifcn.evaluation.ar import evaluate
+from ifcn.evaluation.recall import COCO_IOU_THRESHOLDS
+from ifcn.proposals.format import write_proposals
 
 ATTRS = {
     "config": {},
@@ -393,7 +393,8 @@ def test_results_json_with_a_category_the_gt_lacks_is_refused(tmp_path):
 
 def test_evaluate_and_proposals_io_do_not_import_torch():
     code = (
-        "import sys, ifcn.evaluate, ifcn.proposals_io, ifcn.export; print('torch' in sys.modules)"
+        "import sys, ifcn.evaluation.evaluate, ifcn.proposals.format, ifcn.proposals.export;"
+        " print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -16,14 +16,17 @@ from torch import nn
 
 from ifcn import cli
 from ifcn.assemble import assemble_dense, assembling_index
-from ifcn.candidates import Candidates, ImageCandidates, shard_ids
 from ifcn.checkpoint import save_atomic
 from ifcn.config import load_config
-from ifcn.infer import image_tensor, infer_image, rank_windows, run_inference
+from ifcn.data.image import image_tensor
 from ifcn.model import build_model
-from ifcn.nms import nms_image, run_nms
-from ifcn.proposals_io import Proposals
-from ifcn.windows import STRIDE, window_boxes
+from ifcn.proposals.candidates import Candidates, ImageCandidates
+from ifcn.proposals.format import Proposals
+from ifcn.proposals.infer import run_inference
+from ifcn.proposals.inference import infer_image
+from ifcn.proposals.nms import nms_image, run_nms
+from ifcn.proposals.sharding import shard_ids
+from ifcn.windows import STRIDE, rank_windows, window_boxes
 
 
 class OracleFCN(nn.Module):

@@ -32,9 +32,9 @@ from torch import Tensor
 from torchvision.ops import nms as box_nms
 from tqdm import tqdm
 
-from ifcn.candidates import Candidates, ImageCandidates
 from ifcn.errors import IfcnError
-from ifcn.proposals_io import ProposalWriter
+from ifcn.proposals.candidates import Candidates, ImageCandidates
+from ifcn.proposals.format import ProposalWriter
 
 _BOX_ELEMENTS = 1 << 22  # values computed at once when finding tight boxes
 _FULL_ELEMENTS = 1 << 22  # values computed at once when resizing kept masks in full

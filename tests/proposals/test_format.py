@@ -13,7 +13,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from ifcn.errors import IfcnError
-from ifcn.proposals_io import (
+from ifcn.proposals.format import (
     FORMAT,
     FORMAT_VERSION,
     ImageProposals,
@@ -22,7 +22,7 @@ from ifcn.proposals_io import (
     write_proposals,
 )
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "proposals-format.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "proposals-format.md"
 ATTRS = {
     "config": {"model": {"backbone": "tiny"}, "nms": {"iou": 0.8}},
     "checkpoint_sha256": "ab" * 32,

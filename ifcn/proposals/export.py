@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ifcn.atomic import atomic_path
 from ifcn.errors import IfcnError
-from ifcn.proposals_io import Proposals
+from ifcn.proposals.format import Proposals
 
 
 def export_results(

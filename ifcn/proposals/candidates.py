@@ -22,26 +22,24 @@ The layout mirrors proposals.h5 (DESIGN §7): flat columns, one row per candidat
 ```
 
 A shard of an inference job is a contiguous chunk of the sorted image ids, so shards merge by
-concatenation. Files are written to a temporary name and renamed when complete.
+concatenation (`ifcn merge`). Files are written to a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from ifcn.errors import IfcnError
-from ifcn.proposals_io import index_images
+from ifcn.proposals.format import index_images
 
 FORMAT = "ifcn-candidates"
 FORMAT_VERSION = 1
@@ -51,7 +49,6 @@ REQUIRED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "k", "m", 
 SHARED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "max_size", "k", "m", "head")
 
 _FLUSH_ROWS = 8192  # candidates buffered before they go to the file (~7 MB of 21×21 masks)
-_COPY_ROWS = 1 << 15  # rows copied at once by merge
 _COLUMNS = ("masks", "boxes", "objectness", "scale")
 
 
@@ -70,23 +67,6 @@ class ImageCandidates:
 
     def __len__(self) -> int:
         return len(self.objectness)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' → (i, n) with 0 ≤ i < n; ValueError otherwise."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {text!r}: need 0 <= i < n")
-    return index, count
-
-
-def shard_ids(image_ids: Sequence[int], index: int, count: int) -> list[int]:
-    """Shard `index` of `count`: a contiguous chunk of the sorted ids (chunks differ by ≤ 1)."""
-    ids = sorted(int(i) for i in image_ids)
-    return ids[index * len(ids) // count : (index + 1) * len(ids) // count]
 
 
 def _attr_value(value: Any) -> Any:
@@ -367,114 +347,3 @@ class Candidates:
     def __iter__(self) -> Iterator[ImageCandidates]:
         for n in range(len(self)):
             yield self.read(n)
-
-
-def _shared(attrs: dict) -> dict:
-    return {key: attrs.get(key) for key in SHARED_ATTRS}
-
-
-def merge_candidates(
-    inputs: Sequence[str | Path], out: str | Path, allow_partial: bool = False
-) -> int:
-    """Concatenate the shards of one inference job into one file; returns the number of images.
-
-    The shards must share every attribute but `shard`, hold disjoint images and (unless
-    `allow_partial`) be all n shards of the job.
-    """
-    if not inputs:
-        raise IfcnError("no input files to merge")
-    readers: list[Candidates] = []
-    try:
-        for path in inputs:
-            readers.append(Candidates(path))
-        first = readers[0]
-        reference = _shared(first.attrs)
-        parsed: list[tuple[int, int, Candidates]] = []
-        for reader in readers:
-            attrs = reader.attrs
-            for key, value in _shared(attrs).items():
-                if value != reference[key]:
-                    raise IfcnError(
-                        f"attribute {key!r} differs from that of {first.path} "
-                        "(shards of different inference runs)",
-                        reader.path,
-                    )
-            if reader.mask_size != first.mask_size:
-                raise IfcnError(f"mask size differs from that of {first.path}", reader.path)
-            try:
-                parsed.append((*parse_shard(str(attrs.get("shard"))), reader))
-            except ValueError as exc:
-                raise IfcnError(str(exc), reader.path) from None
-        counts = sorted({count for _, count, _ in parsed})
-        if len(counts) > 1:
-            raise IfcnError(f"inputs are shards of different splits: n = {counts}", Path(out))
-        count = counts[0]
-        shards: dict[int, Path] = {}
-        for index, _, reader in parsed:
-            if index in shards:
-                raise IfcnError(
-                    f"shard {index}/{count} is also given as {shards[index]}", reader.path
-                )
-            shards[index] = reader.path
-        missing = sorted(set(range(count)) - set(shards))
-        if missing and not allow_partial:
-            raise IfcnError(f"shards {missing} of {count} are missing", Path(out))
-        seen: dict[int, Path] = {}
-        for reader in readers:
-            for image_id in reader.image_ids.tolist():
-                if image_id in seen:
-                    raise IfcnError(
-                        f"image {image_id} is also in {seen[image_id]} (overlapping shards)",
-                        reader.path,
-                    )
-                seen[image_id] = reader.path
-        ordered = sorted(readers, key=lambda r: int(r.image_ids.min()) if len(r) else 0)
-        attrs = {key: value for key, value in first.attrs.items()
-                 if key not in ("format", "format_version", "objectness")}  # fmt: skip
-        attrs["shard"] = "0/1" if not missing else ",".join(map(str, sorted(shards))) + f"/{count}"
-        with CandidateWriter(out, attrs, first.mask_size) as writer:
-            for reader in tqdm(ordered, desc="merge", unit="shard", dynamic_ncols=True):
-                _copy_into(reader, writer)
-        return len(seen)
-    finally:
-        for reader in readers:
-            reader.close()
-
-
-def _copy_into(reader: Candidates, writer: CandidateWriter) -> None:
-    """Copy a reader's images to a writer in blocks of whole images of about _COPY_ROWS rows."""
-    start = 0
-    while start < len(reader):
-        stop = start + 1
-        while stop < len(reader) and reader.offset[stop + 1] - reader.offset[start] <= _COPY_ROWS:
-            stop += 1
-        lo, hi = int(reader.offset[start]), int(reader.offset[stop])
-        images = {
-            "id": reader.image_ids[start:stop],
-            "file_name": reader.file_names[start:stop],
-            "height": reader.heights[start:stop],
-            "width": reader.widths[start:stop],
-            "offset": reader.offset[start : stop + 1],
-        }
-        writer.add_rows(images, reader.read_rows(lo, hi))
-        start = stop
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        "ifcn merge",
-        description="Merge the candidates.h5 shards of one inference job into one file.",
-        add_help=add_help,
-    )
-    parser.add_argument("--inputs", nargs="+", required=True, help="candidates.h5 shards")
-    parser.add_argument("--out", required=True, help="merged candidates.h5")
-    parser.add_argument(
-        "--allow-partial", action="store_true", help="merge even if some shards are missing"
-    )
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    count = merge_candidates(args.inputs, args.out, args.allow_partial)
-    print(f"merged {len(args.inputs)} shards, {count} images: {args.out}")
-    return 0

@@ -1,0 +1,130 @@
+"""`ifcn merge`: the candidates.h5 shards of one inference job into one file.
+
+Shards are contiguous chunks of the sorted image ids, so they merge by concatenation; they must
+come from the same inference run (every attribute but ``shard`` equal) and hold disjoint images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ifcn.errors import IfcnError
+from ifcn.proposals.candidates import SHARED_ATTRS, Candidates, CandidateWriter
+from ifcn.proposals.sharding import parse_shard
+
+_COPY_ROWS = 1 << 15  # rows copied at once
+
+
+def _shared(attrs: dict) -> dict:
+    return {key: attrs.get(key) for key in SHARED_ATTRS}
+
+
+def merge_candidates(
+    inputs: Sequence[str | Path], out: str | Path, allow_partial: bool = False
+) -> int:
+    """Concatenate the shards of one inference job into one file; returns the number of images.
+
+    The shards must share every attribute but `shard`, hold disjoint images and (unless
+    `allow_partial`) be all n shards of the job.
+    """
+    if not inputs:
+        raise IfcnError("no input files to merge")
+    readers: list[Candidates] = []
+    try:
+        for path in inputs:
+            readers.append(Candidates(path))
+        first = readers[0]
+        reference = _shared(first.attrs)
+        parsed: list[tuple[int, int, Candidates]] = []
+        for reader in readers:
+            attrs = reader.attrs
+            for key, value in _shared(attrs).items():
+                if value != reference[key]:
+                    raise IfcnError(
+                        f"attribute {key!r} differs from that of {first.path} "
+                        "(shards of different inference runs)",
+                        reader.path,
+                    )
+            if reader.mask_size != first.mask_size:
+                raise IfcnError(f"mask size differs from that of {first.path}", reader.path)
+            try:
+                parsed.append((*parse_shard(str(attrs.get("shard"))), reader))
+            except ValueError as exc:
+                raise IfcnError(str(exc), reader.path) from None
+        counts = sorted({count for _, count, _ in parsed})
+        if len(counts) > 1:
+            raise IfcnError(f"inputs are shards of different splits: n = {counts}", Path(out))
+        count = counts[0]
+        shards: dict[int, Path] = {}
+        for index, _, reader in parsed:
+            if index in shards:
+                raise IfcnError(
+                    f"shard {index}/{count} is also given as {shards[index]}", reader.path
+                )
+            shards[index] = reader.path
+        missing = sorted(set(range(count)) - set(shards))
+        if missing and not allow_partial:
+            raise IfcnError(f"shards {missing} of {count} are missing", Path(out))
+        seen: dict[int, Path] = {}
+        for reader in readers:
+            for image_id in reader.image_ids.tolist():
+                if image_id in seen:
+                    raise IfcnError(
+                        f"image {image_id} is also in {seen[image_id]} (overlapping shards)",
+                        reader.path,
+                    )
+                seen[image_id] = reader.path
+        ordered = sorted(readers, key=lambda r: int(r.image_ids.min()) if len(r) else 0)
+        attrs = {key: value for key, value in first.attrs.items()
+                 if key not in ("format", "format_version", "objectness")}  # fmt: skip
+        attrs["shard"] = "0/1" if not missing else ",".join(map(str, sorted(shards))) + f"/{count}"
+        with CandidateWriter(out, attrs, first.mask_size) as writer:
+            for reader in tqdm(ordered, desc="merge", unit="shard", dynamic_ncols=True):
+                _copy_into(reader, writer)
+        return len(seen)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def _copy_into(reader: Candidates, writer: CandidateWriter) -> None:
+    """Copy a reader's images to a writer in blocks of whole images of about _COPY_ROWS rows."""
+    start = 0
+    while start < len(reader):
+        stop = start + 1
+        while stop < len(reader) and reader.offset[stop + 1] - reader.offset[start] <= _COPY_ROWS:
+            stop += 1
+        lo, hi = int(reader.offset[start]), int(reader.offset[stop])
+        images = {
+            "id": reader.image_ids[start:stop],
+            "file_name": reader.file_names[start:stop],
+            "height": reader.heights[start:stop],
+            "width": reader.widths[start:stop],
+            "offset": reader.offset[start : stop + 1],
+        }
+        writer.add_rows(images, reader.read_rows(lo, hi))
+        start = stop
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        "ifcn merge",
+        description="Merge the candidates.h5 shards of one inference job into one file.",
+        add_help=add_help,
+    )
+    parser.add_argument("--inputs", nargs="+", required=True, help="candidates.h5 shards")
+    parser.add_argument("--out", required=True, help="merged candidates.h5")
+    parser.add_argument(
+        "--allow-partial", action="store_true", help="merge even if some shards are missing"
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    count = merge_candidates(args.inputs, args.out, args.allow_partial)
+    print(f"merged {len(args.inputs)} shards, {count} images: {args.out}")
+    return 0

@@ -1,0 +1,62 @@
+"""The package's layering: nothing imports a CLI module, every package says what it holds."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import ifcn
+from ifcn.cli import COMMANDS
+
+PACKAGE = Path(ifcn.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {_module_name(p): ast.parse(p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _defines_main(tree: ast.Module) -> bool:
+    return any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+
+
+def _imported(tree: ast.Module, modules: dict[str, ast.Module]) -> set[str]:
+    """Every ifcn module the tree imports, at top level or inside functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name in modules}
+
+
+def test_no_module_imports_a_cli_module():
+    modules = _modules()
+    cli_modules = {name for name, tree in modules.items() if _defines_main(tree)}
+    assert set(COMMANDS.values()) <= cli_modules | {"ifcn.cli"}
+    offenders = [
+        f"{name} imports {target}"
+        for name, tree in modules.items()
+        if name not in ("ifcn.cli", "ifcn.__main__")
+        for target in sorted(_imported(tree, modules) & cli_modules)
+    ]
+    assert not offenders, offenders
+
+
+def test_every_package_has_a_docstring():
+    modules = _modules()
+    packages = [name for name in modules if (PACKAGE.parent / name.replace(".", "/")).is_dir()]
+    missing = [name for name in packages if not ast.get_docstring(modules[name])]
+    assert not missing, missing
+
+
+def test_tests_mirror_the_packages():
+    tests = Path(__file__).resolve().parent
+    for package in ("proposals", "evaluation", "model", "data", "classify"):
+        assert (tests / package).is_dir(), f"tests/{package}/ mirrors ifcn/{package}/"
