@@ -191,7 +191,11 @@ def imagenet_weight_paths(name: str) -> list[Path]:
     return [cache / Path(w.url).name for w in _IMAGENET_WEIGHTS[name]]
 
 
-def _find_weights(name: str, weights: str | None) -> Path:
+def find_pretrained_weights(name: str, weights: str | None) -> Path:
+    """The ImageNet weights file of backbone ``name``: ``weights`` if given, else the hub cache.
+
+    IfcnError naming the file to place where (and its URL) when there is none.
+    """
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -219,7 +223,7 @@ def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = 
     Keys the backbone lacks (the classifier, ``num_batches_tracked``) are ignored; a key it
     needs that the file lacks, or a shape that differs, is an error naming the file.
     """
-    path = _find_weights(name, weights)
+    path = find_pretrained_weights(name, weights)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
