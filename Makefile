@@ -2,8 +2,12 @@
 # when it is missing. The venv is ~6 GB (CUDA build of torch), so it lives in a cache keyed by a
 # hash of the dependency pins in pyproject.toml and `.venv` links to it: repeated clones reuse it.
 SHELL := /bin/bash
+# Python >= 3.11, as pyproject.toml's requires-python says (the pins need it; tomllib reads them)
 PYTHON ?= python3
 PINS_HASH := $(shell $(PYTHON) -c "import tomllib,hashlib; p=tomllib.load(open('pyproject.toml','rb'))['project']; print(hashlib.sha256('\n'.join(p['dependencies']+p['optional-dependencies']['dev']).encode()).hexdigest()[:12])")
+ifeq ($(PINS_HASH),)
+$(error ifcn needs Python >= 3.11 and '$(PYTHON)' could not read pyproject.toml with it: run make PYTHON=python3.11 (or newer))
+endif
 VENV_CACHE ?= $(HOME)/.cache/ifcn
 VENV_DIR := $(VENV_CACHE)/venv-$(PINS_HASH)
 VENV := .venv
