@@ -2,8 +2,14 @@
 # when it is missing. The venv is ~6 GB (CUDA build of torch), so it lives in a cache keyed by a
 # hash of the dependency pins in pyproject.toml and `.venv` links to it: repeated clones reuse it.
 SHELL := /bin/bash
+# Python >= 3.11, as pyproject.toml's requires-python says (the pins need it; tomllib reads them)
 PYTHON ?= python3
 PINS_HASH := $(shell $(PYTHON) -c "import tomllib,hashlib; p=tomllib.load(open('pyproject.toml','rb'))['project']; print(hashlib.sha256('\n'.join(p['dependencies']+p['optional-dependencies']['dev']).encode()).hexdigest()[:12])")
+ifeq ($(PINS_HASH),)
+$(error ifcn needs Python >= 3.11 and '$(PYTHON)' could not read pyproject.toml with it: run make PYTHON=python3.11 (or newer))
+endif
+# the build backend of pyproject.toml, quoted for the shell ('setuptools>=77')
+BUILD_REQUIRES := $(shell $(PYTHON) -c "import tomllib; print(*map(repr, tomllib.load(open('pyproject.toml','rb'))['build-system']['requires']))")
 VENV_CACHE ?= $(HOME)/.cache/ifcn
 VENV_DIR := $(VENV_CACHE)/venv-$(PINS_HASH)
 VENV := .venv
@@ -21,10 +27,17 @@ $(VENV_DIR)/.complete:
 	$(VENV_DIR)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# The cached venv may hold an editable install of another clone: point it at this one.
-venv: $(VENV_DIR)/.complete
+# The build backend in the venv itself, so that re-pointing the venv below builds offline (a
+# venv of Python 3.11 starts with setuptools 65, too old for pyproject.toml's license field).
+$(VENV_DIR)/.build-requires: $(VENV_DIR)/.complete
+	$(VENV_DIR)/bin/pip install --quiet --disable-pip-version-check $(BUILD_REQUIRES)
+	touch $@
+
+# The cached venv may hold an editable install of another clone: point it at this one (checked
+# without the PYTHONPATH this Makefile exports, which would always find this checkout).
+venv: $(VENV_DIR)/.build-requires
 	@ln -sfn $(VENV_DIR) $(VENV)
-	@$(BIN)/python -P -c "import ifcn, pathlib, sys; sys.exit(pathlib.Path(ifcn.__file__).resolve().parents[1] != pathlib.Path.cwd().resolve())" 2>/dev/null \
+	@env -u PYTHONPATH $(BIN)/python -P -c "import ifcn, pathlib, sys; sys.exit(pathlib.Path(ifcn.__file__).resolve().parents[1] != pathlib.Path.cwd().resolve())" 2>/dev/null \
 		|| $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 run: venv

@@ -16,7 +16,18 @@ import yaml
 
 from ifcn.errors import IfcnError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+def _schema_path() -> Path:
+    """The schema file: inside the package when installed from a wheel (pyproject.toml ships
+    workflow/schemas as ``ifcn/schemas``), else the workflow's own file beside the package."""
+    package = Path(__file__).resolve().parent
+    installed = package / "schemas" / "config.schema.yaml"
+    if installed.is_file():
+        return installed
+    return package.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+SCHEMA_PATH = _schema_path()
 
 
 def load_schema() -> dict:
