@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -176,8 +177,8 @@ class TrainLog:
             # imported here: TensorBoard is optional and slow to import
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops the events a killed run wrote after its checkpoint, as above
-            self.writer = SummaryWriter(str(self.tensorboard), purge_step=iteration or None)
+            # purge_step: events of this step and after, of a killed run, are dropped as above
+            self.writer = SummaryWriter(str(self.tensorboard), purge_step=iteration + 1)
 
     def update(self, values: dict[str, float | Tensor]) -> None:
         """Add one step's values; tensors are fetched together (one device sync per step)."""
@@ -335,7 +336,7 @@ def fit(
     extras: Mapping[str, Any] | None = None,
     log_name: str = "train_log.csv",
     log_columns: Sequence[str] = LOG_COLUMNS,
-    postfix: Mapping[str, str] | None = None,
+    postfix: Mapping[str, str] = MappingProxyType({"loss": "loss"}),
     desc: str = "train",
     scaler: torch.amp.GradScaler | None = None,
     show_progress: bool = True,
@@ -476,7 +477,7 @@ def fit(
             if iteration % settings["log_period"] == 0 or iteration == total:
                 means = log.write(iteration, lr, device)
                 progress.set_postfix(
-                    {label: f"{means.get(key, 0.0):.3g}" for label, key in (postfix or {}).items()}
+                    {label: f"{means.get(key, 0.0):.3g}" for label, key in postfix.items()}
                 )
             progress.update(1)
             if iteration % settings["checkpoint_period"] == 0 and iteration < total:

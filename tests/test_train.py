@@ -117,13 +117,25 @@ def _break(data_root, tmp_path, how):
         del spec["annotations"][0]["segmentation"]
     elif how == "empty image list":
         spec["images"], spec["annotations"] = [], []
+    elif how == "no annotation":
+        spec["annotations"] = []
+    elif how == "only crowd regions":
+        for ann in spec["annotations"]:
+            ann["iscrowd"] = 1
     (broken / "train.json").write_text(json.dumps(spec))
     return broken
 
 
 @pytest.mark.parametrize(
     "how",
-    ["missing image", "undecodable image", "annotation without segmentation", "empty image list"],
+    [
+        "missing image",
+        "undecodable image",
+        "annotation without segmentation",
+        "empty image list",
+        "no annotation",
+        "only crowd regions",
+    ],
 )
 def test_bad_data_is_one_line_and_writes_nothing(tmp_path, tiny_data, make_config, capsys, how):
     broken = _break(tiny_data, tmp_path, how)
@@ -132,4 +144,15 @@ def test_bad_data_is_one_line_and_writes_nothing(tmp_path, tiny_data, make_confi
     assert cli_main(["train", "--config", str(config), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(broken) in err[0], err
+    assert not out.exists()
+
+
+def test_instances_never_of_a_positive_size_are_refused(tmp_path, tiny_data, make_config, capsys):
+    # the right data at scales where every object is far smaller than a window's canonical size
+    config = make_config(tmp_path, tiny_data, train={"scales": [16]})
+    out = tmp_path / "run"
+    assert cli_main(["train", "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tiny_data / "train.json") in err[0], err
+    assert "can make a positive window" in err[0] and "train.scales or train.canonical" in err[0]
     assert not out.exists()
