@@ -1,12 +1,13 @@
 """Checkpoints: written atomically, found again after a crash, checked against the config.
 
 A checkpoint is a dict (torchvision references' habit): model, optimizer, lr_scheduler,
-iteration, config, RNG states (and the AMP scaler), plus ``kind``, the command that wrote it;
-model_final.pt holds the weights, config and iteration only. `validate` is the one check of
-this file kind, run wherever a checkpoint enters a stage. It is saved to a temporary name
-(``.model_0000100.pt.<random>.tmp``, which `PATTERN` does not match) and renamed, so a file under
-its final name is always complete; `latest_checkpoint` still load-tests the candidates newest
-first and skips any it cannot read (a file truncated by a full disk or by hand).
+iteration, config, RNG states (and the AMP scaler), and ``kind``, the command that wrote it;
+model_final.pt holds only kind, model, config and iteration (and what its trainer adds).
+`validate` is the one check of this file kind, run wherever a checkpoint enters a stage.
+A checkpoint is saved to a temporary name (``.model_0000100.pt.<random>.tmp``, which `PATTERN`
+does not match) and renamed, so a file under its final name is always complete;
+`latest_checkpoint` still load-tests the candidates newest first and skips any it cannot read
+(a file truncated by a full disk or by hand).
 """
 
 from __future__ import annotations

@@ -42,7 +42,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="checkpoint to continue from, or 'auto' for the newest complete one of --out "
         "(none: start from scratch)",
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when there is a GPU; an error on a job given GPUs that CUDA cannot "
+        "use) | cpu | cuda",
+    )
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="mixed precision on CUDA")
     parser.add_argument("--workers", type=int, help="override train.workers")
     parser.add_argument(

@@ -8,6 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ifcn import checkpoint
 from ifcn.cli import main as cli_main
@@ -39,6 +40,7 @@ def test_training_lowers_both_losses(tmp_path, tiny_data, make_config):
                 "log_period": 10,
                 "checkpoint_period": 60,
                 "canonical": 64.0,
+                "tensorboard": True,
             },
         )
     )
@@ -49,6 +51,14 @@ def test_training_lowers_both_losses(tmp_path, tiny_data, make_config):
     assert (log["num_pos"] > 0).all()
     for column in ("loss_objectness", "loss_mask"):
         assert log[column].iloc[-2:].mean() < 0.7 * log[column].iloc[:2].mean(), column
+    # train.tensorboard: the same rows as TensorBoard scalars beside the log
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == set(log.columns) - {"iteration"}
+    for column in ("loss", "num_pos", "lr"):
+        scalars = events.Scalars(column)
+        assert [s.step for s in scalars] == log["iteration"].tolist()
+        assert [s.value for s in scalars] == pytest.approx(log[column].tolist(), rel=1e-5)
 
 
 def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, tiny_config):

@@ -57,7 +57,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder of the classifier run")
     parser.add_argument("--iters", type=int, help="override classify.iters")
     parser.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when there is a GPU; an error on a job given GPUs that CUDA cannot "
+        "use) | cpu | cuda",
+    )
     parser.add_argument("--workers", type=int, help="override classify.workers")
     return parser
 

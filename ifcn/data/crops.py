@@ -13,6 +13,9 @@ shifted (not clipped), so an object cut by the crop's edge is labelled by its tr
 size as on the full image; its pixels beyond the edge fall outside the crop and are ignored by
 the mask loss like any pixel outside an image. Instances with no pixel in the crop are dropped.
 Like the sample itself, the crop is a pure function of the step seed.
+
+`build_train_dataset` makes the training set of a config, either way, and refuses one in
+which no instance can ever make a positive window (`check_learnable`).
 """
 
 from __future__ import annotations
