@@ -1,10 +1,13 @@
 """Checkpoints: written atomically, found again after a crash, checked against the config.
 
 A checkpoint is a dict (torchvision references' habit): model, optimizer, lr_scheduler,
-iteration, config, RNG states (and the AMP scaler). It is saved to a temporary name
-(``.model_0000100.pt.<random>.tmp``, which `PATTERN` does not match) and renamed, so a file under
-its final name is always complete; `latest_checkpoint` still load-tests the candidates newest
-first and skips any it cannot read (a file truncated by a full disk or by hand).
+iteration, config, RNG states (and the AMP scaler), and ``kind``, the command that wrote it;
+model_final.pt holds only kind, model, config and iteration (and what its trainer adds).
+`validate` is the one check of this file kind, run wherever a checkpoint enters a stage.
+A checkpoint is saved to a temporary name (``.model_0000100.pt.<random>.tmp``, which `PATTERN`
+does not match) and renamed, so a file under its final name is always complete;
+`latest_checkpoint` still load-tests the candidates newest first and skips any it cannot read
+(a file truncated by a full disk or by hand).
 """
 
 from __future__ import annotations
@@ -19,8 +22,16 @@ from ifcn.atomic import atomic_path
 from ifcn.errors import IfcnError
 
 PATTERN = re.compile(r"^model_(\d{7})\.pt$")
-# temporaries of the run folder's writers: checkpoints, model_final.pt, train_log.csv
-TEMPORARY = re.compile(r"^\.(model_(\d{7}|final)\.pt|train_log\.csv)\..+\.tmp$")
+# temporaries of the run folder's writers: checkpoints, model_final.pt, the CSV logs
+TEMPORARY = re.compile(r"^\.(model_(\d{7}|final)\.pt|\w+_log\.csv)\..+\.tmp$")
+
+# The `kind` entry of a checkpoint: which command wrote it, as the messages name it.
+PROPOSAL_MODEL = "ifcn-proposal-model"
+CLASSIFIER = "ifcn-classifier"
+KINDS = {
+    PROPOSAL_MODEL: "a proposal model of `ifcn train`",
+    CLASSIFIER: "a classifier of `ifcn classify train`",
+}
 
 
 def checkpoint_path(out_dir: str | Path, iteration: int) -> Path:
@@ -28,15 +39,46 @@ def checkpoint_path(out_dir: str | Path, iteration: int) -> Path:
 
 
 def save_atomic(obj: dict, path: str | Path) -> Path:
-    """torch.save to ``path`` through a temporary file in the same directory, flushed to disk."""
+    """torch.save to ``path`` through a temporary file in the same directory, flushed to disk.
+
+    A failed write (a full disk, a quota) is an IfcnError naming ``path``; the temporary file
+    is gone and an older file under ``path`` is left as it was.
+    """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            writer = _RecordingWriter(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                # torch reports a failed write as "unexpected pos"; the cause is the OSError
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
+    except OSError as exc:
+        raise IfcnError(f"cannot write checkpoint: {exc.strerror or exc}", path) from None
     _fsync_directory(path.parent)
     return path
+
+
+class _RecordingWriter:
+    """A file's write/flush that keeps the OSError a write raised, which torch.save hides."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -69,18 +111,72 @@ def remove_temporaries(out_dir: str | Path) -> list[Path]:
     return removed
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint dict; an unreadable or foreign file is an IfcnError naming it."""
+def load(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    kind: str | None = None,
+    resumable: bool = False,
+) -> dict:
+    """Load a checkpoint and `validate` it; every problem is an IfcnError naming the file."""
     path = Path(path)
+    state = _read(path, map_location)
+    validate(state, path, kind, resumable)
+    return state
+
+
+def _read(path: Path, map_location: str | torch.device) -> object:
     if not path.is_file():
         raise IfcnError("checkpoint not found", path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise IfcnError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path) from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise IfcnError("not an ifcn checkpoint (no 'model' and 'config' entries)", path)
-    return state
+
+
+def validate(state: object, path: str | Path, kind: str | None = None, resumable: bool = False):
+    """Check a loaded checkpoint before anything uses it (the one validator of this file kind).
+
+    Every checkpoint holds ``model`` (a state dict of finite tensors) and ``config`` (with its
+    ``model`` section); its ``kind`` says which command wrote it. ``kind`` given: it must be
+    that one. ``resumable``: it must hold what `--resume` continues from (optimizer,
+    lr_scheduler, iteration), which a final model_final.pt does not.
+    """
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise IfcnError("not an ifcn checkpoint (no 'model' state dict)", path)
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise IfcnError("not an ifcn checkpoint (no 'config' with a 'model' section)", path)
+    found = kind_of(state)
+    if found not in KINDS:
+        raise IfcnError(f"unknown checkpoint kind {found!r}", path)
+    if kind is not None and found != kind:
+        raise IfcnError(f"{KINDS[found]}, not {KINDS[kind]}", path)
+    iteration = state.get("iteration")
+    if iteration is not None and (type(iteration) is not int or iteration < 0):
+        raise IfcnError(f"iteration {iteration!r} is not a count of steps", path)
+    if resumable:
+        if "optimizer" not in state and "lr_scheduler" not in state:
+            raise IfcnError(
+                "a final model (weights only), not a training checkpoint: --resume takes a "
+                "file of the run's checkpoints/ folder (checkpoints/model_NNNNNNN.pt) or auto",
+                path,
+            )
+        for key, kinds in (("optimizer", dict), ("lr_scheduler", dict), ("iteration", int)):
+            if not isinstance(state.get(key), kinds):
+                raise IfcnError(f"training checkpoint without a valid '{key}' entry", path)
+        optimizer = state["optimizer"]
+        if not isinstance(optimizer.get("param_groups"), list) or "state" not in optimizer:
+            raise IfcnError("training checkpoint whose optimizer state is malformed", path)
+    for name, tensor in state["model"].items():
+        if not isinstance(tensor, torch.Tensor):
+            raise IfcnError(f"model entry {name!r} is not a tensor", path)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise IfcnError(f"weights are not finite ({name})", path)
+
+
+def kind_of(state: dict) -> str:
+    """Which command wrote a checkpoint; files of `ifcn train` before kinds existed have none."""
+    return state.get("kind", PROPOSAL_MODEL)
 
 
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
@@ -92,19 +188,28 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)))
 
 
-def load_latest(out_dir: str | Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, with its contents, or None (for `--resume auto`)."""
+def load_latest(
+    out_dir: str | Path, kind: str | None = None, resumable: bool = False
+) -> tuple[Path, dict] | None:
+    """The newest checkpoint that can be read, validated, with its contents, or None.
+
+    A file that cannot be read (truncated by a full disk or by hand) is passed over for the
+    one before it; a readable one that fails `validate` (another command's checkpoint in this
+    folder) is an error, since going back past it would silently start another run.
+    """
     for path in reversed(list_checkpoints(out_dir)):
         try:
-            return path, load(path)
+            state = _read(path, "cpu")
         except IfcnError:
             continue
+        validate(state, path, kind, resumable)
+        return path, state
     return None
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
+def latest_checkpoint(out_dir: str | Path, kind: str | None = None) -> Path | None:
     """The path of the newest checkpoint that loads, or None."""
-    found = load_latest(out_dir)
+    found = load_latest(out_dir, kind)
     return None if found is None else found[0]
 
 
@@ -115,7 +220,14 @@ def prune(out_dir: str | Path, keep: int) -> None:
 
 
 def check_compatible(state: dict, config: dict, path: str | Path) -> None:
-    """Refuse weights of another architecture with a message that says what differs."""
+    """Refuse weights of another command or architecture with a message that says what differs.
+
+    The check of every proposal-model checkpoint that enters a stage (train's resume,
+    `load_model` for infer and viz), after `validate`.
+    """
+    found = kind_of(state)
+    if found != PROPOSAL_MODEL:
+        raise IfcnError(f"{KINDS.get(found, found)}, not {KINDS[PROPOSAL_MODEL]}", path)
     theirs = state["config"]["model"]
     ours = config["model"]
     for key in ("backbone", "head", "k", "m", "head_channels"):
@@ -128,20 +240,35 @@ def check_compatible(state: dict, config: dict, path: str | Path) -> None:
 
 
 # Settings that change neither the weights nor the data order: a run may resume under new ones.
-RESUME_NEUTRAL = ("workers", "log_period", "checkpoint_period", "keep_checkpoints")
+RESUME_NEUTRAL = ("workers", "log_period", "checkpoint_period", "keep_checkpoints", "tensorboard")
 
 
-def training_difference(saved: dict, current: dict) -> str | None:
-    """The first model or train setting in which two configs differ ("train.lr 0.01 -> 0.001").
+def training_difference(
+    saved: dict,
+    current: dict,
+    sections: tuple[str, ...] = ("model", "train"),
+    neutral: tuple[str, ...] = RESUME_NEUTRAL,
+) -> str | None:
+    """The first setting of ``sections`` in which two configs differ ("train.lr 0.01 -> 0.001").
 
     `--resume auto` continues *this* run; a checkpoint written under other settings belongs to
     another run (a config edited between two workflow runs) and must not be continued silently.
+    Keys in ``neutral`` may differ.
     """
-    for section in ("model", "train"):
+    for section in sections:
         theirs, ours = saved.get(section, {}), current.get(section, {})
         for key in sorted(set(theirs) | set(ours)):
-            if section == "train" and key in RESUME_NEUTRAL:
-                continue
-            if theirs.get(key) != ours.get(key):
+            if key not in neutral and theirs.get(key) != ours.get(key):
                 return f"{section}.{key} {theirs.get(key)!r} -> {ours.get(key)!r}"
     return None
+
+
+def other_settings_error(difference: str, path: str | Path) -> IfcnError:
+    """The refusal of `--resume auto` to continue a checkpoint written under other settings."""
+    path = Path(path)
+    return IfcnError(
+        f"--resume auto: this checkpoint was written under other settings ({difference}); to "
+        f"start over delete {path.parent} or choose another --out, to go on under the new "
+        f"settings pass --resume {path}",
+        path,
+    )

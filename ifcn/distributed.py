@@ -14,7 +14,8 @@ for ranks that never start. NCCL on CUDA, gloo on CPU. Only rank 0 writes files 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -86,13 +87,66 @@ def slurm_init_method(environ: Mapping[str, str] | None = None) -> str:
     return f"tcp://{address}:{port}"
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks CUDA when available; each process of a node takes its local GPU."""
+# What a scheduler sets when it gives a job GPUs (SLURM's --gpus / --gres=gpu, or by hand).
+GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+
+
+def assigned_gpus(environ: Mapping[str, str] | None = None) -> str | None:
+    """``NAME=value`` of the variable that says this job was given GPUs, or None.
+
+    CUDA_VISIBLE_DEVICES empty, "-1" (or starting so) or "NoDevFiles" hides every GPU, and
+    SLURM_GPUS_ON_NODE is a count, so "0" means none; SLURM_JOB_GPUS / SLURM_STEP_GPUS list
+    GPU indices ("0" is the first GPU).
+    """
+    env = os.environ if environ is None else environ
+    for name in GPU_VARIABLES:
+        value = env.get(name, "").strip()
+        if not value:
+            continue
+        if name == "CUDA_VISIBLE_DEVICES" and (value.startswith("-1") or value == "NoDevFiles"):
+            continue
+        if name == "SLURM_GPUS_ON_NODE" and value == "0":
+            continue
+        return f"{name}={value}"
+    return None
+
+
+def _no_cuda_reason() -> str:
+    if torch.version.cuda is None:
+        return f"this PyTorch ({torch.__version__}) is built without CUDA"
+    return f"PyTorch (CUDA {torch.version.cuda}) finds no usable GPU (driver or device problem)"
+
+
+def resolve_device(
+    name: str,
+    local_rank: int = 0,
+    announce: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> torch.device:
+    """The device of ``--device``; each process of a node takes its local GPU.
+
+    ``auto`` is CUDA when available, else the CPU, and says which on stderr (``announce``) —
+    except on a job that was given GPUs (`assigned_gpus`): there a missing CUDA is a broken
+    environment, and running on the CPU would silently take days, so it is an error.
+    """
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            name = "cuda"
+        else:
+            given = assigned_gpus(environ)
+            if given is not None:
+                raise IfcnError(
+                    f"--device auto: this job was given GPUs ({given}) but {_no_cuda_reason()}; "
+                    "fix the environment, or pass --device cpu to run on the CPU"
+                )
+            name = "cpu"
+        device = resolve_device(name, local_rank, announce=False, environ=environ)
+        if announce:
+            print(f"ifcn: --device auto: running on {describe(device)}", file=sys.stderr)
+        return device
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise IfcnError("--device cuda asked for, but no CUDA device is available")
+            raise IfcnError(f"--device cuda asked for, but {_no_cuda_reason()}")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     try:
         return torch.device(name)
@@ -100,10 +154,23 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise IfcnError(f"unknown device {name!r}; choose auto, cpu or cuda") from None
 
 
+def describe(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu (no CUDA device)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return "cpu (no CUDA device)" if not torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
 def init_distributed_mode(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Start the process group under torchrun or srun; return who we are and our device."""
+    """Start the process group under torchrun or srun; return who we are and our device.
+
+    The device is not announced here: the trainers name it in the line that starts training,
+    after their input is checked, so that bad input still gives one line.
+    """
     info = dist_info_from_env()
-    device = resolve_device(device_name, info.local_rank)
+    device = resolve_device(device_name, info.local_rank, announce=False)
     if not info.distributed:
         return info, device
     if device.type == "cuda":
@@ -161,6 +228,23 @@ def broadcast_object(obj: Any, device: torch.device) -> Any:
     holder = [obj]
     dist.broadcast_object_list(holder, src=0, device=device if device.type == "cuda" else None)
     return holder[0]
+
+
+def run_on_main(fn: Callable[[], Any], device: torch.device) -> Any:
+    """Rank 0 runs ``fn`` (a check of the data, a write); every rank gets its result, or raises
+    its IfcnError, so that no rank waits at the next collective for one that has failed."""
+    result, problem = None, None
+    if not is_initialized() or dist.get_rank() == 0:
+        try:
+            result = fn()
+        except IfcnError as exc:
+            problem = exc
+        except OSError as exc:
+            problem = IfcnError(exc.strerror or str(exc), exc.filename)
+    result, problem = broadcast_object((result, problem), device)
+    if problem is not None:
+        raise problem
+    return result
 
 
 def cleanup() -> None:

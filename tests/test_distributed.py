@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ifcn import checkpoint
+from ifcn import checkpoint, distributed
 from ifcn.config import load_config
 from ifcn.criterion import build_criterion
 from ifcn.data.coco import CocoInstances
-from ifcn.distributed import DistInfo, dist_info_from_env, slurm_init_method
+from ifcn.distributed import DistInfo, assigned_gpus, dist_info_from_env, slurm_init_method
 from ifcn.engine import IterationSampler, build_lr_lambda, step_seed
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
@@ -99,6 +99,53 @@ def test_launch_environment_is_read_like_torchvision():
     assert slurm_init_method(given) == "tcp://node7:29400"
     with pytest.raises(IfcnError, match="MASTER_ADDR"):
         slurm_init_method({"SLURM_STEP_NUM_NODES": "4"})
+
+
+@pytest.mark.parametrize(
+    "environ, given",
+    [
+        ({}, None),
+        ({"CUDA_VISIBLE_DEVICES": "0,1"}, "CUDA_VISIBLE_DEVICES=0,1"),
+        ({"CUDA_VISIBLE_DEVICES": ""}, None),
+        ({"CUDA_VISIBLE_DEVICES": "-1"}, None),
+        ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, None),
+        ({"SLURM_GPUS_ON_NODE": "4"}, "SLURM_GPUS_ON_NODE=4"),
+        ({"SLURM_GPUS_ON_NODE": "0"}, None),
+        ({"SLURM_JOB_GPUS": "0"}, "SLURM_JOB_GPUS=0"),  # GPU index 0, not a count
+        ({"SLURM_STEP_GPUS": "2,3"}, "SLURM_STEP_GPUS=2,3"),
+    ],
+)
+def test_a_job_given_gpus_is_recognised_from_its_environment(environ, given):
+    assert assigned_gpus(environ) == given
+
+
+def test_device_auto_on_a_gpu_job_without_cuda_is_an_error_that_says_how_to_override(
+    monkeypatch, capsys
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(IfcnError) as raised:
+        distributed.resolve_device("auto", environ={"SLURM_JOB_GPUS": "0"})
+    message = str(raised.value)
+    assert "this job was given GPUs (SLURM_JOB_GPUS=0)" in message and "--device cpu" in message
+    assert "\n" not in message
+    # asked for by name, the CPU is what the user wants; without GPUs given, auto is the CPU
+    assert distributed.resolve_device("cpu", environ={"SLURM_JOB_GPUS": "0"}).type == "cpu"
+    capsys.readouterr()
+    assert distributed.resolve_device("auto", environ={}).type == "cpu"
+    assert capsys.readouterr().err == "ifcn: --device auto: running on cpu (no CUDA device)\n"
+    with pytest.raises(IfcnError, match="--device cuda asked for, but"):
+        distributed.resolve_device("cuda", environ={})
+
+
+def test_device_auto_takes_the_local_gpu_when_cuda_is_available(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
+    device = distributed.resolve_device("auto", local_rank=3, environ={"SLURM_JOB_GPUS": "0,1"})
+    assert device == torch.device("cuda", 1)
+    assert capsys.readouterr().err == "ifcn: --device auto: running on cuda:1 (Test GPU)\n"
+    assert distributed.resolve_device("auto", announce=False, environ={}) == torch.device("cuda", 0)
+    assert capsys.readouterr().err == ""
 
 
 def test_sampler_visits_each_image_once_per_epoch_across_ranks_and_resumes_mid_epoch():

@@ -8,6 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ifcn import checkpoint
 from ifcn.cli import main as cli_main
@@ -39,6 +40,7 @@ def test_training_lowers_both_losses(tmp_path, tiny_data, make_config):
                 "log_period": 10,
                 "checkpoint_period": 60,
                 "canonical": 64.0,
+                "tensorboard": True,
             },
         )
     )
@@ -49,6 +51,14 @@ def test_training_lowers_both_losses(tmp_path, tiny_data, make_config):
     assert (log["num_pos"] > 0).all()
     for column in ("loss_objectness", "loss_mask"):
         assert log[column].iloc[-2:].mean() < 0.7 * log[column].iloc[:2].mean(), column
+    # train.tensorboard: the same rows as TensorBoard scalars beside the log
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == set(log.columns) - {"iteration"}
+    for column in ("loss", "num_pos", "lr"):
+        scalars = events.Scalars(column)
+        assert [s.step for s in scalars] == log["iteration"].tolist()
+        assert [s.value for s in scalars] == pytest.approx(log[column].tolist(), rel=1e-5)
 
 
 def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, tiny_config):
@@ -117,13 +127,25 @@ def _break(data_root, tmp_path, how):
         del spec["annotations"][0]["segmentation"]
     elif how == "empty image list":
         spec["images"], spec["annotations"] = [], []
+    elif how == "no annotation":
+        spec["annotations"] = []
+    elif how == "only crowd regions":
+        for ann in spec["annotations"]:
+            ann["iscrowd"] = 1
     (broken / "train.json").write_text(json.dumps(spec))
     return broken
 
 
 @pytest.mark.parametrize(
     "how",
-    ["missing image", "undecodable image", "annotation without segmentation", "empty image list"],
+    [
+        "missing image",
+        "undecodable image",
+        "annotation without segmentation",
+        "empty image list",
+        "no annotation",
+        "only crowd regions",
+    ],
 )
 def test_bad_data_is_one_line_and_writes_nothing(tmp_path, tiny_data, make_config, capsys, how):
     broken = _break(tiny_data, tmp_path, how)
@@ -132,4 +154,15 @@ def test_bad_data_is_one_line_and_writes_nothing(tmp_path, tiny_data, make_confi
     assert cli_main(["train", "--config", str(config), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(broken) in err[0], err
+    assert not out.exists()
+
+
+def test_instances_never_of_a_positive_size_are_refused(tmp_path, tiny_data, make_config, capsys):
+    # the right data at scales where every object is far smaller than a window's canonical size
+    config = make_config(tmp_path, tiny_data, train={"scales": [16]})
+    out = tmp_path / "run"
+    assert cli_main(["train", "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tiny_data / "train.json") in err[0], err
+    assert "can make a positive window" in err[0] and "train.scales or train.canonical" in err[0]
     assert not out.exists()

@@ -266,6 +266,7 @@ def test_resume_auto_refuses_a_checkpoint_of_other_training_settings(
     [
         (["--resume", "missing.pt"], "missing.pt: checkpoint not found"),
         (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
+        (["--workers", "-1"], "--workers must be 0 or more"),
     ],
 )
 def test_bad_invocation_is_one_line_and_exit_2(extra, message, tmp_path, tiny_config, capsys):
@@ -273,3 +274,64 @@ def test_bad_invocation_is_one_line_and_exit_2(extra, message, tmp_path, tiny_co
     assert cli_main(["train", "--config", str(tiny_config), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_resume_from_a_final_model_is_refused(tmp_path, straight, fault_config, capsys):
+    out = tmp_path / "run"
+    final = straight / "model_final.pt"
+    args = ["train", "--config", str(fault_config), "--out", str(out), "--resume", str(final)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"ifcn train: error: {final}: a final model (weights only), not a training checkpoint: "
+        "--resume takes a file of the run's checkpoints/ folder "
+        "(checkpoints/model_NNNNNNN.pt) or auto"
+    ]
+    assert not out.exists()
+
+
+def test_an_existing_file_as_out_is_refused_and_left_alone(tmp_path, fault_config, capsys):
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    assert cli_main(["train", "--config", str(fault_config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ifcn train: error: {out}: --out is an existing file, not a folder"]
+    assert out.read_text() == "not a folder"
+
+
+@pytest.fixture
+def small_disk(tmp_path, straight):
+    """A tmpfs that holds one checkpoint of the fault config's model and not two (root only)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    size = (straight / "checkpoints" / "model_0000012.pt").stat().st_size
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2}", "tmpfs", str(folder)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_checkpoint_and_keeps_the_previous_one(
+    small_disk, fault_config, straight, capsys
+):
+    out = small_disk / "run"
+    assert cli_main(["train", "--config", str(fault_config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    failed = checkpoint.checkpoint_path(out, 6)
+    assert err[-1] == (
+        f"ifcn train: error: {failed}: cannot write checkpoint: No space left on device"
+    ), err[-3:]
+    assert not any("Traceback" in line for line in err)
+    previous = checkpoint.checkpoint_path(out, 3)
+    assert checkpoint.list_checkpoints(out) == [previous]
+    assert checkpoint.load(previous, resumable=True)["iteration"] == 3
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not (out / "model_final.pt").exists()

@@ -11,29 +11,19 @@ on (classify.seed, i, rank).
 from __future__ import annotations
 
 import argparse
-import signal
-import time
+import functools
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from ifcn import checkpoint, distributed
+from ifcn import checkpoint, distributed, engine
 from ifcn.classify.model import KIND, build_classifier, load_backbone_from
 from ifcn.classify.targets import RoiSamples, category_table, check_image_sets
 from ifcn.config import load_config
 from ifcn.data.coco import CocoInstances
-from ifcn.engine import (
-    IterationSampler,
-    StopRequest,
-    TrainLog,
-    build_lr_lambda,
-    ignore_sigterm,
-)
+from ifcn.engine import build_lr_lambda
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals
 
@@ -67,7 +57,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder of the classifier run")
     parser.add_argument("--iters", type=int, help="override classify.iters")
     parser.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when there is a GPU; an error on a job given GPUs that CUDA cannot "
+        "use) | cpu | cuda",
+    )
     parser.add_argument("--workers", type=int, help="override classify.workers")
     return parser
 
@@ -102,35 +97,23 @@ def check_resumable(
         raise IfcnError("checkpoint was trained on other categories than the GT's", path)
     if not auto:
         return
-    keys = sorted(set(saved.get("classify", {})) | set(config["classify"]))
-    for key in keys:
-        theirs, ours = saved.get("classify", {}).get(key), config["classify"].get(key)
-        if key not in RESUME_NEUTRAL and theirs != ours:
-            raise IfcnError(
-                f"--resume auto: this checkpoint was written under other settings "
-                f"(classify.{key} {theirs!r} -> {ours!r}); to start over delete "
-                f"{path.parent} or choose another --out, to go on under the new settings "
-                f"pass --resume {path}",
-                path,
-            )
+    difference = checkpoint.training_difference(
+        saved, config, sections=("classify",), neutral=RESUME_NEUTRAL
+    )
+    if difference is not None:
+        raise checkpoint.other_settings_error(difference, path)
 
 
-def _train_step(
-    model: nn.Module, sample: dict, optimizer: torch.optim.Optimizer, device: torch.device
+def _classifier_losses(
+    model: nn.Module, sample: dict, iteration: int, *, device: torch.device
 ) -> dict[str, Tensor]:
-    """Forward one image's RoIs, check the loss is finite on every rank, step the optimiser."""
+    """Softmax loss of one image's sampled RoIs (their sampling is part of the sample)."""
     image = sample["image"][None].to(device, non_blocking=True)
     logits = model(image, sample["rois"].to(device), sample["grids"].to(device))
     labels = sample["labels"].to(device)
     losses = classification_loss(logits, labels)
-    finite = distributed.all_reduce_mean(torch.isfinite(losses["loss"]).float().reshape(1))
-    if finite.item() < 1.0:
-        raise FloatingPointError(f"loss is {losses['loss'].item()}")
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    optimizer.step()
     losses["num_bg"] = (labels == 0).sum().float()
-    return {key: value.detach() for key, value in losses.items()}
+    return losses
 
 
 def run_training(
@@ -146,8 +129,9 @@ def run_training(
     show_progress: bool = True,
 ) -> Path:
     """Train the classifier; return the path of model_final.pt. IfcnError on bad input."""
-    out_dir = Path(out_dir)
+    out_dir = engine.output_folder(out_dir)
     cfg = config["classify"]
+    engine.worker_count(workers, cfg["workers"])
     info, device = distributed.init_distributed_mode(device_name)
     images = CocoInstances(
         gt_path,
@@ -159,24 +143,25 @@ def run_training(
     categories = category_table(images)
     with Proposals(proposals_path) as proposals:
         check_image_sets(proposals, images.coco.imgs, gt_path)
-    if info.is_main:
-        images.verify_images()
-    distributed.barrier()
 
-    resume_path = None
-    if resume == "auto":
-        resume_path = checkpoint.latest_checkpoint(out_dir)
-    elif resume is not None:
-        resume_path = Path(resume)
-    state = None
-    if resume_path is not None:
-        state = checkpoint.load(resume_path)
-        check_resumable(state, config, categories, resume_path, auto=resume == "auto")
+    def check() -> None:
+        images.verify_images()
+        checkpoint.remove_temporaries(out_dir)
+
+    distributed.run_on_main(check, device)
+    resume_from = engine.resolve_resume(
+        resume,
+        out_dir,
+        info,
+        device,
+        kind=KIND,
+        check=lambda state, path, auto: check_resumable(state, config, categories, path, auto),
+    )
 
     torch.manual_seed(cfg["seed"])
-    from_checkpoint = init_from is not None or state is not None
+    from_checkpoint = init_from is not None or resume_from is not None
     model = build_classifier(config, len(categories), pretrained=False if from_checkpoint else None)
-    if init_from is not None and state is None:
+    if init_from is not None and resume_from is None:
         load_backbone_from(model, str(init_from), config)
     model.to(device)
     optimizer = torch.optim.SGD(
@@ -186,119 +171,29 @@ def run_training(
         weight_decay=cfg["weight_decay"],
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_lambda(cfg))
-    start, total = 0, cfg["iters"]
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["lr_scheduler"])
-        start = int(state["iteration"])
-    if start > total:
-        raise IfcnError(
-            f"checkpoint is at iteration {start}, beyond classify.iters={total}", resume_path
-        )
-
-    model_without_ddp = model
-    if info.distributed:
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
     samples = RoiSamples(images, proposals_path, categories, cfg)
-    sampler = IterationSampler(len(samples), start, total, cfg["seed"], info.rank, info.world_size)
-    loader = DataLoader(
-        samples,
-        batch_size=None,
-        sampler=sampler,
-        num_workers=cfg["workers"] if workers is None else workers,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=ignore_sigterm,
-    )
-    if info.is_main:
-        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    log = TrainLog(out_dir / "classify_log.csv", start, enabled=info.is_main, columns=LOG_COLUMNS)
-
-    def save(iteration: int) -> Path:
-        path = checkpoint.checkpoint_path(out_dir, iteration)
-        distributed.barrier()
-        if info.is_main:
-            checkpoint.save_atomic(
-                {
-                    "kind": KIND,
-                    "model": model_without_ddp.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": scheduler.state_dict(),
-                    "iteration": iteration,
-                    "config": config,
-                    "categories": categories,
-                    "world_size": info.world_size,
-                },
-                path,
-            )
-            checkpoint.prune(out_dir, cfg["keep_checkpoints"])
-        distributed.barrier()
-        return path
-
-    stop = StopRequest()
-    previous_handler = signal.signal(signal.SIGTERM, stop)
-    last_saved = resume_path
-    model.train()
-    progress = tqdm(
-        total=total,
-        initial=start,
-        disable=not (show_progress and info.is_main),
-        desc="classify train",
-        dynamic_ncols=True,
-    )
     try:
-        iteration = start
-        tick = time.perf_counter()
-        for step, sample in enumerate(loader):
-            iteration = start + step
-            try:
-                losses = _train_step(model, sample, optimizer, device)
-            except FloatingPointError as exc:
-                raise IfcnError(
-                    f"{exc} at iteration {iteration}; nothing was updated; last good checkpoint: "
-                    f"{last_saved or 'none'}",
-                    out_dir,
-                ) from None
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            iteration += 1
-            log.update(losses | {"seconds": time.perf_counter() - tick})
-            if iteration % cfg["log_period"] == 0 or iteration == total:
-                means = log.write(iteration, lr, device)
-                progress.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.2f}")
-            if iteration % cfg["checkpoint_period"] == 0 and iteration < total:
-                last_saved = save(iteration)
-            progress.update(1)
-            if distributed.broadcast_flag(stop.requested, device):
-                path = save(iteration)
-                raise IfcnError(
-                    f"stopped by SIGTERM at iteration {iteration}; checkpoint {path} written; "
-                    "rerun with --resume auto to continue",
-                    out_dir,
-                )
-            tick = time.perf_counter()
-        final_iteration = max(iteration, start)
-        save(final_iteration)
-        final = out_dir / "model_final.pt"
-        if info.is_main:
-            checkpoint.save_atomic(
-                {
-                    "kind": KIND,
-                    "model": model_without_ddp.state_dict(),
-                    "config": config,
-                    "categories": categories,
-                    "iteration": final_iteration,
-                },
-                final,
-            )
-        distributed.barrier()
-        return final
+        return engine.fit(
+            model,
+            functools.partial(_classifier_losses, device=device),
+            optimizer,
+            scheduler,
+            samples,
+            cfg,
+            out_dir,
+            info,
+            device,
+            resume=resume_from,
+            workers=workers,
+            extras={"kind": KIND, "config": config, "categories": categories},
+            log_name="classify_log.csv",
+            log_columns=LOG_COLUMNS,
+            postfix={"loss": "loss", "acc": "accuracy"},
+            desc="classify train",
+            show_progress=show_progress,
+        )
     finally:
-        progress.close()
         samples.close()
-        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def main(args: argparse.Namespace) -> int:

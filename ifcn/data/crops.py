@@ -13,6 +13,9 @@ shifted (not clipped), so an object cut by the crop's edge is labelled by its tr
 size as on the full image; its pixels beyond the edge fall outside the crop and are ignored by
 the mask loss like any pixel outside an image. Instances with no pixel in the crop are dropped.
 Like the sample itself, the crop is a pure function of the step seed.
+
+`build_train_dataset` makes the training set of a config, either way, and refuses one in
+which no instance can ever make a positive window (`check_learnable`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import math
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from ifcn.data.coco import CocoInstances
+from ifcn.errors import IfcnError
 from ifcn.windows import (
     POSITIVE,
     LabelRule,
@@ -127,8 +132,52 @@ class CropInstances(Dataset):
         return cut(sample, self.crop, y0, x0)
 
 
+def check_learnable(dataset: CocoInstances, rule: LabelRule, max_size: int | None) -> None:
+    """Refuse a training set in which no instance can ever label a window positive.
+
+    Such a set trains every step on 0 positives — the mask term of the loss never runs and the
+    objectness learns "nothing is an object" — without any error: a JSON with no instance
+    annotations (an export of unlabelled images), only crowd regions, or instances that are
+    never of a positive window's size at any training scale (`train.scales` or
+    `train.canonical` wrong for the data). The sizes are the masks' boxes scaled as the
+    images will be, with a pixel of slack for rounding.
+    """
+    anns = [a for a in dataset.coco.dataset["annotations"] if not a["iscrowd"]]
+    where = dataset.json_path
+    if not anns:
+        raise IfcnError(
+            f"no image has an instance annotation (crowd regions aside) among the "
+            f"{len(dataset)} training images: every step would see 0 positive windows",
+            where,
+        )
+    boxes = mask_utils.toBbox([a["segmentation"] for a in anns])
+    image_sizes = np.array(
+        [(dataset.coco.imgs[a["image_id"]]["height"], dataset.coco.imgs[a["image_id"]]["width"])
+         for a in anns],
+        dtype=np.float64,
+    )  # fmt: skip
+    factors = np.array(dataset.scales, dtype=np.float64)[None, :] / image_sizes.min(1)[:, None]
+    if max_size is not None:
+        factors = np.minimum(factors, max_size / image_sizes.max(1)[:, None])
+    sizes = boxes[:, 2:].max(1)[:, None] * factors  # [instances, scales]
+    low = rule.canonical_size * 2.0**-rule.pos_scale_range
+    high = min(rule.canonical_size * 2.0**rule.pos_scale_range, rule.window_side)
+    if not ((sizes >= low - 1) & (sizes <= high + 1)).any():
+        raise IfcnError(
+            f"none of the {len(anns)} instances can make a positive window: at the training "
+            f"scales {dataset.scales} their larger sides measure {sizes.min():.0f}-"
+            f"{sizes.max():.0f} px, a positive needs {low:.0f}-{high:.0f} px (train.canonical "
+            f"{rule.canonical_size:.0f} px x 2^+-{rule.pos_scale_range}); every step would see "
+            "0 positive windows: change train.scales or train.canonical",
+            where,
+        )
+
+
 def build_train_dataset(config: dict) -> Dataset:
-    """The training set of a config: full images, or crops when ``train.crop`` is set."""
+    """The training set of a config: full images, or crops when ``train.crop`` is set.
+
+    IfcnError when no instance of it can ever be a positive (`check_learnable`).
+    """
     train = config["train"]
     dataset = CocoInstances(
         config["data"]["train_json"],
@@ -137,6 +186,8 @@ def build_train_dataset(config: dict) -> Dataset:
         max_size=train["max_size"],
         flip=train["flip"],
     )
+    rule = LabelRule.from_config(config)
+    check_learnable(dataset, rule, train["max_size"])
     if train.get("crop") is None:
         return dataset
-    return CropInstances(dataset, train["crop"], LabelRule.from_config(config))
+    return CropInstances(dataset, train["crop"], rule)

@@ -101,6 +101,39 @@ def test_resume_auto_under_other_settings_is_refused(tmp_path, oracle_data, clas
     assert torch.load(out / "model_final.pt", weights_only=False)["iteration"] == 6
 
 
+def test_resuming_a_final_model_or_a_proposal_model_is_refused(
+    tmp_path, oracle_data, classifier, capsys
+):
+    config = classify_config(tmp_path, oracle_data, iters=4, checkpoint_period=2)
+    out = tmp_path / "run"
+    err = _fails(capsys, _train(config, oracle_data, out, "--resume", str(classifier)), classifier)
+    assert "a final model (weights only), not a training checkpoint" in err
+    proposer = checkpoint.save_atomic(
+        {"model": build_model({"head_channels": 8}).state_dict(), "config": load_config(config),
+         "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {}, "iteration": 2},
+        tmp_path / "model_0000002.pt",
+    )  # fmt: skip
+    err = _fails(capsys, _train(config, oracle_data, out, "--resume", str(proposer)), proposer)
+    assert "a proposal model of `ifcn train`, not a classifier of `ifcn classify train`" in err
+    assert not out.exists()
+
+
+def test_bad_out_and_workers_are_one_line(tmp_path, oracle_data, capsys):
+    config = classify_config(tmp_path, oracle_data, iters=2)
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    err = _fails(capsys, _train(config, oracle_data, taken), taken)
+    assert "--out is an existing file, not a folder" in err and taken.read_text() == "mine"
+    out = tmp_path / "run"
+    assert cli_main(_train(config, oracle_data, out, "--workers", "-1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "ifcn classify train: error: --workers must be 0 or more (0 loads in the training "
+        "process), not -1"
+    ]
+    assert not out.exists()
+
+
 def test_oracle_proposals_cover_every_gt_instance(tmp_path, oracle_data):
     # the oracle file itself: every GT has near copies and background among the proposals
     data = json.loads((oracle_data / "val.json").read_text())
