@@ -84,7 +84,7 @@ def folder_config(folder):
 
 
 def write_folder_config(folder):
-    """Write the run folder's config.yaml when its text changes; return its path.
+    """Write the run folder's config.yaml when its text changes.
 
     A dry run writes a missing one (the plan reads it) but never changes one, so planning a
     change does not alter a run in progress.
@@ -97,23 +97,23 @@ def write_folder_config(folder):
             f"The effective config of {folder} ({' + '.join(CONFIG_FILES)} with --config "
             "overrides and schema defaults), written by the workflow: edit those, not this.",
         )
-    return path
 
 
 def run_config_file(wildcards):
     """Input function: the run folder's config.yaml, the file its stages read.
 
-    ancient(): a rewrite reruns nothing by itself; each rule's `settings` decide. The run's own
-    is written while the workflow is parsed, before Snakemake looks at any file; a variant's
-    when the plan first needs its folder. Not a job's output: a job that must rerun hides the
-    jobs after it from Snakemake's own checks, and nothing would reach them through an
-    ancient() file.
+    ancient(): a rewrite reruns nothing by itself; each rule's `settings` decide. Written while
+    the workflow is parsed (below), before Snakemake looks at any file: not a job's output,
+    because a job that must rerun hides the jobs after it from Snakemake's own checks and
+    nothing would reach them through an ancient() file; not written while the plan is built,
+    because Snakemake's file cache would not see it.
     """
-    return ancient(write_folder_config(getattr(wildcards, "folder", RESULTS)))
+    return ancient(f"{getattr(wildcards, 'folder', RESULTS)}/config.yaml")
 
 
-# The run's own config file, written before Snakemake looks at any file of the run.
-write_folder_config(RESULTS)
+# The config files of the run and of the ablation variants it trains.
+for _folder in [RESULTS] + [f"{RESULTS}/ablation/{name}" for name in ABLATION_TRAINED]:
+    write_folder_config(_folder)
 
 
 def settings(*sections):
