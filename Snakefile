@@ -1,14 +1,14 @@
-# InstanceFCN pipeline: data -> train -> infer (sharded) -> merge -> nms -> evaluate -> report.
-# Run with `snakemake --cores all` (or `make run`); another dataset: `--configfile config/coco.yaml`.
-from snakemake.utils import min_version, validate
+# InstanceFCN pipeline: data -> train -> infer (sharded) -> merge -> nms -> evaluate -> classify
+# -> figures -> report. Run with `snakemake --cores all` (or `make run`); another dataset:
+# `--configfile config/coco.yaml`; overrides: `--config nms='{iou: 0.7}'`. The config is
+# validated against workflow/schemas/config.schema.yaml (errors name the config file) and
+# written to results/<run>/config.yaml, which every stage reads (workflow/rules/common.smk).
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
-
-
-validate(config, "workflow/schemas/config.schema.yaml")
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -19,6 +19,10 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/report.smk"
+
+
+onstart:
+    check_pretrained_weights()
 
 
 rule all:

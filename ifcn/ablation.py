@@ -9,17 +9,16 @@ recall-vs-IoU plot. The variants are named once, in `ifcn.variants`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from ifcn.config import load_config
+from ifcn import atomic
+from ifcn.config import config_yaml, load_config
 from ifcn.errors import IfcnError
+from ifcn.summaries import read_ar
 from ifcn.variants import VARIANTS, apply_overrides
 
 
@@ -32,37 +31,6 @@ def parse_setting(text: str) -> tuple[str, object]:
         return key, yaml.safe_load(value)
     except yaml.YAMLError:
         raise IfcnError(f"--set {key}: not a YAML value: {value!r}") from None
-
-
-def _replace_into(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def write_config(config: dict, path: str | Path, note: str) -> Path:
-    path = Path(path)
-    text = f"# {note}\n" + yaml.safe_dump(config, sort_keys=False)
-    _replace_into(path, lambda tmp: tmp.write_text(text))
-    return path
-
-
-def read_ar(path: str | Path) -> dict:
-    try:
-        ar = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise IfcnError("file not found", path) from None
-    except json.JSONDecodeError as exc:
-        raise IfcnError(f"not valid JSON ({exc})", path) from None
-    if not isinstance(ar, dict) or not any(key.startswith("AR@") for key in ar):
-        raise IfcnError("not an ar.json of `ifcn evaluate` (no AR@N figures)", path)
-    return ar
 
 
 def ablation_table(ar_files: Sequence[str | Path], variants: Sequence[str]) -> pd.DataFrame:
@@ -100,7 +68,8 @@ def plot_ablation(ar_files: Sequence[str | Path], variants: Sequence[str], path:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=7)
     FigureCanvasAgg(fig)
-    _replace_into(path, lambda tmp: fig.savefig(tmp, format="png"))
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -133,13 +102,13 @@ def main(args: argparse.Namespace) -> int:
             overrides = dict(parse_setting(text) for text in args.set)
         result = apply_overrides(config, overrides, args.config)
         settings = ", ".join(f"{key}={value}" for key, value in overrides.items())
-        path = write_config(result, args.out, f"{args.config} with {settings} (ifcn ablation)")
+        note = f"{args.config} with {settings} (ifcn ablation)"
+        path = atomic.write_text(args.out, config_yaml(result, note))
         print(f"wrote {path}")
         return 0
     frame = ablation_table(args.ar, args.variants)
-    out = Path(args.out)
-    _replace_into(out, lambda tmp: frame.to_csv(tmp, index=False))
     if args.plot:
         plot_ablation(args.ar, args.variants, Path(args.plot))
+    atomic.write_text(args.out, frame.to_csv(index=False))
     print(frame.to_string(index=False))
     return 0

@@ -1,14 +1,15 @@
 """The pictures of a run: proposals on images (the paper's Fig. 8) and score maps (Fig. 5).
 
 Drawing functions return RGB uint8 arrays; `save_png` writes them atomically. `draw_pictures`
-draws the report's pictures of the first validation images.
+draws the report's pictures of the first validation images and indexes them in figures.json
+(`ifcn viz --pictures`, the workflow's `figures` rule); `draw_image` draws one image's top
+proposals and score maps (`ifcn viz --image-id`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,7 @@ from pycocotools.coco import COCO
 from torchvision.ops import nms as box_nms
 
 from ifcn import atomic
+from ifcn.classify.targets import check_image_sets
 from ifcn.data.cocojson import read_image_table
 from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.distributed import resolve_device
@@ -31,19 +33,12 @@ from ifcn.evaluation.ground_truth import read_json
 from ifcn.model import load_model
 from ifcn.proposals.format import Proposals
 from ifcn.proposals.inference import window_masks
+from ifcn.summaries import Picture, write_figures_index
 from ifcn.windows import STRIDE, rank_windows, window_boxes
 
 # Fig. 8: each object's best proposal among the top FIG8_TOP_N; below MISSED_IOU it is missed.
 FIG8_TOP_N = 100
 MISSED_IOU = 0.5
-
-
-@dataclass(frozen=True)
-class Picture:
-    """A PNG of the report and the sentence shown under it."""
-
-    path: Path
-    caption: str
 
 
 def distinct_colours(count: int) -> np.ndarray:
@@ -240,55 +235,67 @@ def draw_recall_picture(
     return draw_proposals(out, proposal_masks[~missed], ious[~missed])
 
 
+def _load_model(config: dict, checkpoint: Path, device_name: str):
+    try:
+        device = resolve_device(device_name)
+    except RuntimeError as exc:
+        raise IfcnError(str(exc)) from None
+    return load_model(config, checkpoint, device), device
+
+
+def _nearest_scale(config: dict, image: np.ndarray) -> int:
+    """The inference scale nearest the image's own shorter side."""
+    short = min(image.shape[:2])
+    return min(config["infer"]["scales"], key=lambda s: abs(s - short))
+
+
 def draw_pictures(
     config: dict,
     figures_dir: Path,
     count: int,
     images_json: Path,
     image_root: Path,
-    proposals: Path | None = None,
+    proposals: Path,
     checkpoint: Path | None = None,
     device_name: str = "auto",
 ) -> list[Picture]:
-    """Fig. 8 (with ``proposals``) and Fig. 5 (with ``checkpoint``, InstanceFCN head only) of
-    the first ``count`` validation images: figures_dir/proposals-<i>.png, score_maps-<i>.png."""
+    """The report's pictures of the first ``count`` validation images, and their index.
 
+    figures_dir/proposals-<i>.png: Fig. 8 (every object's best proposal, the missed ones
+    outlined); with ``checkpoint`` and the InstanceFCN head, score_maps-<i>.png: Fig. 5.
+    figures_dir/figures.json lists them with their captions. Proposals of another image set
+    than ``images_json`` are refused.
+    """
     table, objects = _gt_rles(images_json)
     chosen = pick_images(objects, count)
-    model, device = None, None
-    if checkpoint is not None and config["model"]["head"] == "instancefcn":
-        try:
-            device = resolve_device(device_name)
-        except RuntimeError as exc:
-            raise IfcnError(str(exc)) from None
-        model = load_model(config, checkpoint, device)
-    reader = Proposals(proposals) if proposals is not None else None
-    pictures: list[Picture] = []
-    try:
+    with Proposals(proposals) as reader:
+        check_image_sets(reader, table, images_json)
+        model, device = None, None
+        if chosen and checkpoint is not None and config["model"]["head"] == "instancefcn":
+            model, device = _load_model(config, checkpoint, device_name)
+        pictures: list[Picture] = []
         for position, image_id in enumerate(chosen, start=1):
             entry = table[image_id]
             image = load_image(image_root / entry["file_name"])
-            if reader is not None:
-                if image_id not in reader:
-                    raise IfcnError(f"no proposals for image {image_id}", proposals)
-                rles = reader.rles(image_id, FIG8_TOP_N)
-                best, ious = best_proposals(objects[image_id], rles)
-                found = _decode(rles, image.shape[:2])[np.clip(best, 0, None)]
-                gt_masks = _decode(objects[image_id], image.shape[:2])
-                picture = draw_recall_picture(image, gt_masks, found, ious)
-                missed = int((ious < MISSED_IOU).sum())
-                pictures.append(
-                    Picture(
-                        save_png(picture, figures_dir / f"proposals-{position}.png"),
-                        f"Image {image_id} (`{entry['file_name']}`): the best of the top "
-                        f"{FIG8_TOP_N} proposals for each of its {len(ious)} objects, labelled "
-                        f"with its IoU; {missed} missed (best IoU < {MISSED_IOU}) in white with "
-                        "a red outline, as in the paper's Fig. 8.",
-                    )
+            rles = reader.rles(image_id, FIG8_TOP_N)
+            best, ious = best_proposals(objects[image_id], rles)
+            found = _decode(rles, image.shape[:2])[np.clip(best, 0, None)]
+            gt_masks = _decode(objects[image_id], image.shape[:2])
+            picture = draw_recall_picture(image, gt_masks, found, ious)
+            missed = int((ious < MISSED_IOU).sum())
+            pictures.append(
+                Picture(
+                    save_png(picture, figures_dir / f"proposals-{position}.png"),
+                    f"Image {image_id} (`{entry['file_name']}`): the best of the top "
+                    f"{FIG8_TOP_N} proposals for each of its {len(ious)} objects, labelled "
+                    f"with its IoU; {missed} missed (best IoU < {MISSED_IOU}) in white with "
+                    "a red outline, as in the paper's Fig. 8.",
+                    "proposals",
+                    image_id,
                 )
+            )
             if model is not None:
-                short = min(image.shape[:2])
-                scale = min(config["infer"]["scales"], key=lambda s: abs(s - short))
+                scale = _nearest_scale(config, image)
                 picture = score_map_picture(
                     model, image, scale, config["infer"]["max_size"], 4, device
                 )
@@ -298,12 +305,49 @@ def draw_pictures(
                         f"Image {image_id} at shorter side {scale}: the k² = {model.k**2} "
                         "instance-sensitive score maps, the four best windows after box NMS "
                         "and the instances assembled from the maps, as in the paper's Fig. 5.",
+                        "score_maps",
+                        image_id,
                     )
                 )
-    finally:
-        if reader is not None:
-            reader.close()
+    write_figures_index(pictures, figures_dir / "figures.json")
     return pictures
+
+
+def draw_image(
+    config: dict,
+    checkpoint: Path,
+    images_json: Path,
+    image_root: Path,
+    image_id: int,
+    out_dir: Path,
+    proposals: Path | None = None,
+    top_n: int = 10,
+    scale: int | None = None,
+    windows: int = 4,
+    device_name: str = "auto",
+) -> list[Path]:
+    """One image's top proposals (with ``proposals``) and its score maps with assembled
+    instances: out_dir/image<id>_proposals.png, image<id>_score_maps.png."""
+    table = read_image_table(images_json)
+    if image_id not in table:
+        raise IfcnError(f"no image with id {image_id}", images_json)
+    entry = table[image_id]
+    image = load_image(image_root / entry["file_name"])
+    written = []
+    if proposals is not None:
+        with Proposals(proposals) as reader:
+            if image_id not in reader:
+                raise IfcnError(f"no proposals for image {image_id}", proposals)
+            check_image_sets(reader, {image_id: entry}, images_json)
+            masks = reader.masks(image_id, top_n)
+            scores = reader.scores(image_id, top_n)
+        picture = draw_proposals(image, masks, scores)
+        written.append(save_png(picture, out_dir / f"image{image_id}_proposals.png"))
+    model, device = _load_model(config, checkpoint, device_name)
+    scale = scale or _nearest_scale(config, image)
+    picture = score_map_picture(model, image, scale, config["infer"]["max_size"], windows, device)
+    written.append(save_png(picture, out_dir / f"image{image_id}_score_maps.png"))
+    return written
 
 
 def _decode(rles: list[dict], size: tuple[int, int]) -> np.ndarray:

@@ -1,65 +1,61 @@
-"""`ifcn report`: results/<run>/report.md, assembled from the run's own output files.
+"""`ifcn report`: results/<run>/report.md, written from the run's own files.
 
-Every figure of this run is read from its ar.json / segm_eval.json / ablation CSVs, and the
-mask-head parameter counts from modules built as the config describes; the paper's numbers
-appear beside them only labelled "paper". Given the trained model and the validation proposals,
-the report also draws its pictures (PNGs under results/<run>/figures/): for a few validation
-images, the best proposal of each object with the missed objects outlined (the paper's Fig. 8)
-and the k² instance-sensitive score maps with assembled instances (Fig. 5). Pictures are
-linked relative to the report so the folder can be moved or published as a whole.
+It reads only JSON, CSV and PNG files (ar.json, segm_eval.json, the ablation tables, the
+training log, figures.json and its pictures), so changing the report never runs the network.
+This run's figures come first; the paper's published figures follow in their own section,
+for reference, never beside this run's numbers. Pictures are linked relative to the report so
+the folder can be moved or published as a whole. With --ar-table / --map-table the AR and mAP
+tables are also written as CSV (for Snakemake's HTML report), with --loss-plot the training
+loss curve as PNG.
+
+Example: ifcn report --config results/synthetic/config.yaml --ar results/synthetic/val/ar.json
+--figures results/synthetic/figures/figures.json --out results/synthetic/report.md
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from ifcn import paper
+from ifcn import atomic, paper
 from ifcn.config import load_config
 from ifcn.errors import IfcnError
-from ifcn.pictures import Picture, draw_pictures
+from ifcn.summaries import (
+    Picture,
+    fraction_text,
+    read_ablation_table,
+    read_ar,
+    read_figures_index,
+    read_segm_eval,
+    read_training_log,
+)
 from ifcn.variants import VARIANTS
+
+PUBLISHED = "InstanceFCN, ECCV 2016"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("ifcn report", description=__doc__, add_help=add_help)
+    parser = argparse.ArgumentParser(
+        "ifcn report",
+        description=__doc__,
+        add_help=add_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="run configuration (YAML)")
     parser.add_argument("--ar", required=True, help="ar.json of the validation proposals")
     parser.add_argument("--segm-eval", help="segm_eval.json of the downstream classifier")
     parser.add_argument("--ablation-k", help="ablation_k.csv")
     parser.add_argument("--ablation-head", help="ablation_head.csv")
-    parser.add_argument("--figures", nargs="*", default=[], help="PNG pictures to show")
-    parser.add_argument("--proposals", help="proposals.h5 of the validation images (Fig. 8)")
-    parser.add_argument("--checkpoint", help="model_final.pt, for the score maps (Fig. 5)")
-    parser.add_argument("--images", help="COCO JSON of the validation images (with --proposals)")
-    parser.add_argument("--image-root", help="folder of the images (default: data.val_images)")
-    parser.add_argument(
-        "--pictures", type=int, help="validation images drawn (default: report.pictures)"
-    )
-    parser.add_argument("--figures-dir", help="folder of the drawn PNGs (default: figures/)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--figures", help="figures.json of `ifcn viz --pictures`")
+    parser.add_argument("--train-log", help="train_log.csv of `ifcn train` (the loss curve)")
+    parser.add_argument("--loss-plot", help="PNG of the loss curve to write (with --train-log)")
+    parser.add_argument("--ar-table", help="CSV of this run's AR table to write")
+    parser.add_argument("--map-table", help="CSV of this run's mAP table to write")
     parser.add_argument("--out", required=True, help="report.md to write")
     return parser
-
-
-def _read_json(path: str | Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise IfcnError("file not found", path) from None
-    except json.JSONDecodeError as exc:
-        raise IfcnError(f"not valid JSON ({exc})", path) from None
-
-
-def _pct(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "–"
-    return f"{100 * value:.1f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -71,27 +67,81 @@ def _link(path: Path, out_dir: Path, alt: str) -> str:
     return f"![{alt}]({Path(os.path.relpath(path, out_dir)).as_posix()})"
 
 
-def _ar_section(ar: dict, ar_path: Path, out_dir: Path, dataset: str) -> list[str]:
+def ar_table(ar: dict) -> pd.DataFrame:
+    """This run's AR@N in percent: all objects, then each object size."""
     ns = [key.split("@")[1] for key in ar if key.startswith("AR@")]
-    header = ["proposals", *[f"AR@{n} (%)" for n in ns]]
-    rows = [["this run", *[_pct(ar[f"AR@{n}"]) for n in ns]]]
-    reference = paper.TABLE5_COCO if dataset.startswith("coco") else paper.TABLE3_VOC
-    if ns == ["10", "100", "1000"]:
-        rows += [[name, *[f"{v:.1f}" for v in values]] for name, values in reference.items()]
-    lines = ["## Segment proposals", ""]
+    rows = [{"objects": "all", **{f"AR@{n} (%)": ar[f"AR@{n}"] for n in ns}}]
+    for area, values in ar.get("by_area", {}).items():
+        if area != "all":
+            rows.append({"objects": area, **{f"AR@{n} (%)": values.get(n) for n in ns}})
+    frame = pd.DataFrame(rows)
+    for column in frame.columns[1:]:
+        frame[column] = [None if v is None else round(100 * v, 1) for v in frame[column]]
+    return frame
+
+
+def map_table(segm: dict) -> pd.DataFrame:
+    """This run's mAP (all categories) and AP per category, in percent."""
+    rows = [{"category": "all (mAP)", "AP@0.5": segm["mAP@0.5"], "AP@0.7": segm["mAP@0.7"]}]
+    for entry in segm.get("per_category", []):
+        name = str(entry.get("name", entry["category_id"]))
+        rows.append(
+            {"category": name, "AP@0.5": entry.get("AP@0.5"), "AP@0.7": entry.get("AP@0.7")}
+        )
+    frame = pd.DataFrame(rows)
+    for column in ("AP@0.5", "AP@0.7"):
+        frame[f"{column} (%)"] = [None if v is None else round(100 * v, 1) for v in frame[column]]
+    return frame[["category", "AP@0.5 (%)", "AP@0.7 (%)"]]
+
+
+def _frame_lines(frame: pd.DataFrame) -> list[str]:
+    def cell(value) -> str:
+        if isinstance(value, str):
+            return value
+        return "–" if value is None or pd.isna(value) else f"{value:.1f}"
+
+    rows = [[cell(v) for v in row] for row in frame.itertuples(index=False)]
+    return _table([str(c) for c in frame.columns], rows)
+
+
+def _describe_run(config: dict) -> list[str]:
+    model, train = config["model"], config["train"]
+    head = f"`{model['head']}`"
+    if model["head"] == "deepmask":
+        scoring = model.get("deepmask_scoring")
+        head += (
+            f" (~DeepMask; objectness scored by its `{scoring}` branch, model.deepmask_scoring)"
+            if scoring
+            else " (~DeepMask)"
+        )
+    crop = train.get("crop")
+    return [
+        f"# ifcn report: run `{config['run']}`",
+        "",
+        f"Dataset `{config['data']['dataset']}` (training images `{config['data']['train_json']}`"
+        f", evaluation images `{config['data']['val_json']}`); backbone `{model['backbone']}`"
+        f"{' (ImageNet weights)' if model['pretrained'] else ''}, head {head}, k = {model['k']}, "
+        f"m = {model['m']}; {train['iters']} training iterations at shorter sides "
+        f"{train['scales']}{f' on {crop}×{crop} crops' if crop else ''}; inference at "
+        f"{config['infer']['scales']}; NMS IoU {config['nms']['iou']}, N = "
+        f"{config['nms']['top_n']}. The settings are the run's config file, `config.yaml` "
+        "beside this report. The paper's published figures are in the last section, apart.",
+        "",
+    ]
+
+
+def _ar_section(ar: dict, ar_path: Path, out_dir: Path) -> list[str]:
     num_gt = ar.get("num_gt", "?")
     if isinstance(num_gt, dict):  # per area range; "all" counts every object
         num_gt = num_gt.get("all", "?")
+    lines = ["## Segment proposals", ""]
     lines += [
         f"Mask average recall over IoU 0.50:0.05:0.95 ({ar.get('matching', 'coco')} "
-        f"matching) on {ar.get('num_images', '?')} images, {num_gt} objects."
+        f"matching) on {ar.get('num_images', '?')} images, {num_gt} objects; by object size "
+        "with COCO's area limits.",
+        "",
     ]
-    lines += [""] + _table(header, rows) + [""]
-    by_area = ar.get("by_area", {})
-    if by_area:
-        area_rows = [[area, *[_pct(values.get(n)) for n in ns]] for area, values in by_area.items()]
-        lines += ["By object size (COCO area limits):", ""]
-        lines += _table(["area", *[f"AR@{n} (%)" for n in ns]], area_rows) + [""]
+    lines += _frame_lines(ar_table(ar)) + [""]
     plot = ar_path.with_name("recall_iou.png")
     if plot.exists():
         lines += ["Recall against IoU (as the paper's Fig. 6/7):", ""]
@@ -99,19 +149,47 @@ def _ar_section(ar: dict, ar_path: Path, out_dir: Path, dataset: str) -> list[st
     return lines
 
 
+def _training_section(log: pd.DataFrame, plot: Path | None, out_dir: Path) -> list[str]:
+    last = log.iloc[-1]
+    terms = ", ".join(f"{c} {last[c]:.4g}" for c in log.columns if c.startswith("loss"))
+    lines = ["## Training", ""]
+    lines += [
+        f"{len(log)} logged steps up to iteration {int(last['iteration'])}; last logged "
+        f"{terms} (train/train_log.csv).",
+        "",
+    ]
+    if plot is not None:
+        lines += [_link(plot, out_dir, "training loss"), ""]
+    return lines
+
+
+def plot_loss(log: pd.DataFrame, path: str | Path) -> Path:
+    """The loss terms of the training log against the iteration, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    for column in (c for c in log.columns if c.startswith("loss")):
+        ax.plot(log["iteration"], log[column], label=column, lw=1.5 if column == "loss" else 1)
+    ax.set(xlabel="iteration", ylabel="loss", title="Training loss (eq. 1)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    FigureCanvasAgg(fig)
+    path = Path(path)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
 def _segm_section(segm: dict) -> list[str]:
     lines = ["## Instance segmentation (downstream classifier)", ""]
-    rows = [["this run", _pct(segm["mAP@0.5"]), _pct(segm["mAP@0.7"])]]
-    rows += [[name, f"{a:.1f}", f"{b:.1f}"] for name, (a, b) in paper.TABLE4_MAP.items()]
-    lines += _table(["classifier", "mAP@0.5 (%)", "mAP@0.7 (%)"], rows) + [""]
-    per_category = segm.get("per_category", [])
-    if per_category:
-        cat_rows = [
-            [str(c.get("name", c["category_id"])), _pct(c.get("AP@0.5")), _pct(c.get("AP@0.7"))]
-            for c in per_category
-        ]
-        lines += _table(["category", "AP@0.5 (%)", "AP@0.7 (%)"], cat_rows) + [""]
-    return lines
+    lines += [
+        f"The MNC-style classifier on this run's proposals, {segm.get('num_images', '?')} "
+        "images; AP per category and their mean.",
+        "",
+    ]
+    return lines + _frame_lines(map_table(segm)) + [""]
 
 
 def _settings_text(variant: str) -> str:
@@ -123,26 +201,18 @@ def _settings_text(variant: str) -> str:
     )
 
 
-def _ablation_section(
-    title: str, intro: str, path: Path, out_dir: Path, reference: dict[str, tuple]
-) -> list[str]:
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise IfcnError("file not found", path) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise IfcnError(f"not a readable CSV ({exc})", path) from None
+def _ablation_section(title: str, intro: str, path: Path, out_dir: Path) -> list[str]:
+    frame = read_ablation_table(path)
     columns = [c for c in frame.columns if str(c).startswith("AR@")]
-    if "variant" not in frame.columns or not columns:
-        raise IfcnError("an ablation table needs a variant column and AR@N columns", path)
-    header = ["variant", *[f"{c} (%)" for c in columns], "paper, VOC 2012 val (%)", "settings"]
-    rows = []
-    for _, row in frame.iterrows():
-        name = str(row["variant"])
-        published = reference.get(name)
-        cited = " / ".join(f"{v:.1f}" for v in published) if published else "–"
-        ours = [_pct(float(row[c])) for c in columns]
-        rows.append([name, *ours, cited, _settings_text(name)])
+    header = ["variant", *[f"{c} (%)" for c in columns], "settings"]
+    rows = [
+        [
+            str(row["variant"]),
+            *[fraction_text(row[c]) for c in columns],
+            _settings_text(row["variant"]),
+        ]
+        for _, row in frame.iterrows()
+    ]
     lines = [f"## {title}", "", intro, ""] + _table(header, rows) + [""]
     plot = path.with_suffix(".png")
     if plot.exists():
@@ -195,10 +265,6 @@ def _describe(module) -> str:
     return f"fc {shape[1]}→{shape[0]}"
 
 
-def _millions(count: int) -> str:
-    return f"{count / 1e6:.2f}M" if count >= 1e4 else str(count)
-
-
 def _parameters_section(model_cfg: dict) -> list[str]:
     rows = mask_layer_parameters(model_cfg)
     table = [
@@ -209,15 +275,60 @@ def _parameters_section(model_cfg: dict) -> list[str]:
     for setting in dict.fromkeys(r["setting"] for r in rows):
         ours, theirs = (r["weights"] + r["biases"] for r in rows if r["setting"] == setting)
         ratios.append(f"{setting}: ~DeepMask has {theirs / ours:,.0f}× the parameters")
-    published = ", ".join(f"{name} {value}" for name, value in paper.MASK_PARAMS.items())
     lines = ["## Mask-prediction parameters", ""]
     lines += [
-        "Counted on the modules as `ifcn.model.build_model` builds them (paper Table 2's "
-        "comparison: InstanceFCN's mask layer does not depend on the mask resolution, "
-        "~DeepMask's fc layers regress a 56×56 mask)."
+        "Counted on the modules as `ifcn.model.build_model` builds them, for this run's width "
+        "and for the paper's (Table 2's comparison: InstanceFCN's mask layer does not depend on "
+        "the mask resolution, ~DeepMask's fc layers regress a 56×56 mask)."
     ]
     lines += [""] + _table(["setting", "head", "layers", "weights", "biases"], table) + [""]
-    lines += ["; ".join(ratios) + f". Paper (published): {published}.", ""]
+    return lines + ["; ".join(ratios) + ".", ""]
+
+
+def _pictures_section(pictures: list[Picture], out_dir: Path) -> list[str]:
+    lines = ["## Pictures", ""]
+    for picture in pictures:
+        path = Path(picture.path).resolve()
+        lines += [_link(path, out_dir, path.stem), "", picture.caption, ""]
+    return lines
+
+
+def provenance_section() -> list[str]:
+    """Where the run's provenance goes: commit, package versions, run time, input hashes."""
+    return [
+        "## Provenance",
+        "",
+        "The run's effective settings: `config.yaml` beside this report.",
+        "",
+    ]
+
+
+def _published_rows(reference: dict[str, tuple]) -> list[list[str]]:
+    return [[name, *[f"{v:.1f}" for v in values]] for name, values in reference.items()]
+
+
+def published_section() -> list[str]:
+    """The paper's figures, labelled, apart from this run's: other data, backbone and budget."""
+    ar_header = ["", "AR@10 (%)", "AR@100 (%)", "AR@1000 (%)"]
+    lines = [
+        f"## Published figures ({PUBLISHED})",
+        "",
+        "For reference only: the paper's numbers on PASCAL VOC 2012 val and COCO with a VGG-16 "
+        "trained 40k iterations on 8 GPUs. They are not comparable with this run's figures "
+        "above (other data, backbone and budget).",
+        "",
+        "Segment proposals (Tables 3 and 5):",
+        "",
+    ]
+    lines += _table(ar_header, _published_rows({**paper.TABLE3_VOC, **paper.TABLE5_COCO}))
+    lines += ["", "Relative positions k² (Table 1, VOC 2012 val):", ""]
+    lines += _table(["variant", *ar_header[1:]], _published_rows(paper.TABLE1_K))
+    lines += ["", "InstanceFCN vs ~DeepMask (Table 2, VOC 2012 val):", ""]
+    lines += _table(["variant", *ar_header[1:]], _published_rows(paper.TABLE2_HEAD))
+    lines += ["", "Instance segmentation (Table 4):", ""]
+    lines += _table(["", "mAP@0.5 (%)", "mAP@0.7 (%)"], _published_rows(paper.TABLE4_MAP))
+    published = ", ".join(f"{name} {value}" for name, value in paper.MASK_PARAMS.items())
+    lines += ["", f"Mask-prediction parameters (§4): {published}.", ""]
     return lines
 
 
@@ -228,29 +339,21 @@ def build_report(
     segm_eval: str | Path | None = None,
     ablation_k: str | Path | None = None,
     ablation_head: str | Path | None = None,
-    figures: list[str | Path] = (),
-    pictures: list[Picture] = (),
+    figures: str | Path | None = None,
+    train_log: str | Path | None = None,
+    loss_plot: str | Path | None = None,
 ) -> str:
-    """The Markdown text of the report (links relative to ``out``)."""
+    """The Markdown text of the report (links relative to ``out``; ``loss_plot`` is linked,
+    `plot_loss` draws it)."""
     out_dir = Path(out).resolve().parent
     ar_path = Path(ar_path).resolve()
-    model, train = config["model"], config["train"]
-    crop = train.get("crop")
-    lines = [
-        f"# ifcn report: run `{config['run']}`",
-        "",
-        f"Dataset `{config['data']['dataset']}`; backbone `{model['backbone']}`, head "
-        f"`{model['head']}`, k = {model['k']}, m = {model['m']}; {train['iters']} training "
-        f"iterations at shorter sides {train['scales']}"
-        f"{f' on {crop}×{crop} crops' if crop else ''}; inference at "
-        f"{config['infer']['scales']}; NMS IoU {config['nms']['iou']}, N = "
-        f"{config['nms']['top_n']}. Rows labelled paper are the published figures of "
-        "InstanceFCN (ECCV 2016), for reference only: other data, other backbone.",
-        "",
-    ]
-    lines += _ar_section(_read_json(ar_path), ar_path, out_dir, config["data"]["dataset"])
+    lines = _describe_run(config)
+    lines += _ar_section(read_ar(ar_path), ar_path, out_dir)
+    if train_log:
+        plot = Path(loss_plot).resolve() if loss_plot else None
+        lines += _training_section(read_training_log(train_log), plot, out_dir)
     if segm_eval:
-        lines += _segm_section(_read_json(segm_eval))
+        lines += _segm_section(read_segm_eval(segm_eval))
     dataset = config["data"]["dataset"]
     if ablation_k:
         lines += _ablation_section(
@@ -260,7 +363,6 @@ def build_report(
             "map, so touching instances of one kind cannot be told apart).",
             Path(ablation_k).resolve(),
             out_dir,
-            paper.TABLE1_K,
         )
     if ablation_head:
         lines += _ablation_section(
@@ -270,40 +372,21 @@ def build_report(
             "fully convolutionally (~DeepMask's fc applied at every window: the sliding fc).",
             Path(ablation_head).resolve(),
             out_dir,
-            paper.TABLE2_HEAD,
         )
-    lines += _parameters_section(model)
-    if figures or pictures:
-        lines += ["## Pictures", ""]
-        for picture in pictures:
-            path = Path(picture.path).resolve()
-            lines += [_link(path, out_dir, path.stem), "", picture.caption, ""]
-        for figure in figures:
-            path = Path(figure).resolve()
-            if not path.exists():
-                raise IfcnError("picture not found", path)
-            lines += [_link(path, out_dir, path.stem), ""]
+    lines += _parameters_section(config["model"])
+    if figures:
+        lines += _pictures_section(read_figures_index(figures), out_dir)
+    lines += provenance_section()
+    lines += published_section()
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.loss_plot and not args.train_log:
+        raise IfcnError("--loss-plot needs --train-log")
+    if args.map_table and not args.segm_eval:
+        raise IfcnError("--map-table needs --segm-eval")
     config = load_config(args.config)
-    out = Path(args.out)
-    pictures: list[Picture] = []
-    if args.proposals or args.checkpoint:
-        if not args.images:
-            raise IfcnError("--proposals and --checkpoint need --images (the validation JSON)")
-        count = config["report"]["pictures"] if args.pictures is None else args.pictures
-        pictures = draw_pictures(
-            config,
-            Path(args.figures_dir) if args.figures_dir else out.parent / "figures",
-            count,
-            Path(args.images),
-            Path(args.image_root or config["data"]["val_images"]),
-            Path(args.proposals) if args.proposals else None,
-            Path(args.checkpoint) if args.checkpoint else None,
-            args.device,
-        )
     text = build_report(
         config,
         args.ar,
@@ -312,11 +395,16 @@ def main(args: argparse.Namespace) -> int:
         args.ablation_k,
         args.ablation_head,
         args.figures,
-        pictures,
+        args.train_log,
+        args.loss_plot,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    if args.loss_plot:
+        plot_loss(read_training_log(args.train_log), args.loss_plot)
+    if args.ar_table:
+        atomic.write_text(args.ar_table, ar_table(read_ar(args.ar)).to_csv(index=False))
+    if args.map_table:
+        segm = read_segm_eval(args.segm_eval)
+        atomic.write_text(args.map_table, map_table(segm).to_csv(index=False))
+    atomic.write_text(args.out, text)
+    print(f"wrote {args.out}")
     return 0

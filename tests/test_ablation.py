@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_table_refuses_a_file_that_is_not_an_ar_json(tmp_path):
         ablation_table([bad], ["k=1"])
 
 
-def test_workflow_plans_six_variant_trainings_and_reuses_the_main_run(tmp_path):
+def test_workflow_runs_the_variants_through_the_stage_rules_and_reuses_the_main_run(tmp_path):
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     env["PYTHONPATH"] = str(ROOT)
@@ -144,10 +145,23 @@ def test_workflow_plans_six_variant_trainings_and_reuses_the_main_run(tmp_path):
     assert result.returncode == 0, result.stderr
     table = result.stdout.split("Job stats:")[1].split("\n\n")[0]
     jobs = {row.split()[0]: int(row.split()[1]) for row in table.splitlines()[3:] if row.strip()}
-    assert jobs["ablation_train"] == 6 and jobs["train"] == 1
+    # six variant trainings beside the run's own, by the same rules; no copied ablation_* rules
+    assert jobs["train"] == jobs["nms"] == jobs["evaluate"] == 7
     assert jobs["ablation_k"] == jobs["ablation_head"] == 1
-    for variant in ("k=1", "k=3", "k=7", "instancefcn-crop", "deepmask-crop", "deepmask-full"):
-        assert f"ablation/{variant}/train/model_final.pt" in result.stdout
-    assert (
-        "ablation/k=5/" not in result.stdout and "ablation/instancefcn-full/" not in result.stdout
-    )
+    assert not {name for name in jobs if name.startswith("ablation_")} - {
+        "ablation_k",
+        "ablation_head",
+    }
+    # the outputs the copied rules planned (recorded before the change), variant by variant
+    planned = set(re.findall(r"results/synthetic/[^\s,]+", result.stdout))
+    variants = ("k=1", "k=3", "k=7", "instancefcn-crop", "deepmask-crop", "deepmask-full")
+    for variant in variants:
+        folder = f"results/synthetic/ablation/{variant}"
+        expected = ["train/model_final.pt", "val/candidates.h5", "val/proposals.h5",
+                    "val/ar.json", "val/recall_iou.csv", "val/recall_iou.png"]  # fmt: skip
+        assert {f"{folder}/{path}" for path in expected} <= planned, variant
+        written = load_config(tmp_path / folder / "config.yaml")  # each folder's own config
+        assert written == variant_config(load_config(ROOT / "config" / "config.yaml"), variant)
+    assert "results/synthetic/val/ar.json" in planned  # k=5 and instancefcn-full reuse it
+    assert "ablation/k=5/" not in result.stdout
+    assert "ablation/instancefcn-full/" not in result.stdout

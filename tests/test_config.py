@@ -1,12 +1,20 @@
 """Config files: validated against the workflow's schema, defaults filled, errors on one line."""
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ifcn.cli import main as cli_main
-from ifcn.config import load_config, schema_markdown
+from ifcn.config import (
+    coerce_overrides,
+    load_config,
+    run_config,
+    schema_markdown,
+    validate_config,
+    write_config,
+)
 from ifcn.errors import IfcnError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +83,76 @@ def test_cli_exits_non_zero_with_one_line_and_writes_nothing(tmp_path, capsys):
 
 def test_config_readme_is_generated_from_the_schema():
     assert (ROOT / "config" / "README.md").read_text() == schema_markdown()
+
+
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        ({"dataset": "synthetic"}, ("resources/mine", "resources/mine/train.json",
+                                    "resources/mine/images", "resources/mine/val.json")),
+        ({"dataset": "coco", "source": "exports/cats", "val_split": "valid"},
+         ("resources/mine", "resources/mine/train.json", "exports/cats/train",
+          "resources/mine/valid.json")),
+        ({"dataset": "coco2014", "root": "/data/coco"},
+         ("/data/coco", "/data/coco/train2014.json", "/data/coco/train2014",
+          "/data/coco/val2014.json")),
+        ({"dataset": "pennfudan"}, ("resources/mine", "resources/mine/train.json",
+                                    "resources/mine/PennFudanPed/PNGImages",
+                                    "resources/mine/val.json")),
+        ({"dataset": "synthetic", "train_json": "elsewhere/t.json"},
+         ("resources/mine", "elsewhere/t.json", "resources/mine/images",
+          "resources/mine/val.json")),
+    ],
+)  # fmt: skip
+def test_data_paths_derive_from_the_run_unless_given(data, expected):
+    config = validate_config({"run": "mine", "data": data})["data"]
+    assert (config["root"], config["train_json"], config["train_images"], config["val_json"]) == (
+        expected
+    )
+
+
+def test_a_dataset_requires_what_it_needs_naming_the_key(tmp_path):
+    path = _write(tmp_path, {"run": "mine", "data": {"dataset": "coco"}})
+    with pytest.raises(IfcnError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid config at 'data.source': dataset 'coco' needs")
+    assert "\n" not in message
+
+
+def test_command_line_overrides_take_the_schemas_types():
+    # what Snakemake's --config hands over: nested values as strings, numbers for plain ones
+    overrides = {"run": 2024, "report": {"ablations": "true"}, "nms": "{iou: 0.7, top_n: 50}"}
+    assert coerce_overrides(overrides) == {
+        "run": "2024",
+        "report": {"ablations": True},
+        "nms": {"iou": 0.7, "top_n": 50},
+    }
+
+
+def test_run_config_lays_files_and_overrides_over_each_other(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"run": "a", "nms": {"iou": 0.6, "top_n": 10}}))
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"nms": {"top_n": 20}, "model": {"k": 3}}))
+    config = run_config([base, extra], {"run": "b", "model": {"k": "7"}})
+    assert config["run"] == "b" and config["model"]["k"] == 7
+    assert config["nms"] == {"iou": 0.6, "top_n": 20, "mask_threshold": 0.5}
+    assert config["data"]["root"] == "resources/b"
+    with pytest.raises(IfcnError) as info:
+        run_config([base, extra], {"model": {"kk": 1}})
+    message = str(info.value)
+    assert (
+        message.startswith(f"{base} + {extra} with --config") and "'kk' was unexpected" in message
+    )
+
+
+def test_write_config_leaves_an_unchanged_file_alone(tmp_path):
+    config = validate_config({"run": "mine"})
+    path = tmp_path / "results" / "mine" / "config.yaml"
+    assert write_config(config, path, "note")
+    os.utime(path, (1_000_000, 1_000_000))
+    assert not write_config(config, path, "note")
+    assert path.stat().st_mtime == 1_000_000 and load_config(path) == config
+    assert write_config({**config, "run": "other"}, path, "note")
+    assert load_config(path)["run"] == "other"

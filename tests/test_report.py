@@ -1,4 +1,4 @@
-"""report.md: tables from the run's own files, paper rows labelled, pictures linked and drawn."""
+"""report.md: written from the run's own files only; the paper's figures in their own section."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
-from PIL import Image
-from pycocotools import mask as mask_utils
 
-from ifcn import report
-from ifcn.checkpoint import save_atomic
-from ifcn.config import load_config, validate_config
+from ifcn import cli, report
+from ifcn.config import validate_config
 from ifcn.errors import IfcnError
-from ifcn.model import build_model
-from ifcn.pictures import best_proposals, draw_recall_picture
-from ifcn.proposals.format import write_proposals
 from ifcn.report import build_report, mask_layer_parameters
+from ifcn.summaries import Picture, write_figures_index
 
 
 def _png(path: Path) -> Path:
@@ -35,21 +29,24 @@ def _links(text: str) -> list[str]:
     return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
 
 
+AR = {
+    "AR@10": 0.2346,
+    "AR@100": 0.4567,
+    "AR@1000": 0.5012,
+    "matching": "coco",
+    "by_area": {"small": {"10": None, "100": 0.1, "1000": 0.2}},
+    "num_images": 12,
+    "num_gt": {"all": 40},
+}
+
+
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
-    """results/<run>/ with a fabricated ar.json, its plot and the two ablation tables."""
+    """results/<run>/ with a fabricated ar.json, its plot, a training log, the two ablation
+    tables, segm_eval.json and two indexed pictures."""
     run = tmp_path / "results" / "demo"
-    ar = {
-        "AR@10": 0.2346,
-        "AR@100": 0.4567,
-        "AR@1000": 0.5012,
-        "matching": "coco",
-        "by_area": {"small": {"10": None, "100": 0.1, "1000": 0.2}},
-        "num_images": 12,
-        "num_gt": {"all": 40},
-    }
     (run / "val").mkdir(parents=True)
-    (run / "val" / "ar.json").write_text(json.dumps(ar))
+    (run / "val" / "ar.json").write_text(json.dumps(AR))
     _png(run / "val" / "recall_iou.png")
     pd.DataFrame(
         {"variant": ["k=1", "k=5"], "AR@10": [0.111, 0.222], "AR@100": [0.3, 0.4],
@@ -60,6 +57,22 @@ def run_dir(tmp_path) -> Path:
         {"variant": ["instancefcn-full", "deepmask-full"], "AR@10": [0.25, 0.15],
          "AR@100": [0.41, 0.31], "AR@1000": [0.5, 0.4]}
     ).to_csv(run / "ablation_head.csv", index=False)  # fmt: skip
+    segm = {
+        "mAP@0.5": 0.5,
+        "mAP@0.7": 0.25,
+        "num_images": 12,
+        "per_category": [{"category_id": 1, "name": "ellipse", "AP@0.5": 0.5, "AP@0.7": None}],
+    }
+    (run / "val" / "segm_eval.json").write_text(json.dumps(segm))
+    (run / "train").mkdir()
+    (run / "train" / "train_log.csv").write_text(
+        "iteration,loss,loss_objectness,loss_mask,lr\n10,0.9,0.5,0.4,0.01\n20,0.7,0.4,0.3,0.01\n"
+    )
+    pictures = [
+        Picture(_png(run / "figures" / "proposals-1.png"), "Image 5: Fig. 8", "proposals", 5),
+        Picture(_png(run / "figures" / "score_maps-1.png"), "Image 5: Fig. 5", "score_maps", 5),
+    ]
+    write_figures_index(pictures, run / "figures" / "figures.json")
     return run
 
 
@@ -67,39 +80,129 @@ def _config(**model) -> dict:
     return validate_config({"run": "demo", "model": {"head_channels": 16, **model}})
 
 
-def test_report_shows_the_runs_figures_and_labelled_paper_rows(run_dir):
-    text = build_report(
-        _config(),
-        run_dir / "val" / "ar.json",
-        run_dir / "report.md",
+def _report(run: Path, config: dict | None = None, **files) -> str:
+    return build_report(config or _config(), run / "val" / "ar.json", run / "report.md", **files)
+
+
+def test_report_shows_the_runs_figures_and_the_paper_apart(run_dir):
+    text = _report(
+        run_dir,
+        segm_eval=run_dir / "val" / "segm_eval.json",
         ablation_k=run_dir / "ablation_k.csv",
         ablation_head=run_dir / "ablation_head.csv",
-        figures=[_png(run_dir / "figures" / "extra.png")],
+        figures=run_dir / "figures" / "figures.json",
     )
-    assert "| this run | 23.5 | 45.7 | 50.1 |" in text  # from ar.json, in percent
-    assert "on 12 images, 40 objects" in text
-    assert "| small | – | 10.0 | 20.0 |" in text
-    assert "| k=1 | 11.1 | 30.0 | 35.0 | – |" in text
-    assert "| k=5 | 22.2 | 40.0 | 45.0 | 38.9 / 49.7 / 52.6 |" in text  # paper Table 1
-    assert "| deepmask-full | 15.0 | 31.0 | 40.0 | – |" in text
-    assert "| instancefcn-full | 25.0 | 41.0 | 50.0 | 38.9 / 49.7 / 52.6 |" in text
-    assert "paper, VOC 2012 val" in text and "model.k=1" in text
+    ours, published = text.split("## Published figures (InstanceFCN, ECCV 2016)")
+    assert "| all | 23.5 | 45.7 | 50.1 |" in ours  # from ar.json, in percent
+    assert "on 12 images, 40 objects" in ours
+    assert "| small | – | 10.0 | 20.0 |" in ours
+    assert "| k=1 | 11.1 | 30.0 | 35.0 | model.k=1," in ours
+    assert "| k=5 | 22.2 | 40.0 | 45.0 | model.k=5," in ours
+    assert "| deepmask-full | 15.0 | 31.0 | 40.0 | model.head=deepmask" in ours
+    assert "| all (mAP) | 50.0 | 25.0 |" in ours and "| ellipse | 50.0 | – |" in ours
+    for number in ("38.9", "49.7", "61.5", "53M"):  # published figures only in their section
+        assert number not in ours and number in published
+    assert "| k=5 | 38.9 | 49.7 | 52.6 |" in published
+    assert ours.index("## Provenance") > ours.index("## Pictures")
     links = _links(text)
-    assert links == ["val/recall_iou.png", "ablation_k.png", "figures/extra.png"]
+    assert links == [
+        "val/recall_iou.png",
+        "ablation_k.png",
+        "figures/proposals-1.png",
+        "figures/score_maps-1.png",
+    ]
+    assert "Image 5: Fig. 8" in ours
     for link in links:
         assert (run_dir / link).exists(), link
 
 
 def test_report_without_ablations_has_no_ablation_section(run_dir):
-    text = build_report(_config(), run_dir / "val" / "ar.json", run_dir / "report.md")
-    assert "Ablation" not in text and "## Mask-prediction parameters" in text
+    text = _report(run_dir)
+    assert "Ablation:" not in text and "## Mask-prediction parameters" in text
 
 
 def test_report_names_a_missing_table(run_dir):
     with pytest.raises(IfcnError, match="nothing.csv: file not found"):
-        build_report(
-            _config(), run_dir / "val" / "ar.json", run_dir / "r.md", ablation_k="nothing.csv"
-        )
+        _report(run_dir, ablation_k="nothing.csv")
+
+
+def test_report_says_which_head_ran_and_how_deepmask_scored(run_dir):
+    assert "head `instancefcn`" in _report(run_dir)
+    config = _config(head="deepmask")
+    assert "head `deepmask` (~DeepMask)" in _report(run_dir, config)
+    config["model"]["deepmask_scoring"] = "fc"  # the key that selects DeepMask's scoring branch
+    text = "\n".join(report._describe_run(config))
+    assert "scored by its `fc` branch, model.deepmask_scoring" in text
+
+
+def test_cli_report_draws_the_loss_curve_and_writes_the_tables(run_dir, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"run": "demo", "model": {"head_channels": 8}}))
+    out = run_dir / "report.md"
+    argv = [
+        "report", "--config", str(config), "--ar", str(run_dir / "val" / "ar.json"),
+        "--segm-eval", str(run_dir / "val" / "segm_eval.json"),
+        "--train-log", str(run_dir / "train" / "train_log.csv"),
+        "--loss-plot", str(run_dir / "train" / "loss.png"),
+        "--ar-table", str(run_dir / "tables" / "proposals_ar.csv"),
+        "--map-table", str(run_dir / "tables" / "segmentation_map.csv"),
+        "--figures", str(run_dir / "figures" / "figures.json"), "--out", str(out),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    text = out.read_text()
+    assert "## Training" in text and "up to iteration 20; last logged loss 0.7" in text
+    assert "train/loss.png" in _links(text)
+    assert cv2.imread(str(run_dir / "train" / "loss.png")).shape[2] == 3
+    table = pd.read_csv(run_dir / "tables" / "proposals_ar.csv")
+    assert list(table.columns) == ["objects", "AR@10 (%)", "AR@100 (%)", "AR@1000 (%)"]
+    assert table.loc[0].tolist()[:3] == ["all", 23.5, 45.7]
+    segm = pd.read_csv(run_dir / "tables" / "segmentation_map.csv")
+    assert segm["AP@0.5 (%)"].tolist() == [50.0, 50.0]
+    assert not list(run_dir.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not a UTF-8 text file"),
+        (json.dumps({**AR, "AR@100": "0.45"}).encode(), "at 'AR@100': '0.45' is not of type"),
+        (json.dumps({**AR, "AR@10": 1.5}).encode(), "at 'AR@10': 1.5 is greater than"),
+        (b'{"AR@10": NaN}', "NaN is not a number JSON allows"),
+        (json.dumps({"images": []}).encode(), "no AR@N figures"),
+        (json.dumps({**AR, "num_gt": "many"}).encode(), "at 'num_gt'"),
+    ],
+)
+def test_cli_report_refuses_a_bad_ar_json_in_one_line(tmp_path, capsys, content, problem):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"run": "demo"}))
+    ar = tmp_path / "ar.json"
+    ar.write_bytes(content)
+    out = tmp_path / "report.md"
+    argv = ["report", "--config", str(config), "--ar", str(ar), "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"ifcn report: error: {ar}: ")
+    assert problem in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "ar.json",
+        "config.yaml",
+    ]
+
+
+def test_cli_report_refuses_a_bad_segm_eval_and_a_bad_index(run_dir, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"run": "demo"}))
+    base = ["report", "--config", str(config), "--ar", str(run_dir / "val" / "ar.json")]
+    segm = tmp_path / "segm_eval.json"
+    segm.write_text(json.dumps({"mAP@0.5": "high", "mAP@0.7": 0.2}))
+    out = tmp_path / "report.md"
+    assert cli.main([*base, "--segm-eval", str(segm), "--out", str(out)]) == 2
+    assert "at 'mAP@0.5': 'high' is not of type" in capsys.readouterr().err
+    (run_dir / "figures" / "score_maps-1.png").unlink()
+    index = run_dir / "figures" / "figures.json"
+    assert cli.main([*base, "--figures", str(index), "--out", str(out)]) == 2
+    assert f"{index}: lists score_maps-1.png, which is not there" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_mask_parameters_are_counted_on_the_built_modules():
@@ -117,101 +220,7 @@ def test_mask_parameters_are_counted_on_the_built_modules():
 
 
 def test_report_prints_the_counted_parameters(run_dir):
-    text = build_report(_config(), run_dir / "val" / "ar.json", run_dir / "report.md")
+    text = _report(run_dir)
     assert f"{512 * 14 * 14 * 512 + 512 * 56**2:,}" in text
-    assert f"{512 * 3 * 3 * 25:,}" in text and "Paper (published): ~DeepMask fc layers 53M" in text
-
-
-def _rle(mask: np.ndarray) -> dict:
-    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-
-
-def test_best_proposal_per_object_and_missed_ones_are_drawn_as_fig8():
-    objects = np.zeros((2, 40, 60), np.uint8)
-    objects[0, 5:25, 5:25] = 1
-    objects[1, 10:30, 35:55] = 1
-    proposals = np.zeros((3, 40, 60), np.uint8)
-    proposals[0, 5:25, 5:23] = 1  # IoU 0.9 with object 0
-    proposals[1, 0:10, 30:60] = 1  # touches object 1 only a little
-    proposals[2, 5:25, 5:15] = 1  # IoU 0.5 with object 0
-    best, ious = best_proposals([_rle(m) for m in objects], [_rle(m) for m in proposals])
-    assert best[0] == 0 and ious[0] == pytest.approx(0.9)
-    assert ious[1] < 0.5
-    image = np.full((40, 60, 3), 60, np.uint8)
-    picture = draw_recall_picture(image, objects, proposals[best], ious)
-    assert picture[20, 45].min() > 200  # the missed object is filled with white
-    assert tuple(picture[10, 35]) == (230, 0, 0)  # and outlined in red
-    assert not np.array_equal(picture[15, 10], image[15, 10])  # the found one is tinted
-    empty_best, empty_ious = best_proposals([_rle(objects[0])], [])
-    assert empty_best.tolist() == [-1] and empty_ious.tolist() == [0.0]
-
-
-def test_cli_report_draws_and_links_the_pictures(tmp_path, run_dir, capsys):
-    rng = np.random.default_rng(0)
-    images = tmp_path / "images"
-    images.mkdir()
-    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "shape"}]}
-    masks = {}
-    for image_id in (3, 5, 8):
-        Image.fromarray((rng.random((56, 72, 3)) * 255).astype(np.uint8)).save(
-            images / f"{image_id}.png"
-        )
-        coco["images"].append({"id": image_id, "file_name": f"{image_id}.png", "height": 56,
-                               "width": 72})  # fmt: skip
-        if image_id == 3:  # an image without objects is drawn after those with objects
-            continue
-        mask = np.zeros((56, 72), np.uint8)
-        mask[10:40, 10:40] = 1
-        masks[image_id] = mask
-        rle = _rle(mask)
-        segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
-        coco["annotations"].append({"id": image_id, "image_id": image_id, "category_id": 1,
-                                    "iscrowd": 0, "area": 900, "bbox": [10, 10, 30, 30],
-                                    "segmentation": segmentation})  # fmt: skip
-    images_json = tmp_path / "val.json"
-    images_json.write_text(json.dumps(coco))
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "run": "demo",
-        "data": {"val_images": str(images), "val_json": str(images_json)},
-        "model": {"backbone": "tiny", "k": 3, "m": 9, "head_channels": 8},
-        "infer": {"scales": [40, 64], "max_size": 120},
-        "report": {"pictures": 2},
-    }))  # fmt: skip
-    config = load_config(config_path)
-    torch.manual_seed(0)
-    checkpoint = save_atomic(
-        {"model": build_model(config["model"]).state_dict(), "config": config, "iteration": 0},
-        tmp_path / "model_final.pt",
-    )
-    records = []
-    for image_id in (3, 5, 8):
-        found = masks.get(image_id, np.zeros((56, 72), np.uint8))
-        records.append({"image_id": image_id, "file_name": f"{image_id}.png", "height": 56,
-                        "width": 72, "scores": np.array([0.9]),
-                        "boxes": np.array([[10, 10, 40, 40]], np.float32),
-                        "rles": [_rle(found)["counts"]], "scales": np.array([0])})  # fmt: skip
-    proposals = tmp_path / "proposals.h5"
-    write_proposals(proposals, records, {"config": config, "checkpoint_sha256": "0" * 64,
-                    "dataset": str(images_json), "scales": [40, 64], "k": 3, "m": 9})  # fmt: skip
-    out = run_dir / "report.md"
-    args = report.get_args_parser().parse_args([
-        "--config", str(config_path), "--ar", str(run_dir / "val" / "ar.json"),
-        "--proposals", str(proposals), "--checkpoint", str(checkpoint),
-        "--images", str(images_json), "--device", "cpu", "--out", str(out),
-    ])  # fmt: skip
-    assert report.main(args) == 0
-    text = out.read_text()
-    expected = [
-        "figures/proposals-1.png",
-        "figures/score_maps-1.png",
-        "figures/proposals-2.png",
-        "figures/score_maps-2.png",
-    ]
-    assert [link for link in _links(text) if link.startswith("figures/")] == expected
-    for link in _links(text):
-        assert (run_dir / link).is_file(), link
-    assert "Image 5 (`5.png`)" in text and "Image 8 (`8.png`)" in text and "Image 3" not in text
-    assert "0 missed" in text
-    assert cv2.imread(str(run_dir / "figures" / "proposals-1.png")).shape == (56, 72, 3)
-    assert not list(run_dir.glob(".*.tmp")) and not list((run_dir / "figures").glob(".*"))
+    assert f"{512 * 3 * 3 * 25:,}" in text
+    assert "Mask-prediction parameters (§4): ~DeepMask fc layers 53M" in text

@@ -7,8 +7,9 @@ rule classify_train:
         proposals=result("train/proposals.h5"),
         gt=DATA["train_json"],
         proposal_model=result("train/model_final.pt"),
+        config=run_config_file,
     output:
-        model=protected(result("classify/model_final.pt")),
+        model=result("classify/model_final.pt"),
     log:
         log_file("classify_train"),
     benchmark:
@@ -21,12 +22,11 @@ rule classify_train:
         runtime=600,
         gpu=0,
     params:
-        config=CONFIG_FILE,
         images=DATA["train_images"],
         out=parent_of_output("model"),
         settings=classify_training_settings(),
     shell:
-        "ifcn classify train --config {params.config} --proposals {input.proposals}"
+        "ifcn classify train --config {input.config} --proposals {input.proposals}"
         " --gt {input.gt} --images {params.images} --init-from {input.proposal_model}"
         " --out {params.out} --resume auto --device auto > {log} 2>&1"
 
@@ -51,9 +51,9 @@ rule classify_predict:
         gpu=0,
     params:
         image_root=DATA["val_images"],
-        nms_iou=config["classify"]["nms_iou"],
-        score_threshold=config["classify"]["score_threshold"],
-        detections=config["classify"]["detections_per_image"],
+        nms_iou=setting("classify", "nms_iou"),
+        score_threshold=setting("classify", "score_threshold"),
+        detections=setting("classify", "detections_per_image"),
     shell:
         "ifcn classify predict --checkpoint {input.model} --proposals {input.proposals}"
         " --images {input.images} --image-root {params.image_root} --nms-iou {params.nms_iou}"

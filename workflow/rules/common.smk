@@ -1,18 +1,22 @@
-# Config look-ups and input functions shared by the rules (no lambdas inside rules).
+# The run's config, its folders, and the input functions of the rules (no lambdas in rules).
 import json
 import os
+import re
 
-# The file the ifcn commands read: the last --configfile, else the default. Snakemake's own
-# `config` (validated, defaults filled) gives paths and rerun triggers: each rule lists the config
-# sections it depends on as params, so changing nms.iou reruns nms onwards only.
-from ifcn.config import load_config
+from ifcn.config import run_config, write_config
+from ifcn.errors import IfcnError
+from ifcn.variants import TABLES, VARIANTS, variant_config
 
-CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
-# Snakemake layers --configfile over config/config.yaml; a run is described by its one file, so
-# keys it leaves out take the schema's defaults, not the synthetic default's values.
-if workflow.overwrite_configfiles:
-    config.clear()
-    config.update(load_config(CONFIG_FILE))
+# One config route: the --configfile files (default config/config.yaml) with the --config
+# overrides laid over them, validated against the schema, defaults filled and data paths
+# derived. It is written to results/<run>/config.yaml (`run_config_file`), which every stage
+# reads; the rules list the sections they depend on as `settings` params, so a changed nms
+# section reruns nms onwards only.
+CONFIG_FILES = [str(path) for path in workflow.config_settings.configfiles] or [
+    os.path.join(workflow.basedir, "config", "config.yaml")
+]
+config.clear()
+config.update(run_config(CONFIG_FILES, workflow.config_settings.config))
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 DATA = config["data"]
@@ -21,14 +25,41 @@ SPLITS = {
     "val": (DATA["val_json"], DATA["val_images"]),
 }
 SHARDS = list(range(config["infer"]["shards"]))
-if DATA["dataset"] == "coco" and not (DATA["source"] and os.path.isdir(DATA["source"])):
-    raise ValueError(
-        f"{CONFIG_FILE}: data.source must name the folder of the COCO export for dataset "
-        f"'coco' (got {DATA['source']!r})"
+if DATA["dataset"] == "coco" and not os.path.isdir(DATA["source"]):
+    raise IfcnError(
+        "data.source is not a folder (the COCO export to convert)",
+        " + ".join(CONFIG_FILES),
+    )
+
+# Ablation variants (ifcn.variants) live in results/<run>/ablation/<variant>/, each with its own
+# config.yaml, and are run by the same stage rules as the run itself. A variant whose settings
+# equal the run's reuses the run's ar.json; variants equal to each other share one folder.
+ABLATION_SECTIONS = ("data", "model", "train", "infer", "nms", "evaluate")
+
+
+def _ablation_settings(cfg):
+    return json.dumps({name: cfg[name] for name in ABLATION_SECTIONS}, sort_keys=True)
+
+
+VARIANT_CONFIGS = {name: variant_config(config, name) for name in VARIANTS}
+ABLATION_HOMES, _owners = {}, {}
+for _name, _cfg in VARIANT_CONFIGS.items():
+    _settings = _ablation_settings(_cfg)
+    ABLATION_HOMES[_name] = (
+        None
+        if _settings == _ablation_settings(config)
+        else _owners.setdefault(_settings, _name)
+    )
+ABLATION_TRAINED = sorted({home for home in ABLATION_HOMES.values() if home})
+FOLDER_PATTERN = re.escape(RESULTS)
+if ABLATION_TRAINED:
+    FOLDER_PATTERN += "(?:/ablation/(?:{}))?".format(
+        "|".join(re.escape(name) for name in ABLATION_TRAINED)
     )
 
 
 wildcard_constraints:
+    folder=FOLDER_PATTERN,
     split="train|val",
     shard=r"\d+",
 
@@ -45,9 +76,63 @@ def benchmark_file(name):
     return f"{RESULTS}/benchmarks/{name}.tsv"
 
 
-def section(*names):
-    """The config sections a rule depends on, as a canonical string (a rerun trigger)."""
-    return json.dumps({name: config[name] for name in names}, sort_keys=True)
+def folder_config(folder):
+    """The effective config of a run folder: the run's own, or an ablation variant's."""
+    if folder == RESULTS:
+        return config
+    return VARIANT_CONFIGS[os.path.basename(folder)]
+
+
+def write_folder_config(folder):
+    """Write the run folder's config.yaml when its text changes.
+
+    A dry run writes a missing one (the plan reads it) but never changes one, so planning a
+    change does not alter a run in progress.
+    """
+    path = f"{folder}/config.yaml"
+    if not (workflow.dryrun and os.path.exists(path)):
+        write_config(
+            folder_config(folder),
+            path,
+            f"The effective config of {folder} ({' + '.join(CONFIG_FILES)} with --config "
+            "overrides and schema defaults), written by the workflow: edit those, not this.",
+        )
+
+
+def run_config_file(wildcards):
+    """Input function: the run folder's config.yaml, the file its stages read.
+
+    ancient(): a rewrite reruns nothing by itself; each rule's `settings` decide. Written while
+    the workflow is parsed (below), before Snakemake looks at any file: not a job's output,
+    because a job that must rerun hides the jobs after it from Snakemake's own checks and
+    nothing would reach them through an ancient() file; not written while the plan is built,
+    because Snakemake's file cache would not see it.
+    """
+    return ancient(f"{getattr(wildcards, 'folder', RESULTS)}/config.yaml")
+
+
+# The config files of the run and of the ablation variants it trains.
+for _folder in [RESULTS] + [f"{RESULTS}/ablation/{name}" for name in ABLATION_TRAINED]:
+    write_folder_config(_folder)
+
+
+def settings(*sections):
+    """Input function: the folder's config sections a rule depends on (its rerun trigger)."""
+
+    def sections_of(wildcards):
+        cfg = folder_config(getattr(wildcards, "folder", RESULTS))
+        return json.dumps({name: cfg[name] for name in sections}, sort_keys=True)
+
+    return sections_of
+
+
+def setting(section, key):
+    """Input function: one value of the folder's config, passed as a command-line flag."""
+
+    def value(wildcards):
+        return folder_config(getattr(wildcards, "folder", RESULTS))[section][key]
+
+    return value
 
 
 def classify_training_settings():
@@ -76,7 +161,8 @@ def split_images(wildcards):
 
 def shard_files(wildcards):
     return expand(
-        result("{split}/shards/candidates-{shard}.h5"),
+        "{folder}/{split}/shards/candidates-{shard}.h5",
+        folder=wildcards.folder,
         split=wildcards.split,
         shard=SHARDS,
     )
@@ -94,15 +180,88 @@ def train_launcher(wildcards, resources):
     return "ifcn"
 
 
-def all_outputs():
-    return [result("report.md"), result("val/segm_eval.json")]
-
-
 def first_n_option(wildcards):
     """`--first-n N` for evaluations of the val split when data.first_n is set."""
     first_n = DATA["first_n"]
     split = getattr(wildcards, "split", "val")
     return f"--first-n {first_n}" if first_n and split == "val" else ""
+
+
+def ablation_ar(variant):
+    home = ABLATION_HOMES[variant]
+    return (
+        result("val/ar.json")
+        if home is None
+        else result(f"ablation/{home}/val/ar.json")
+    )
+
+
+def ablation_table_inputs(table):
+    """Input function of a table rule: the ar.json of each of its variants, in order."""
+
+    def files(wildcards):
+        return [ablation_ar(name) for name in TABLES[table]]
+
+    return files
+
+
+def ablation_names(table):
+    return " ".join(TABLES[table])
+
+
+def report_ablation_files(wildcards):
+    if not config["report"]["ablations"]:
+        return []
+    return [
+        result(f"ablation_{table}.{ext}") for table in TABLES for ext in ("csv", "png")
+    ]
+
+
+def report_ablation_options(wildcards):
+    if not config["report"]["ablations"]:
+        return ""
+    return " ".join(
+        f"--ablation-{table} {result(f'ablation_{table}.csv')}" for table in TABLES
+    )
+
+
+def picture_files():
+    """The PNGs of the figures rule: Fig. 8 for each picture, Fig. 5 for the InstanceFCN head."""
+    kinds = ["proposals"] + (
+        ["score_maps"] if config["model"]["head"] == "instancefcn" else []
+    )
+    count = config["report"]["pictures"]
+    return [
+        result(f"figures/{kind}-{i}.png") for i in range(1, count + 1) for kind in kinds
+    ]
+
+
+def all_outputs():
+    return [result("report.md"), result("val/segm_eval.json")]
+
+
+# Jobs of these rules load ImageNet weights when model.pretrained is set.
+PRETRAINED_RULES = {"train", "classify_train"}
+
+
+def check_pretrained_weights():
+    """Before the first job: the ImageNet weights that jobs to run will load are here.
+
+    Fails in seconds naming the file to place where, instead of after hours of downloads.
+    """
+    model = config["model"]
+    if not model["pretrained"]:
+        return
+    if not PRETRAINED_RULES & {job.rule.name for job in workflow.dag.needrun_jobs()}:
+        return
+    from ifcn.model.backbone import find_pretrained_weights
+
+    if model["backbone"] == "tiny":
+        raise IfcnError(
+            "backbone tiny has no ImageNet weights; set model.pretrained: false",
+            " + ".join(CONFIG_FILES),
+        )
+    find_pretrained_weights(model["backbone"], model["weights"])
 
 
 # Archives each dataset needs (`ifcn data download --dataset NAME`) and how each split is
@@ -142,3 +301,8 @@ def convert_arguments(split):
         return f"--format pennfudan --root {root}/PennFudanPed --split {split}"
     name = DATA["train_split"] if split == "train" else DATA["val_split"]
     return f"--format coco --root {DATA['source']} --split {name}{limit}"
+
+
+def run_settings(wildcards):
+    """The run's whole config (a rerun trigger of the report, which reads only files)."""
+    return json.dumps(config, sort_keys=True)

@@ -29,6 +29,11 @@ if DATA["dataset"] == "synthetic":
 
 else:
 
+    # Downloads need the internet, which cluster compute nodes often lack: they run where
+    # Snakemake runs.
+    localrules:
+        download,
+
     rule download:
         output:
             touch(download_flag("{name}")),

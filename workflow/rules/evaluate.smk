@@ -1,18 +1,24 @@
-# Average recall of the proposals (COCOeval's matching, useCats=0) and recall-vs-IoU curves.
+# Average recall of the proposals (COCOeval's matching, useCats=0) and recall-vs-IoU curves, for
+# the run's folder and its ablation variants'.
 
 
 rule evaluate:
     input:
         gt=split_json,
-        proposals=result("{split}/proposals.h5"),
+        proposals="{folder}/{split}/proposals.h5",
     output:
-        ar=result("{split}/ar.json"),
-        curve=result("{split}/recall_iou.csv"),
-        plot=result("{split}/recall_iou.png"),
+        ar="{folder}/{split}/ar.json",
+        curve="{folder}/{split}/recall_iou.csv",
+        plot=report(
+            "{folder}/{split}/recall_iou.png",
+            caption="../report/recall_iou.rst",
+            category="Segment proposals",
+            labels={"figure": "recall vs IoU", "run": "{folder}", "split": "{split}"},
+        ),
     log:
-        log_file("evaluate_{split}"),
+        "{folder}/logs/evaluate_{split}.log",
     benchmark:
-        benchmark_file("evaluate_{split}")
+        "{folder}/benchmarks/evaluate_{split}.tsv"
     conda:
         "../../environment.yml"
     threads: 2
@@ -20,8 +26,8 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     params:
-        max_dets=config["evaluate"]["max_dets"],
-        matching=config["evaluate"]["matching"],
+        max_dets=setting("evaluate", "max_dets"),
+        matching=setting("evaluate", "matching"),
         first_n=first_n_option,
     shell:
         "ifcn evaluate --gt {input.gt} --proposals {input.proposals}"

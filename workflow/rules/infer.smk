@@ -1,16 +1,18 @@
-# Inference at every scale, scattered over shards of the image list, gathered before NMS.
+# Inference at every scale, scattered over shards of the image list, gathered before NMS; for
+# the run's folder and its ablation variants'.
 
 
 rule infer:
     input:
-        model=result("train/model_final.pt"),
+        model="{folder}/train/model_final.pt",
         images=split_json,
+        config=run_config_file,
     output:
-        temp(result("{split}/shards/candidates-{shard}.h5")),
+        temp("{folder}/{split}/shards/candidates-{shard}.h5"),
     log:
-        log_file("infer_{split}_{shard}"),
+        "{folder}/logs/infer_{split}_{shard}.log",
     benchmark:
-        benchmark_file("infer_{split}_{shard}")
+        "{folder}/benchmarks/infer_{split}_{shard}.tsv"
     conda:
         "../../environment.yml"
     threads: 2
@@ -19,12 +21,11 @@ rule infer:
         runtime=240,
         gpu=0,
     params:
-        config=CONFIG_FILE,
         image_root=split_images,
         shards=len(SHARDS),
-        settings=section("model", "infer"),
+        settings=settings("model", "infer"),
     shell:
-        "ifcn infer --config {params.config} --checkpoint {input.model}"
+        "ifcn infer --config {input.config} --checkpoint {input.model}"
         " --images {input.images} --image-root {params.image_root}"
         " --shard {wildcards.shard}/{params.shards} --device auto --out {output} > {log} 2>&1"
 
@@ -33,11 +34,11 @@ rule merge:
     input:
         shard_files,
     output:
-        maybe_temp(result("{split}/candidates.h5"), config["infer"]["keep_candidates"]),
+        maybe_temp("{folder}/{split}/candidates.h5", config["infer"]["keep_candidates"]),
     log:
-        log_file("merge_{split}"),
+        "{folder}/logs/merge_{split}.log",
     benchmark:
-        benchmark_file("merge_{split}")
+        "{folder}/benchmarks/merge_{split}.tsv"
     conda:
         "../../environment.yml"
     threads: 1
@@ -50,13 +51,13 @@ rule merge:
 
 rule nms:
     input:
-        result("{split}/candidates.h5"),
+        "{folder}/{split}/candidates.h5",
     output:
-        result("{split}/proposals.h5"),
+        "{folder}/{split}/proposals.h5",
     log:
-        log_file("nms_{split}"),
+        "{folder}/logs/nms_{split}.log",
     benchmark:
-        benchmark_file("nms_{split}")
+        "{folder}/benchmarks/nms_{split}.tsv"
     conda:
         "../../environment.yml"
     threads: 2
@@ -64,9 +65,9 @@ rule nms:
         mem_mb=8000,
         runtime=120,
     params:
-        iou=config["nms"]["iou"],
-        top_n=config["nms"]["top_n"],
-        mask_threshold=config["nms"]["mask_threshold"],
+        iou=setting("nms", "iou"),
+        top_n=setting("nms", "top_n"),
+        mask_threshold=setting("nms", "mask_threshold"),
     shell:
         "ifcn nms --candidates {input} --out {output} --iou {params.iou}"
         " --top-n {params.top_n} --mask-threshold {params.mask_threshold}"

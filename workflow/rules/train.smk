@@ -1,15 +1,19 @@
-# Training: one image per process per step; several GPUs of one job run under torchrun.
+# Training: one image per process per step; several GPUs of one job run under torchrun. Serves
+# the run's folder and its ablation variants' (results/<run>/ablation/<variant>). No protected():
+# the weights survive reruns because Snakemake reruns train only when its settings change.
 
 
 rule train:
     input:
         train=DATA["train_json"],
+        config=run_config_file,
     output:
-        model=protected(result("train/model_final.pt")),
+        model="{folder}/train/model_final.pt",
+        log="{folder}/train/train_log.csv",
     log:
-        log_file("train"),
+        "{folder}/logs/train.log",
     benchmark:
-        benchmark_file("train")
+        "{folder}/benchmarks/train.tsv"
     conda:
         "../../environment.yml"
     threads: 4
@@ -18,10 +22,9 @@ rule train:
         runtime=600,
         gpu=0,
     params:
-        config=CONFIG_FILE,
         out=parent_of_output("model"),
         launcher=train_launcher,
-        settings=section("model", "train"),
+        settings=settings("model", "train"),
     shell:
-        "{params.launcher} train --config {params.config} --out {params.out}"
+        "{params.launcher} train --config {input.config} --out {params.out}"
         " --resume auto > {log} 2>&1"
