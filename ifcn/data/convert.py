@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ifcn.data.cocojson import write_json_atomic
+from ifcn.data.cocojson import validate_instances, write_json_atomic
 from ifcn.data.formats import Converted
 from ifcn.data.formats.coco import convert_coco
 from ifcn.data.formats.pennfudan import convert_pennfudan
@@ -81,8 +81,10 @@ def convert(
 
 
 def write_converted(converted: Converted, out: Path) -> None:
-    """Write the COCO JSON atomically, recording its image root and the conversion notes."""
+    """Validate the converted JSON as every reader will, then write it atomically, recording
+    its image root and the conversion notes."""
     out = Path(out)
+    validate_instances(converted.dataset, out)
     info = converted.dataset.setdefault("info", {})
     info["image_root"] = os.path.relpath(converted.image_root.resolve(), out.parent.resolve())
     info["conversion_notes"] = list(converted.notes)

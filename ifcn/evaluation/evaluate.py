@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from ifcn.evaluation.ar import AREA_CHOICES, evaluate, format_table, write_outputs
-from ifcn.provenance import file_sha256
 
 
 def _default_workers() -> int:
@@ -83,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
             "area_ranges": args.area_ranges,
             "allow_missing": args.allow_missing,
         },
-        "inputs": {str(path): file_sha256(path) for path in (args.gt, args.proposals)},
+        "inputs": result.inputs,
     }
     write_outputs(result, args.out, record)
     print(format_table(result))

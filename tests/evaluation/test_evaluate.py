@@ -79,7 +79,7 @@ def write_inputs(
         for k, n in [("gt", "gt.json"), ("json", "results.json"), ("h5", "proposals.h5")]
     }
     gt = {
-        "images": images,
+        "images": [{"file_name": f"{image['id']}.png", **image} for image in images],
         "annotations": annotations,
         "categories": [{"id": c} for c in categories],
     }
@@ -360,7 +360,7 @@ def test_proposals_for_images_the_gt_lacks(tmp_path, capsys):
 def test_h5_lacking_evaluated_images_needs_allow_missing(tmp_path, capsys):
     paths = square_case(tmp_path)
     gt = json.loads(paths["gt"].read_text())
-    gt["images"].append({"id": 2, "height": 120, "width": 120})
+    gt["images"].append({"id": 2, "height": 120, "width": 120, "file_name": "2.png"})
     paths["gt"].write_text(json.dumps(gt))
     assert run_cli(paths, "h5", tmp_path / "ar.json") == 2
     assert "no entry for 1 of the 2 evaluated images" in capsys.readouterr().err
