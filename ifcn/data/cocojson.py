@@ -17,6 +17,7 @@ temporary file and `os.replace`, so a crash never leaves a JSON that looks compl
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections import Counter
@@ -584,8 +585,12 @@ def read_results(
     ):
         _first_fault(data, sizes, categories, path)
     expected = {i: list(size) for i, size in sizes.items()}
-    if rle_sizes != [expected.get(i, s) for i, s in zip(image_ids, rle_sizes, strict=True)] or any(
-        not _is_size(s) for i, s in zip(image_ids, rle_sizes, strict=True) if i not in expected
+    if (
+        rle_sizes != [expected.get(i, s) for i, s in zip(image_ids, rle_sizes, strict=True)]
+        or any(
+            not _is_size(s) for i, s in zip(image_ids, rle_sizes, strict=True) if i not in expected
+        )
+        or not set(map(type, itertools.chain.from_iterable(rle_sizes))) <= {int}  # not 120.0
     ):
         _first_fault(data, sizes, categories, path)
     score = np.asarray(scores, dtype=np.float64)

@@ -202,6 +202,8 @@ def evaluate(
     max_dets = sorted({int(n) for n in max_dets})
     if not max_dets or max_dets[0] < 1:
         raise IfcnError("--max-dets must be positive integers")
+    if workers < 1:
+        raise IfcnError(f"--workers must be at least 1, got {workers}")
     gt = load_ground_truth(gt_path)
     source = open_proposals(proposals_path, gt)
     image_ids = sorted(gt.sizes)
@@ -224,8 +226,6 @@ def evaluate(
             raise IfcnError(f"{message} (e.g. id {absent[0]}); pass --allow-missing", source.path)
         notes.append(f"warning: {message}: counted as images without proposals")
 
-    if workers < 1:
-        raise IfcnError(f"--workers must be at least 1, got {workers}")
     uncounted = sum(ann_id == 0 for i in image_ids for _, _, ann_id in gt.objects[i])
     if matching == "coco" and uncounted:
         notes.append(
