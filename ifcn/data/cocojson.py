@@ -20,8 +20,10 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
+import re
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -544,36 +546,71 @@ class Results:
     image_id: np.ndarray  # (R,) int64
     score: np.ndarray  # (R,) float64
     category_id: np.ndarray  # (R,) int64; -1 where a result has none
-    counts: list  # (R,) compressed RLE text (str)
-    sha256: str  # of the file's bytes
+    text: bytes  # every result's compressed RLE counts, one after the other
+    text_offset: np.ndarray  # (R + 1,) int64: result r's counts are text[offset[r]:offset[r + 1]]
+    raw: bytes  # the file's bytes
+
+    def counts(self, rows: Sequence[int]) -> list[bytes]:
+        """The RLE counts of the results `rows`."""
+        offset, text = self.text_offset, self.text
+        return [text[offset[r] : offset[r + 1]] for r in rows]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+# A results JSON this large is parsed in parts by worker processes (orjson holds the GIL).
+PARALLEL_PARSE_BYTES = 1 << 24
+_SEAM = re.compile(rb"\}\s*,\s*\{")  # between two objects of the top-level array, if anywhere
 
 
 def read_results(
-    path: str | Path, sizes: Mapping[int, tuple[int, int]], categories: Collection[int]
+    path: str | Path,
+    sizes: Mapping[int, tuple[int, int]],
+    categories: Collection[int],
+    workers: int = 1,
 ) -> Results:
     """Read and check a COCO results JSON of segmentations against the images it scores.
 
     Every result needs an integer `image_id`, a finite number `score` and a `segmentation` that is
-    a compressed RLE (text counts) whose size is its image's in `sizes`; `category_id`, if given,
-    must be an integer of `categories`. Results of images `sizes` lacks pass (the caller decides).
-    Checked column by column, so that half a million results take a fraction of a second; the
-    first offending result is then found and named.
+    a compressed RLE (text counts of characters '0'..'o', the last one ending a number) whose size
+    is its image's in `sizes`; `category_id`, if given, must be an integer of `categories`.
+    Results of images `sizes` lacks pass (the caller decides). Checked column by column, so that
+    half a million results take a fraction of a second; only when a check fails is the file
+    walked result by result to name the first offender. With `workers` > 1 a large file is cut
+    at seams between top-level objects and its parts parsed in parallel; a cut that is not
+    between top-level objects leaves a part that is not JSON, and the file is then parsed whole.
     """
     path = Path(path)
     raw = read_bytes(path)
-    data = parse_json(raw, path)
-    if not isinstance(data, list):
-        raise IfcnError("not a COCO results JSON (top level is not a list)", path)
-    if not all(type(r) is dict for r in data):
-        _first_fault(data, sizes, categories, path)
+    columns = None
+    if workers > 1 and len(raw) >= PARALLEL_PARSE_BYTES:
+        columns = _parse_in_parts(raw, sizes, categories, workers)
+    if columns is None:
+        data = parse_json(raw, path)
+        if not isinstance(data, list):
+            raise IfcnError("not a COCO results JSON (top level is not a list)", path)
+        columns = _columns(data, sizes, categories)
+        if columns is None:
+            _first_fault(data, sizes, categories, path)
+    return Results(path, *columns, raw)
+
+
+def _columns(
+    data: list, sizes: Mapping[int, tuple[int, int]], categories: Collection[int]
+) -> tuple | None:
+    """(image ids, scores, category ids, counts text, text offsets) of results that pass every
+    check of `read_results`, or None if one does not."""
     try:
+        if not all(type(r) is dict for r in data):
+            return None
         image_ids = [r["image_id"] for r in data]
         scores = [r["score"] for r in data]
         segmentations = [r["segmentation"] for r in data]
         texts = [s["counts"] for s in segmentations]
         rle_sizes = [s["size"] for s in segmentations]
     except (KeyError, TypeError):
-        _first_fault(data, sizes, categories, path)
+        return None
     category_ids = [r.get("category_id", -1) for r in data]
     if not (
         set(map(type, image_ids)) <= {int}
@@ -583,7 +620,7 @@ def read_results(
         and (set(categories) | {-1}).issuperset(category_ids)
         and all(texts)
     ):
-        _first_fault(data, sizes, categories, path)
+        return None
     expected = {i: list(size) for i, size in sizes.items()}
     if (
         rle_sizes != [expected.get(i, s) for i, s in zip(image_ids, rle_sizes, strict=True)]
@@ -592,17 +629,74 @@ def read_results(
         )
         or not set(map(type, itertools.chain.from_iterable(rle_sizes))) <= {int}  # not 120.0
     ):
-        _first_fault(data, sizes, categories, path)
+        return None
     score = np.asarray(scores, dtype=np.float64)
-    if not np.isfinite(score).all():
-        _first_fault(data, sizes, categories, path)
-    return Results(
-        path,
-        np.asarray(image_ids, dtype=np.int64),
-        score,
-        np.asarray(category_ids, dtype=np.int64),
-        texts,
-        hashlib.sha256(raw).hexdigest(),
+    try:
+        text = "".join(texts).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    offset = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)), out=offset[1:])
+    codes = np.frombuffer(text, np.uint8)
+    if (
+        not np.isfinite(score).all()
+        or ((codes < 48) | (codes > 111)).any()
+        or (len(texts) and ((codes[offset[1:] - 1] - 48) & 0x20).any())
+    ):
+        return None
+    ids, categories_ = np.asarray(image_ids, np.int64), np.asarray(category_ids, np.int64)
+    return ids, score, categories_, text, offset
+
+
+_PARTS: list[bytes] = []
+_CHECKS: tuple = ()
+
+
+def _set_parts(parts: list[bytes], checks: tuple) -> None:
+    global _PARTS, _CHECKS
+    _PARTS, _CHECKS = parts, checks
+
+
+def _parse_part(k: int) -> tuple | None:
+    try:
+        data = orjson.loads(_PARTS[k])
+    except orjson.JSONDecodeError:
+        return None
+    return _columns(data, *_CHECKS) if isinstance(data, list) else None
+
+
+def _parse_in_parts(
+    raw: bytes, sizes: Mapping[int, tuple[int, int]], categories: Collection[int], workers: int
+) -> tuple | None:
+    """`_columns` of the whole file from `workers` parts parsed in parallel, or None."""
+    body = raw.strip()
+    if not (body.startswith(b"[") and body.endswith(b"]")):
+        return None
+    cuts = [(0, 1)]  # (end of the previous part, start of this one)
+    for k in range(1, workers):
+        seam = _SEAM.search(body, max(cuts[-1][1], len(body) * k // workers))
+        if seam is None:
+            break
+        cuts.append((seam.start() + 1, seam.end() - 1))
+    if len(cuts) < 2:
+        return None
+    bounds = [start for _, start in cuts], [end for end, _ in cuts[1:]] + [len(body) - 1]
+    parts = [b"[" + body[a:b] + b"]" for a, b in zip(*bounds, strict=True)]
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    with context.Pool(len(parts), _set_parts, (parts, (dict(sizes), set(categories)))) as pool:
+        columns = pool.map(_parse_part, range(len(parts)), chunksize=1)
+    if any(c is None for c in columns):
+        return None
+    ids, scores, cats, texts, offsets = zip(*columns, strict=True)
+    starts = np.cumsum([0] + [o[-1] for o in offsets[:-1]])
+    offset = np.concatenate([[0]] + [o[1:] + s for o, s in zip(offsets, starts, strict=True)])
+    return (
+        np.concatenate(ids),
+        np.concatenate(scores),
+        np.concatenate(cats),
+        b"".join(texts),
+        offset.astype(np.int64),
     )
 
 
@@ -629,6 +723,9 @@ def _first_fault(
         rle = result.get("segmentation")
         if not isinstance(rle, dict) or not isinstance(rle.get("counts"), str) or not rle["counts"]:
             raise IfcnError(f"{where}: segmentation is not a compressed RLE", path)
+        text = rle["counts"]
+        if not all("0" <= c <= "o" for c in text) or (ord(text[-1]) - 48) & 0x20:
+            raise IfcnError(f"{where}: RLE counts are not COCO's compressed text", path)
         size = rle.get("size")
         if not _is_size(size):
             raise IfcnError(f"{where}: RLE size {size!r} is not [height, width]", path)

@@ -37,7 +37,6 @@ from ifcn.evaluation.recall import (
     greedy_hits,
     recall_ratio,
 )
-from ifcn.provenance import file_sha256
 
 AREA_CHOICES = {"coco": list(COCO_AREA_RANGES), "all": ["all"]}
 
@@ -122,9 +121,9 @@ def _count(
 
 
 def _prepare_outputs(source: ProposalsH5 | ResultsJson, digests: dict[str, str]) -> None:
-    """What the parent does while workers compute IoUs: hash the proposals file (the JSON's
-    bytes were hashed when read) and import the plotting library `write_outputs` needs."""
-    digests[str(source.path)] = source.sha256 or file_sha256(source.path)
+    """What the parent does while workers compute IoUs: hash the proposals file and import the
+    plotting library `write_outputs` needs."""
+    digests[str(source.path)] = source.sha256()
     import matplotlib.backends.backend_agg  # noqa: F401
     import matplotlib.figure  # noqa: F401
 
@@ -205,7 +204,7 @@ def evaluate(
     if workers < 1:
         raise IfcnError(f"--workers must be at least 1, got {workers}")
     gt = load_ground_truth(gt_path)
-    source = open_proposals(proposals_path, gt)
+    source = open_proposals(proposals_path, gt, workers)
     image_ids = sorted(gt.sizes)
     if first_n is not None:
         if first_n < 1:

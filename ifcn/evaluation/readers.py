@@ -12,14 +12,17 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 from ifcn.data.cocojson import read_results
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ground_truth import GroundTruth
-from ifcn.proposals.format import Proposals
+from ifcn.provenance import file_sha256
+
+if TYPE_CHECKING:  # h5py is imported by the reader that needs it: start-up time counts
+    import h5py
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -36,10 +39,10 @@ class ImageDetections:
 class ResultsJson:
     """Proposals given as a COCO results JSON, grouped by image and checked against the GT."""
 
-    def __init__(self, path: Path, gt: GroundTruth):
+    def __init__(self, path: Path, gt: GroundTruth, workers: int = 1):
         self.path = path
-        results = read_results(path, gt.sizes, gt.category_rank)
-        self.sha256: str | None = results.sha256
+        results = read_results(path, gt.sizes, gt.category_rank, workers)
+        self.results = results
         # a category's rank is its position among the GT's sorted category ids
         categories = np.array(sorted(gt.category_rank), np.int64)
         tie = np.full(len(results.category_id), -1, np.int64)
@@ -52,17 +55,18 @@ class ResultsJson:
         self._rows = {
             i: order[a:b] for i, a, b in zip(ids.tolist(), bounds[:-1], bounds[1:], strict=True)
         }
-        self._counts = results.counts
-        self._scores = results.score
         self._tie = tie
+
+    def sha256(self) -> str:
+        return self.results.sha256()
 
     def read(self, image_ids: Sequence[int]) -> dict[int, ImageDetections]:
         out = {}
         for image_id in image_ids:
             rows = self._rows.get(image_id)
             if rows is not None:
-                counts = [self._counts[j] for j in rows.tolist()]
-                out[image_id] = ImageDetections(counts, self._scores[rows], self._tie[rows])
+                counts = self.results.counts(rows.tolist())
+                out[image_id] = ImageDetections(counts, self.results.score[rows], self._tie[rows])
         return out
 
 
@@ -74,7 +78,9 @@ class ProposalsH5:
     non-increasing within each image, as the format requires.
     """
 
-    def __init__(self, path: Path, gt: GroundTruth):
+    def __init__(self, path: Path, gt: GroundTruth, workers: int = 1):
+        from ifcn.proposals.format import Proposals
+
         self.path = path
         with Proposals(path) as proposals:
             ids, heights, widths = proposals.image_ids, proposals.heights, proposals.widths
@@ -90,7 +96,9 @@ class ProposalsH5:
         self._ids = ids.tolist()
         self._row = {i: n for n, i in enumerate(self._ids)}
         self._offset = offset
-        self.sha256: str | None = None  # hashed while the IoUs are computed
+
+    def sha256(self) -> str:
+        return file_sha256(self.path)
 
     def file_order(self, image_ids: Sequence[int]) -> list[int]:
         """`image_ids` sorted by where their rows lie in the file (those it lacks last)."""
@@ -102,6 +110,8 @@ class ProposalsH5:
         if not rows:
             return {}
         lo, hi = int(self._offset[rows[0]]), int(self._offset[rows[-1] + 1])
+        import h5py
+
         try:
             with h5py.File(self.path, "r") as f:
                 scores = f["proposals/score"][lo:hi]
@@ -151,8 +161,11 @@ def _read_rows(column: h5py.Dataset, lo: int, hi: int) -> list[bytes]:
     return out
 
 
-def open_proposals(path: str | Path, gt: GroundTruth) -> ProposalsH5 | ResultsJson:
-    """proposals.h5 or a COCO results JSON, told apart by the HDF5 signature."""
+def open_proposals(
+    path: str | Path, gt: GroundTruth, workers: int = 1
+) -> ProposalsH5 | ResultsJson:
+    """proposals.h5 or a COCO results JSON, told apart by the HDF5 signature; a large JSON is
+    parsed by `workers` processes."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -161,4 +174,4 @@ def open_proposals(path: str | Path, gt: GroundTruth) -> ProposalsH5 | ResultsJs
         raise IfcnError("no such file", path) from None
     except OSError as exc:
         raise IfcnError(f"cannot read ({exc.strerror or exc})", path) from None
-    return (ProposalsH5 if head == _HDF5_SIGNATURE else ResultsJson)(path, gt)
+    return (ProposalsH5 if head == _HDF5_SIGNATURE else ResultsJson)(path, gt, workers)

@@ -316,3 +316,21 @@ def test_a_converted_json_is_validated_before_it_is_written(tmp_path):
     with pytest.raises(IfcnError, match="annotation 1: RLE runs cover"):
         write_converted(Converted(copy.deepcopy(data), tmp_path), out)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("stage", ["convert", "check"])
+@pytest.mark.parametrize("workers", ["-1", "0"])
+def test_workers_below_one_is_a_one_line_error(tmp_path, capsys, stage, workers):
+    path = tmp_path / "d.json"
+    data = {**dataset(), "info": {"image_root": "."}}
+    path.write_text(json.dumps(data))
+    Image.new("RGB", (W, H)).save(tmp_path / "a.png")
+    out = tmp_path / "out" / "o.json"
+    if stage == "convert":
+        argv = ["data", "convert", "--format", "coco", "--json", str(path), "--out", str(out)]
+    else:
+        argv = ["data", "check", "--json", str(path)]
+    assert cli.main([*argv, "--workers", workers]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ifcn data {stage}: error: --workers must be at least 1, got {workers}"
+    assert not out.parent.exists()
