@@ -100,30 +100,49 @@ def greedy_hits(
     max_dets = sorted(max_dets)
     hits = np.zeros((len(thr), len(max_dets)), np.int64)
 
-    # Order pairs by rank, then image; within one detection by (IoU, GT index) ascending, so that
-    # COCOeval's pick (highest IoU, the last GT on ties) is the last eligible pair of its run.
-    order = np.lexsort((pairs.gt, pairs.iou, pairs.image, pairs.rank))
-    rank, image, gt, iou = (a[order] for a in (pairs.rank, pairs.image, pairs.gt, pairs.iou))
-    # A run is one detection's pairs; a step is one rank's runs, all in different images.
-    run_start = np.flatnonzero(np.diff(rank, prepend=-1) | np.diff(image, prepend=-1))
+    # Order pairs by rank; within a rank, detections with a single pair first (most of them:
+    # they need no choice), then the others by image, each detection's pairs by (IoU, GT index)
+    # ascending, so that COCOeval's pick (highest IoU, the last GT on ties) is the last eligible
+    # pair of its run. A run is one detection's pairs; a step is one rank's runs, all in
+    # different images, so the runs of a step never compete for a GT.
+    first = np.lexsort((pairs.gt, pairs.iou, pairs.image, pairs.rank))
+    rank, image = pairs.rank[first], pairs.image[first]
+    run_length = np.diff(np.append(_starts(rank, image), len(rank)))
+    shared = np.repeat(run_length > 1, run_length)
+    regroup = np.lexsort((np.arange(len(first)), shared, rank))
+    order, shared = first[regroup], shared[regroup]
+    rank, image, gt = pairs.rank[order], pairs.image[order], pairs.gt[order]
+    eligible_at = pairs.iou[order][None, :] >= thr[:, None]  # (C, pairs)
+    run_start = _starts(rank, image)
     step_start = np.flatnonzero(np.diff(rank, prepend=-1))
-    step_bounds = np.append(step_start, len(rank))
-    step_runs = np.searchsorted(run_start, step_bounds)  # runs of step s: step_runs[s:s + 2]
+    bounds = np.append(step_start, len(rank)).tolist()
+    singles = (step_start + np.add.reduceat(~shared, step_start)).tolist() if len(rank) else []
     steps_before = np.searchsorted(rank[step_start], max_dets)  # steps with rank < N
 
     step = 0
     for m, n_steps in enumerate(steps_before):
         for s in range(step, n_steps):
-            a, b = step_bounds[s], step_bounds[s + 1]
-            runs = run_start[step_runs[s] : step_runs[s + 1]] - a
-            g = gt[a:b]
-            eligible = free[:, g] & (iou[None, a:b] >= thr[:, None])  # (C, pairs of this rank)
-            last = np.maximum.reduceat(np.where(eligible, np.arange(b - a), -1), runs, axis=1)
-            cond, run = np.nonzero(last >= 0)
-            free[cond, g[last[cond, run]]] = False
+            a, c, b = bounds[s], singles[s], bounds[s + 1]
+            if c > a:  # detections with one pair take it if eligible
+                g = gt[a:c]
+                cond, pair = np.nonzero(free[:, g] & eligible_at[:, a:c])
+                free[cond, g[pair]] = False
+            if b > c:  # the others take their last eligible pair
+                runs = run_start[np.searchsorted(run_start, c) : np.searchsorted(run_start, b)]
+                g = gt[c:b]
+                eligible = free[:, g] & eligible_at[:, c:b]
+                index = np.where(eligible, np.arange(b - c), -1)
+                last = np.maximum.reduceat(index, runs - c, axis=1)
+                cond, run = np.nonzero(last >= 0)
+                free[cond, g[last[cond, run]]] = False
         step = max(step, n_steps)
         hits[:, m] = (counted & ~free).sum(axis=1)
     return hits, regular.sum(axis=1)
+
+
+def _starts(rank: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Where a new (rank, image) begins in arrays sorted by rank."""
+    return np.flatnonzero((np.diff(rank, prepend=-1) != 0) | (np.diff(image, prepend=-1) != 0))
 
 
 def best_hits(
