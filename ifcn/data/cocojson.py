@@ -602,7 +602,7 @@ def _columns(
     """(image ids, scores, category ids, counts text, text offsets) of results that pass every
     check of `read_results`, or None if one does not."""
     try:
-        if not all(type(r) is dict for r in data):
+        if set(map(type, data)) - {dict}:
             return None
         image_ids = [r["image_id"] for r in data]
         scores = [r["score"] for r in data]
@@ -648,11 +648,11 @@ def _columns(
     return ids, score, categories_, text, offset
 
 
-_PARTS: list[bytes] = []
+_PARTS: list[memoryview] = []
 _CHECKS: tuple = ()
 
 
-def _set_parts(parts: list[bytes], checks: tuple) -> None:
+def _set_parts(parts: list[memoryview], checks: tuple) -> None:
     global _PARTS, _CHECKS
     _PARTS, _CHECKS = parts, checks
 
@@ -668,22 +668,35 @@ def _parse_part(k: int) -> tuple | None:
 def _parse_in_parts(
     raw: bytes, sizes: Mapping[int, tuple[int, int]], categories: Collection[int], workers: int
 ) -> tuple | None:
-    """`_columns` of the whole file from `workers` parts parsed in parallel, or None."""
-    body = raw.strip()
-    if not (body.startswith(b"[") and body.endswith(b"]")):
+    """`_columns` of the whole file from `workers` parts parsed in parallel, or None.
+
+    The parts are views of one copy of the file: at each seam `}, {` the comma becomes the
+    closing `]` of one part and the space before `{` the opening `[` of the next, so that no
+    part is copied (seams without a space between them are not cut).
+    """
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None  # the parts are views, which only forked workers inherit
+    buf = bytearray(raw)
+    first, last = buf.find(b"["), buf.rfind(b"]")
+    if first < 0 or buf[:first].strip() or buf[last + 1 :].strip():
         return None
-    cuts = [(0, 1)]  # (end of the previous part, start of this one)
+    bounds = [first]
     for k in range(1, workers):
-        seam = _SEAM.search(body, max(cuts[-1][1], len(body) * k // workers))
+        seam = _SEAM.search(buf, max(bounds[-1] + 1, first + (last - first) * k // workers))
         if seam is None:
             break
-        cuts.append((seam.start() + 1, seam.end() - 1))
-    if len(cuts) < 2:
+        comma = buf.index(b",", seam.start())
+        opening = seam.end() - 2  # the character before `{`
+        if opening <= comma:
+            continue
+        buf[comma : comma + 1], buf[opening : opening + 1] = b"]", b"["
+        bounds += [comma + 1, opening]
+    bounds.append(last + 1)
+    if len(bounds) < 4:
         return None
-    bounds = [start for _, start in cuts], [end for end, _ in cuts[1:]] + [len(body) - 1]
-    parts = [b"[" + body[a:b] + b"]" for a, b in zip(*bounds, strict=True)]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
+    view = memoryview(buf)
+    parts = [view[a:b] for a, b in zip(bounds[0::2], bounds[1::2], strict=True)]
+    context = multiprocessing.get_context("fork")
     with context.Pool(len(parts), _set_parts, (parts, (dict(sizes), set(categories)))) as pool:
         columns = pool.map(_parse_part, range(len(parts)), chunksize=1)
     if any(c is None for c in columns):

@@ -334,3 +334,58 @@ def test_workers_below_one_is_a_one_line_error(tmp_path, capsys, stage, workers)
     err = capsys.readouterr().err.strip()
     assert err == f"ifcn data {stage}: error: --workers must be at least 1, got {workers}"
     assert not out.parent.exists()
+
+
+# --- the results JSON door: parsed in parts, the same columns -------------------------------
+
+
+def _results(n: int) -> list[dict]:
+    rng = np.random.default_rng(1)
+    out = []
+    for k in range(n):
+        mask = rng.random((H, W)) < 0.3
+        rle = encode_mask(mask)
+        out.append({"image_id": 1 + k % 3, "category_id": 1, "segmentation": rle, "score": k / n})
+    return out
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["spaced", "lines", "compact", "nested"],
+)
+def test_results_parsed_in_parts_equal_the_whole(tmp_path, monkeypatch, layout):
+    from ifcn.data import cocojson
+
+    results = _results(40)
+    if layout == "nested":  # a seam inside a result: the part is not JSON, the file is read whole
+        for r in results:
+            r["extra"] = [{"a": 1}, {"b": 2}]
+    text = {
+        "spaced": json.dumps(results),
+        "lines": "[\n" + ",\n".join(map(json.dumps, results)) + "\n]\n",
+        "compact": json.dumps(results, separators=(",", ":")),
+        "nested": json.dumps(results),
+    }[layout]
+    path = tmp_path / "results.json"
+    path.write_text(text)
+    sizes = {i: (H, W) for i in (1, 2, 3)}
+    whole = cocojson.read_results(path, sizes, [1], workers=1)
+    monkeypatch.setattr(cocojson, "PARALLEL_PARSE_BYTES", 0)
+    for workers in (2, 3, 7):
+        parts = cocojson.read_results(path, sizes, [1], workers=workers)
+        for key in ("image_id", "score", "category_id", "text_offset"):
+            np.testing.assert_array_equal(getattr(parts, key), getattr(whole, key))
+        assert parts.text == whole.text and parts.raw == path.read_bytes()
+    assert whole.counts([0, 5]) == [results[k]["segmentation"]["counts"].encode() for k in (0, 5)]
+
+
+def test_a_bad_result_is_named_when_the_file_is_parsed_in_parts(tmp_path, monkeypatch):
+    from ifcn.data import cocojson
+
+    results = _results(40)
+    results[33]["image_id"] = 1.7
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    monkeypatch.setattr(cocojson, "PARALLEL_PARSE_BYTES", 0)
+    with pytest.raises(IfcnError, match="result 33: image_id 1.7 is not an integer"):
+        cocojson.read_results(path, {i: (H, W) for i in (1, 2, 3)}, [1], workers=2)
