@@ -75,7 +75,8 @@ class ProposalsH5:
 
     The file is opened and indexed once by `Proposals` (format, version, offsets, unique ids);
     a worker then reads the rows of its images, checking that scores are finite and
-    non-increasing within each image, as the format requires.
+    non-increasing within each image, as the format requires, and that every RLE text ends a
+    number.
     """
 
     def __init__(self, path: Path, gt: GroundTruth, workers: int = 1):
@@ -118,10 +119,18 @@ class ProposalsH5:
                 texts = _read_rows(f["proposals/rle"], lo, hi)
         except (OSError, zlib.error) as exc:
             raise IfcnError(f"cannot read proposal rows {lo}:{hi} ({exc})", self.path) from None
+        # pycocotools reads RLE text up to a character that ends a number: a text cut short
+        # makes it read past its end
+        last = np.frombuffer(bytes(t[-1] if t else 0 for t in texts), np.uint8)
+        cut = np.flatnonzero((last < 48) | (last > 111) | ((last - 48) & 0x20 != 0))
         out = {}
         for n in rows:
             a, b = int(self._offset[n]) - lo, int(self._offset[n + 1]) - lo
             image_id = self._ids[n]
+            bad = cut[(cut >= a) & (cut < b)]
+            if len(bad):
+                message = f"image {image_id}: proposal {bad[0] - a} has empty or cut RLE counts"
+                raise IfcnError(message, self.path)
             found = scores[a:b]
             if not np.isfinite(found).all():
                 raise IfcnError(f"image {image_id}: scores hold NaN or infinity", self.path)

@@ -19,7 +19,7 @@ from ifcn import cli
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ar import evaluate
 from ifcn.evaluation.recall import COCO_IOU_THRESHOLDS
-from ifcn.proposals.format import write_proposals
+from ifcn.proposals.format import Proposals, write_proposals
 
 ATTRS = {
     "config": {},
@@ -489,3 +489,14 @@ def test_h5_scores_not_finite_or_not_descending_are_refused(tmp_path, capsys, sc
     assert run_cli(paths, "h5", tmp_path / "ar.json") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "image 1: scores" in err, err
+
+
+def test_h5_rle_text_cut_short_is_refused(tmp_path, capsys):
+    paths = square_case(tmp_path)
+    with Proposals(paths["h5"]) as proposals:
+        found = proposals[1]
+    found.rles[2] = found.rles[2][:-1] + b"o"  # 'o' continues a number that never ends
+    write_proposals(paths["h5"], [found], ATTRS)
+    assert run_cli(paths, "h5", tmp_path / "ar.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("image 1: proposal 2 has empty or cut RLE counts"), err
