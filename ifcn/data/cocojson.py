@@ -249,7 +249,12 @@ def validate_instances(data: Any, path: str | Path, *, collect: bool = False) ->
     findings = Findings(path, collect)
     categories = _validate_categories(data["categories"], findings)
     images = _validate_images(data["images"], findings)
-    annotations = _validate_annotations(data["annotations"], images, categories, findings)
+    refused = {
+        image["id"]
+        for image in data["images"]
+        if isinstance(image, dict) and is_int(image.get("id")) and image["id"] not in images
+    }
+    annotations = _validate_annotations(data["annotations"], images, refused, categories, findings)
     return Instances(path, data, images, categories, annotations, findings)
 
 
@@ -319,7 +324,11 @@ def file_name_fault(name: Any) -> str | None:
 
 
 def _validate_annotations(
-    records: list, images: dict[int, dict], categories: dict[int, dict], findings: Findings
+    records: list,
+    images: dict[int, dict],
+    refused: set[int],
+    categories: dict[int, dict],
+    findings: Findings,
 ) -> list[dict]:
     kept: dict[int, dict] = {}
     seen: set[int] = set()
@@ -336,7 +345,8 @@ def _validate_annotations(
         seen.add(aid)
         image_id, category_id = ann.get("image_id"), ann.get("category_id")
         if not is_int(image_id) or image_id not in images:
-            findings.problem(f"{where}: unknown image id {image_id!r}")
+            if not (is_int(image_id) and image_id in refused):  # its image's problem is listed
+                findings.problem(f"{where}: unknown image id {image_id!r}")
             continue
         if not is_int(category_id) or category_id not in categories:
             findings.problem(f"{where}: unknown category id {category_id!r}")

@@ -389,3 +389,11 @@ def test_a_bad_result_is_named_when_the_file_is_parsed_in_parts(tmp_path, monkey
     monkeypatch.setattr(cocojson, "PARALLEL_PARSE_BYTES", 0)
     with pytest.raises(IfcnError, match="result 33: image_id 1.7 is not an integer"):
         cocojson.read_results(path, {i: (H, W) for i in (1, 2, 3)}, [1], workers=2)
+
+
+def test_collecting_does_not_repeat_a_refused_image_for_each_of_its_annotations():
+    data = dataset()
+    data["images"][0]["file_name"] = "/abs/a.png"
+    instances = validate_instances(data, "d.json", collect=True)
+    assert len(instances.findings.problems) == 1 and "is absolute" in instances.findings.problems[0]
+    assert not instances.images and not instances.annotations
