@@ -344,12 +344,18 @@ def _validate_annotations(
             continue
         seen.add(aid)
         image_id, category_id = ann.get("image_id"), ann.get("category_id")
-        if not is_int(image_id) or image_id not in images:
-            if not (is_int(image_id) and image_id in refused):  # its image's problem is listed
-                findings.problem(f"{where}: unknown image id {image_id!r}")
+        if not is_int(image_id):
+            findings.problem(f"{where}: image_id {image_id!r} is not an integer")
             continue
-        if not is_int(category_id) or category_id not in categories:
-            findings.problem(f"{where}: unknown category id {category_id!r}")
+        if image_id not in images:
+            if image_id not in refused:  # a refused image's problem is listed already
+                findings.problem(f"{where}: unknown image_id {image_id}")
+            continue
+        if not is_int(category_id):
+            findings.problem(f"{where}: category_id {category_id!r} is not an integer")
+            continue
+        if category_id not in categories:
+            findings.problem(f"{where}: unknown category_id {category_id}")
             continue
         height, width = images[image_id]["height"], images[image_id]["width"]
         reason = _annotation_fault(ann, height, width, findings)

@@ -197,7 +197,7 @@ def test_empty_image_list_names_the_json(tmp_path):
 def test_annotation_of_unknown_image_names_the_json(tmp_path):
     anns = [{"id": 4, "image_id": 99, "category_id": 1, "segmentation": [[0, 0, 5, 0, 5, 5]]}]
     path = _write_dataset(tmp_path, anns)
-    with pytest.raises(IfcnError, match="unknown image id 99") as err:
+    with pytest.raises(IfcnError, match="unknown image_id 99") as err:
         CocoInstances(path, tmp_path, scales=[40])
     assert str(path) in str(err.value)
 

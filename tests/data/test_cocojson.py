@@ -117,11 +117,23 @@ BAD = {
     "category name number": (_set("categories.0.name", 3), "category 1: name is not a string"),
     # annotations: ids and references
     "annotation id float": (_set("annotations.0.id", 1.5), "annotations[0] has no integer id"),
-    "annotation image list": (_set("annotations.0.image_id", [1]), "unknown image id [1]"),
-    "annotation image float": (_set("annotations.0.image_id", 1.0), "unknown image id 1.0"),
-    "annotation image bool": (_set("annotations.0.image_id", True), "unknown image id True"),
-    "annotation image unknown": (_set("annotations.0.image_id", 9), "unknown image id 9"),
-    "annotation category list": (_set("annotations.0.category_id", [1]), "unknown category"),
+    "annotation image list": (
+        _set("annotations.0.image_id", [1]),
+        "image_id [1] is not an integer",
+    ),
+    "annotation image float": (
+        _set("annotations.0.image_id", 1.0),
+        "image_id 1.0 is not an integer",
+    ),
+    "annotation image bool": (
+        _set("annotations.0.image_id", True),
+        "image_id True is not an integer",
+    ),
+    "annotation image unknown": (_set("annotations.0.image_id", 9), "unknown image_id 9"),
+    "annotation category list": (
+        _set("annotations.0.category_id", [1]),
+        "category_id [1] is not an integer",
+    ),
     "iscrowd two": (_set("annotations.0.iscrowd", 2), "iscrowd 2 is not 0/1"),
     "iscrowd float": (_set("annotations.0.iscrowd", 1.0), "iscrowd 1.0 is not 0/1"),
     # segmentations
@@ -242,7 +254,7 @@ DOORS = {
     "D9 absolute file name": (_set("images.0.file_name", "/etc/hostname"), "is absolute"),
     "D9 climbing file name": (_set("images.0.file_name", "../a.png"), "contains '..'"),
     "D10 huge coordinate": (_set("annotations.1.segmentation", [[1, 2, 1e12, 4, 5, 6]]), "far"),
-    "D16 image id list": (_set("annotations.0.image_id", [1]), "unknown image id [1]"),
+    "D16 image id list": (_set("annotations.0.image_id", [1]), "image_id [1] is not an integer"),
 }
 
 
