@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import multiprocessing
+import os
 import re
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -143,11 +144,15 @@ def assemble_dataset(
     return {"info": info, "images": images, "annotations": anns, "categories": categories}
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """A file's bytes; a missing or unreadable file is an IfcnError naming it."""
+def read_bytes(path: str | Path) -> bytearray:
+    """A file's bytes (mutable, so that a reader may write into them); a missing or unreadable
+    file is an IfcnError naming it."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            if f.readinto(data) != len(data) or f.read(1):
+                raise OSError("the file changed while it was read")
+            return data
     except FileNotFoundError:
         raise IfcnError("file not found", path) from None
     except OSError as exc:
@@ -564,7 +569,7 @@ class Results:
     category_id: np.ndarray  # (R,) int64; -1 where a result has none
     text: bytes  # every result's compressed RLE counts, one after the other
     text_offset: np.ndarray  # (R + 1,) int64: result r's counts are text[offset[r]:offset[r + 1]]
-    raw: bytes  # the file's bytes
+    raw: bytearray  # the file's bytes
 
     def counts(self, rows: Sequence[int]) -> list[bytes]:
         """The RLE counts of the results `rows`."""
@@ -682,39 +687,46 @@ def _parse_part(k: int) -> tuple | None:
 
 
 def _parse_in_parts(
-    raw: bytes, sizes: Mapping[int, tuple[int, int]], categories: Collection[int], workers: int
+    raw: bytearray,
+    sizes: Mapping[int, tuple[int, int]],
+    categories: Collection[int],
+    workers: int,
 ) -> tuple | None:
     """`_columns` of the whole file from `workers` parts parsed in parallel, or None.
 
-    The parts are views of one copy of the file: at each seam `}, {` the comma becomes the
-    closing `]` of one part and the space before `{` the opening `[` of the next, so that no
-    part is copied (seams without a space between them are not cut).
+    The parts are views of the file's bytes: at each seam `}, {` the comma becomes the closing
+    `]` of one part and the space before `{` the opening `[` of the next (seams without a space
+    are not cut), and both are put back once the parts are parsed.
     """
     if "fork" not in multiprocessing.get_all_start_methods():
         return None  # the parts are views, which only forked workers inherit
-    buf = bytearray(raw)
-    first, last = buf.find(b"["), buf.rfind(b"]")
-    if first < 0 or buf[:first].strip() or buf[last + 1 :].strip():
+    first, last = raw.find(b"["), raw.rfind(b"]")
+    if first < 0 or raw[:first].strip() or raw[last + 1 :].strip():
         return None
-    bounds = [first]
+    bounds, seams = [first], []
     for k in range(1, workers):
-        seam = _SEAM.search(buf, max(bounds[-1] + 1, first + (last - first) * k // workers))
+        seam = _SEAM.search(raw, max(bounds[-1] + 1, first + (last - first) * k // workers))
         if seam is None:
             break
-        comma = buf.index(b",", seam.start())
-        opening = seam.end() - 2  # the character before `{`
-        if opening <= comma:
-            continue
-        buf[comma : comma + 1], buf[opening : opening + 1] = b"]", b"["
-        bounds += [comma + 1, opening]
+        comma, opening = raw.index(b",", seam.start()), seam.end() - 2  # before `{`
+        if opening > comma:
+            seams.append((comma, opening, raw[opening]))
+            raw[comma], raw[opening] = ord("]"), ord("[")
+            bounds += [comma + 1, opening]
     bounds.append(last + 1)
-    if len(bounds) < 4:
-        return None
-    view = memoryview(buf)
-    parts = [view[a:b] for a, b in zip(bounds[0::2], bounds[1::2], strict=True)]
-    context = multiprocessing.get_context("fork")
-    with context.Pool(len(parts), _set_parts, (parts, (dict(sizes), set(categories)))) as pool:
-        columns = pool.map(_parse_part, range(len(parts)), chunksize=1)
+    try:
+        if not seams:
+            return None
+        view = memoryview(raw)
+        parts = [view[a:b] for a, b in zip(bounds[0::2], bounds[1::2], strict=True)]
+        context = multiprocessing.get_context("fork")
+        checks = (dict(sizes), set(categories))
+        with context.Pool(len(parts), _set_parts, (parts, checks)) as pool:
+            columns = pool.map(_parse_part, range(len(parts)), chunksize=1)
+        del parts, view
+    finally:
+        for comma, opening, space in seams:
+            raw[comma], raw[opening] = ord(","), space
     if any(c is None for c in columns):
         return None
     ids, scores, cats, texts, offsets = zip(*columns, strict=True)

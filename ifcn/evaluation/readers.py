@@ -162,7 +162,7 @@ def _read_rows(column: h5py.Dataset, lo: int, hi: int) -> list[bytes]:
     out: list[bytes] = []
     for start in range(lo - lo % rows, hi, rows):
         mask, data = column.id.read_direct_chunk((start,))
-        data = zlib.decompress(data)
+        data = zlib.decompress(data, bufsize=rows * width)  # its size: one buffer, no copies
         if mask or len(data) != rows * width:
             return column[lo:hi].tolist()
         block = np.frombuffer(data, dtype=column.dtype)
