@@ -22,11 +22,12 @@ import hashlib
 import itertools
 import json
 import math
+import mmap
 import multiprocessing
 import os
 import re
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -584,14 +585,16 @@ class Results:
     image_id: np.ndarray  # (R,) int64
     score: np.ndarray  # (R,) float64
     category_id: np.ndarray  # (R,) int64; -1 where a result has none
-    text: bytes  # every result's compressed RLE counts, one after the other
-    text_offset: np.ndarray  # (R + 1,) int64: result r's counts are text[offset[r]:offset[r + 1]]
+    text: bytes | mmap.mmap  # the results' compressed RLE counts
+    text_start: np.ndarray  # (R,) int64: result r's counts are text[start[r]:end[r]]
+    text_end: np.ndarray  # (R,) int64
     raw: bytearray  # the file's bytes
 
-    def counts(self, rows: Sequence[int]) -> list[bytes]:
+    def counts(self, rows: np.ndarray) -> list[bytes]:
         """The RLE counts of the results `rows`."""
-        offset, text = self.text_offset, self.text
-        return [text[offset[r] : offset[r + 1]] for r in rows]
+        text = self.text
+        starts, ends = self.text_start[rows].tolist(), self.text_end[rows].tolist()
+        return [text[a:b] for a, b in zip(starts, ends, strict=True)]
 
     def sha256(self) -> str:
         return hashlib.sha256(self.raw).hexdigest()
@@ -629,9 +632,11 @@ def read_results(
             data = parse_json(raw, path)
             if not isinstance(data, list):
                 raise IfcnError("not a COCO results JSON (top level is not a list)", path)
-            columns = _columns(data, sizes, categories)
-            if columns is None:
+            found = _columns(data, sizes, categories)
+            if found is None:
                 _first_fault(data, sizes, categories, path)
+        *arrays, text, offset = found
+        columns = (*arrays, text, offset[:-1], offset[1:])
     return Results(path, *columns, raw)
 
 
@@ -687,22 +692,31 @@ def _columns(
     return ids, score, categories_, text, offset
 
 
-_PARTS: list[memoryview] = []
+_PARTS: list[tuple[memoryview, int]] = []  # (part, where its counts text goes in _TEXT)
+_TEXT: mmap.mmap | None = None
 _CHECKS: tuple = ()
 
 
-def _set_parts(parts: list[memoryview], checks: tuple) -> None:
-    global _PARTS, _CHECKS
-    _PARTS, _CHECKS = parts, checks
+def _set_parts(parts: list[tuple[memoryview, int]], text: mmap.mmap, checks: tuple) -> None:
+    global _PARTS, _TEXT, _CHECKS
+    _PARTS, _TEXT, _CHECKS = parts, text, checks
 
 
 def _parse_part(k: int) -> tuple | None:
+    """`_columns` of part k, its counts text written into the shared _TEXT, not sent back."""
+    part, start = _PARTS[k]
     with gc_paused():
         try:
-            data = orjson.loads(_PARTS[k])
+            data = orjson.loads(part)
         except orjson.JSONDecodeError:
             return None
-        return _columns(data, *_CHECKS) if isinstance(data, list) else None
+        columns = _columns(data, *_CHECKS) if isinstance(data, list) else None
+    if columns is None:
+        return None
+    *arrays, text, offset = columns
+    assert _TEXT is not None
+    _TEXT[start : start + len(text)] = text
+    return (*arrays, offset + start)
 
 
 def _parse_in_parts(
@@ -715,7 +729,9 @@ def _parse_in_parts(
 
     The parts are views of the file's bytes: at each seam `}, {` the comma becomes the closing
     `]` of one part and the space before `{` the opening `[` of the next (seams without a space
-    are not cut), and both are put back once the parts are parsed.
+    are not cut), and both are put back once the parts are parsed. Each worker writes its
+    counts text into a shared anonymous map at its part's own offset (a part's counts are no
+    longer than the part), which forked workers inherit: nothing large goes through a pipe.
     """
     if "fork" not in multiprocessing.get_all_start_methods():
         return None  # the parts are views, which only forked workers inherit
@@ -733,14 +749,15 @@ def _parse_in_parts(
             raw[comma], raw[opening] = ord("]"), ord("[")
             bounds += [comma + 1, opening]
     bounds.append(last + 1)
+    text = mmap.mmap(-1, len(raw))
     try:
         if not seams:
             return None
         view = memoryview(raw)
-        parts = [view[a:b] for a, b in zip(bounds[0::2], bounds[1::2], strict=True)]
+        parts = [(view[a:b], a) for a, b in zip(bounds[0::2], bounds[1::2], strict=True)]
         context = multiprocessing.get_context("fork")
         checks = (dict(sizes), set(categories))
-        with context.Pool(len(parts), _set_parts, (parts, checks)) as pool:
+        with context.Pool(len(parts), _set_parts, (parts, text, checks)) as pool:
             columns = pool.map(_parse_part, range(len(parts)), chunksize=1)
         del parts, view
     finally:
@@ -748,16 +765,10 @@ def _parse_in_parts(
             raw[comma], raw[opening] = ord(","), space
     if any(c is None for c in columns):
         return None
-    ids, scores, cats, texts, offsets = zip(*columns, strict=True)
-    starts = np.cumsum([0] + [o[-1] for o in offsets[:-1]])
-    offset = np.concatenate([[0]] + [o[1:] + s for o, s in zip(offsets, starts, strict=True)])
-    return (
-        np.concatenate(ids),
-        np.concatenate(scores),
-        np.concatenate(cats),
-        b"".join(texts),
-        offset.astype(np.int64),
-    )
+    ids, scores, cats, offsets = zip(*columns, strict=True)
+    starts = np.concatenate([o[:-1] for o in offsets])
+    ends = np.concatenate([o[1:] for o in offsets])
+    return np.concatenate(ids), np.concatenate(scores), np.concatenate(cats), text, starts, ends
 
 
 def _first_fault(

@@ -65,7 +65,7 @@ class ResultsJson:
         for image_id in image_ids:
             rows = self._rows.get(image_id)
             if rows is not None:
-                counts = self.results.counts(rows.tolist())
+                counts = self.results.counts(rows)
                 out[image_id] = ImageDetections(counts, self.results.score[rows], self._tie[rows])
         return out
 
