@@ -175,13 +175,28 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def parse_json(raw: bytes | bytearray | memoryview, path: str | Path) -> Any:
+def parse_json(raw: bytes | bytearray | mmap.mmap, path: str | Path) -> Any:
     """JSON text parsed by orjson, which refuses NaN and Infinity (Python's json reads them)."""
     try:
         with gc_paused():
-            return orjson.loads(raw)
+            return orjson.loads(memoryview(raw) if isinstance(raw, mmap.mmap) else raw)
     except orjson.JSONDecodeError as exc:
         raise IfcnError(f"not valid JSON ({exc})", path) from None
+
+
+def _map_file(path: Path) -> mmap.mmap | bytearray:
+    """A file's bytes mapped privately (written pages are this process's copies): no read, no
+    copy, and forked workers share the pages. An empty file is read instead."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return bytearray()
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=prot)
+    except FileNotFoundError:
+        raise IfcnError("file not found", path) from None
+    except OSError as exc:
+        raise IfcnError(f"cannot read ({exc.strerror or exc})", path) from None
 
 
 def load_json(path: str | Path) -> Any:
@@ -588,7 +603,7 @@ class Results:
     text: bytes | mmap.mmap  # the results' compressed RLE counts
     text_start: np.ndarray  # (R,) int64: result r's counts are text[start[r]:end[r]]
     text_end: np.ndarray  # (R,) int64
-    raw: bytearray  # the file's bytes
+    raw: bytearray | mmap.mmap  # the file's bytes
 
     def counts(self, rows: np.ndarray) -> list[bytes]:
         """The RLE counts of the results `rows`."""
@@ -623,10 +638,13 @@ def read_results(
     between top-level objects leaves a part that is not JSON, and the file is then parsed whole.
     """
     path = Path(path)
-    raw = read_bytes(path)
     columns = None
-    if workers > 1 and len(raw) >= PARALLEL_PARSE_BYTES:
-        columns = _parse_in_parts(raw, sizes, categories, workers)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        raw = _map_file(path)
+        if len(raw) >= PARALLEL_PARSE_BYTES:
+            columns = _parse_in_parts(raw, sizes, categories, workers)
+    else:
+        raw = read_bytes(path)
     if columns is None:
         with gc_paused():
             data = parse_json(raw, path)
@@ -720,7 +738,7 @@ def _parse_part(k: int) -> tuple | None:
 
 
 def _parse_in_parts(
-    raw: bytearray,
+    raw: bytearray | mmap.mmap,
     sizes: Mapping[int, tuple[int, int]],
     categories: Collection[int],
     workers: int,
@@ -733,8 +751,6 @@ def _parse_in_parts(
     counts text into a shared anonymous map at its part's own offset (a part's counts are no
     longer than the part), which forked workers inherit: nothing large goes through a pipe.
     """
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return None  # the parts are views, which only forked workers inherit
     first, last = raw.find(b"["), raw.rfind(b"]")
     if first < 0 or raw[:first].strip() or raw[last + 1 :].strip():
         return None
@@ -743,7 +759,7 @@ def _parse_in_parts(
         seam = _SEAM.search(raw, max(bounds[-1] + 1, first + (last - first) * k // workers))
         if seam is None:
             break
-        comma, opening = raw.index(b",", seam.start()), seam.end() - 2  # before `{`
+        comma, opening = raw.find(b",", seam.start()), seam.end() - 2  # before `{`
         if opening > comma:
             seams.append((comma, opening, raw[opening]))
             raw[comma], raw[opening] = ord("]"), ord("[")
