@@ -149,3 +149,13 @@ def test_the_voc2012_workflow_plans_the_paper_split(tmp_path):
         command = f"ifcn data convert {sbd} --image-list {lists}/{split}.txt"
         assert command in result.stdout
         assert f"--out resources/voc2012/sbd_voc2012_{split}.json" in result.stdout
+
+
+def test_a_list_of_images_sbd_does_not_annotate_is_refused(tree, tmp_path, capsys):
+    other = tmp_path / "other.txt"
+    other.write_text("2011_000001\n2011_000002\n")
+    out = tmp_path / "o.json"
+    argv = ["data", "convert", "--format", "sbd", "--root", str(tree["sbd"])]
+    assert cli.main([*argv, "--image-list", str(other), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "SBD annotates none of the 2 images listed" in err and not out.exists()

@@ -52,6 +52,9 @@ def convert_sbd(
     else:
         listed = read_name_list(image_list)
         names = [n for n in listed if (root / "inst" / f"{n}.mat").is_file()]
+        if listed and not names:
+            message = f"SBD annotates none of the {len(listed)} images listed in {image_list}"
+            raise IfcnError(message, root / "inst")
         notes.append(
             f"SBD annotates {len(names)} of the {len(listed)} images listed in {image_list}; "
             f"{len(listed) - len(names)} without inst/<name>.mat left out"
