@@ -599,7 +599,7 @@ class Results:
     path: Path
     image_id: np.ndarray  # (R,) int64
     score: np.ndarray  # (R,) float64
-    category_id: np.ndarray  # (R,) int64; -1 where a result has none
+    category_rank: np.ndarray  # (R,) int64: position among the sorted category ids; -1: none
     text: bytes | mmap.mmap  # the results' compressed RLE counts
     text_start: np.ndarray  # (R,) int64: result r's counts are text[start[r]:end[r]]
     text_end: np.ndarray  # (R,) int64
@@ -615,6 +615,7 @@ class Results:
         return hashlib.sha256(self.raw).hexdigest()
 
 
+_ABSENT = object()  # a result without category_id
 # A results JSON this large is parsed in parts by worker processes (orjson holds the GIL).
 PARALLEL_PARSE_BYTES = 1 << 24
 _SEAM = re.compile(rb"\}\s*,\s*\{")  # between two objects of the top-level array, if anywhere
@@ -630,7 +631,9 @@ def read_results(
 
     Every result needs an integer `image_id`, a finite number `score` and a `segmentation` that is
     a compressed RLE (text counts of characters '0'..'o', the last one ending a number) whose size
-    is its image's in `sizes`; `category_id`, if given, must be an integer of `categories`.
+    is its image's in `sizes`; `category_id`, if given, must be an integer of `categories`
+    (COCOeval would drop others silently); it is kept as its rank among them, COCOeval's order
+    of tied scores.
     Results of images `sizes` lacks pass (the caller decides). Checked column by column, so that
     half a million results take a fraction of a second; only when a check fails is the file
     walked result by result to name the first offender. With `workers` > 1 a large file is cut
@@ -673,13 +676,13 @@ def _columns(
         rle_sizes = [s["size"] for s in segmentations]
     except (KeyError, TypeError):
         return None
-    category_ids = [r.get("category_id", -1) for r in data]
+    category_ids = [r.get("category_id", _ABSENT) for r in data]
     if not (
         set(map(type, image_ids)) <= {int}
         and set(map(type, scores)) <= {int, float}
         and set(map(type, texts)) <= {str}
-        and set(map(type, category_ids)) <= {int}
-        and (set(categories) | {-1}).issuperset(category_ids)
+        and set(map(type, category_ids)) <= {int, object}
+        and (set(categories) | {_ABSENT}).issuperset(category_ids)
         and all(texts)
     ):
         return None
@@ -706,8 +709,10 @@ def _columns(
         or (len(texts) and ((codes[offset[1:] - 1] - 48) & 0x20).any())
     ):
         return None
-    ids, categories_ = np.asarray(image_ids, np.int64), np.asarray(category_ids, np.int64)
-    return ids, score, categories_, text, offset
+    # a category's rank is its position among the sorted category ids (-1: no category_id)
+    rank = {c: r for r, c in enumerate(sorted(categories))}
+    ranks = np.fromiter(map(rank.get, category_ids, itertools.repeat(-1)), np.int64, len(data))
+    return np.asarray(image_ids, np.int64), score, ranks, text, offset
 
 
 _PARTS: list[tuple[memoryview, int]] = []  # (part, where its counts text goes in _TEXT)

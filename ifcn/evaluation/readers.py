@@ -43,11 +43,6 @@ class ResultsJson:
         self.path = path
         results = read_results(path, gt.sizes, gt.category_rank, workers)
         self.results = results
-        # a category's rank is its position among the GT's sorted category ids
-        categories = np.array(sorted(gt.category_rank), np.int64)
-        tie = np.full(len(results.category_id), -1, np.int64)
-        given = results.category_id >= 0
-        tie[given] = np.searchsorted(categories, results.category_id[given])
         order = np.argsort(results.image_id, kind="stable")
         ids, first = np.unique(results.image_id[order], return_index=True)
         bounds = np.append(first, len(order))
@@ -55,7 +50,6 @@ class ResultsJson:
         self._rows = {
             i: order[a:b] for i, a, b in zip(ids.tolist(), bounds[:-1], bounds[1:], strict=True)
         }
-        self._tie = tie
 
     def sha256(self) -> str:
         return self.results.sha256()
@@ -66,7 +60,9 @@ class ResultsJson:
             rows = self._rows.get(image_id)
             if rows is not None:
                 counts = self.results.counts(rows)
-                out[image_id] = ImageDetections(counts, self.results.score[rows], self._tie[rows])
+                out[image_id] = ImageDetections(
+                    counts, self.results.score[rows], self.results.category_rank[rows]
+                )
         return out
 
 

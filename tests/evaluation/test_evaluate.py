@@ -500,3 +500,24 @@ def test_h5_rle_text_cut_short_is_refused(tmp_path, capsys):
     assert run_cli(paths, "h5", tmp_path / "ar.json") == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("image 1: proposal 2 has empty or cut RLE counts"), err
+
+
+@pytest.mark.parametrize("category", [-1, None, 0])
+def test_a_category_id_the_gt_lacks_is_refused_whatever_its_value(tmp_path, category):
+    paths = square_case(tmp_path)
+    results = json.loads(paths["json"].read_text())
+    results[1]["category_id"] = category
+    paths["json"].write_text(json.dumps(results))
+    with pytest.raises(IfcnError, match=f"result 1: category_id {category} is not in"):
+        evaluate(paths["gt"], paths["json"])
+
+
+def test_results_without_category_id_are_scored(tmp_path):
+    paths = square_case(tmp_path)
+    results = json.loads(paths["json"].read_text())
+    for r in results:
+        del r["category_id"]
+    paths["json"].write_text(json.dumps(results))
+    got = evaluate(paths["gt"], paths["json"], max_dets=[10])
+    want = evaluate(paths["gt"], paths["h5"], max_dets=[10])
+    np.testing.assert_array_equal(got.recall, want.recall)
