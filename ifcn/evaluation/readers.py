@@ -112,12 +112,11 @@ class ProposalsH5:
         try:
             with h5py.File(self.path, "r") as f:
                 scores = f["proposals/score"][lo:hi]
-                texts = _read_rows(f["proposals/rle"], lo, hi)
+                texts, last = _read_rows(f["proposals/rle"], lo, hi)
         except (OSError, zlib.error) as exc:
             raise IfcnError(f"cannot read proposal rows {lo}:{hi} ({exc})", self.path) from None
         # pycocotools reads RLE text up to a character that ends a number: a text cut short
         # makes it read past its end
-        last = np.frombuffer(bytes(t[-1] if t else 0 for t in texts), np.uint8)
         cut = np.flatnonzero((last < 48) | (last > 111) | ((last - 48) & 0x20 != 0))
         out = {}
         for n in rows:
@@ -136,8 +135,9 @@ class ProposalsH5:
         return out
 
 
-def _read_rows(column: h5py.Dataset, lo: int, hi: int) -> list[bytes]:
-    """Rows lo:hi of a fixed-width byte-string column, as bytes without the NUL padding.
+def _read_rows(column: h5py.Dataset, lo: int, hi: int) -> tuple[list[bytes], np.ndarray]:
+    """Rows lo:hi of a fixed-width byte-string column, as bytes without the NUL padding, and
+    the last character of each (0 for an empty one).
 
     A gzip-only chunked column is read chunk by chunk with `read_direct_chunk` and inflated by
     zlib here, which skips HDF5's filter pipeline and its copies (about 40% of the read time);
@@ -152,18 +152,28 @@ def _read_rows(column: h5py.Dataset, lo: int, hi: int) -> list[bytes]:
         and len(column.shape) == 1
     )
     if not direct or hi <= lo:
-        return column[lo:hi].tolist()
+        return _texts(column[lo:hi])
     rows = column.chunks[0]
     width = column.dtype.itemsize
-    out: list[bytes] = []
+    texts: list[bytes] = []
+    last = []
     for start in range(lo - lo % rows, hi, rows):
         mask, data = column.id.read_direct_chunk((start,))
         data = zlib.decompress(data, bufsize=rows * width)  # its size: one buffer, no copies
         if mask or len(data) != rows * width:
-            return column[lo:hi].tolist()
+            return _texts(column[lo:hi])
         block = np.frombuffer(data, dtype=column.dtype)
-        out += block[max(lo - start, 0) : min(hi - start, rows)].tolist()
-    return out
+        some, ends = _texts(block[max(lo - start, 0) : min(hi - start, rows)])
+        texts += some
+        last.append(ends)
+    return texts, np.concatenate(last)
+
+
+def _texts(block: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+    texts = block.tolist()  # NumPy strips the NUL padding
+    lengths = np.fromiter(map(len, texts), np.intp, len(texts))
+    characters = block.view(np.uint8).reshape(len(block), block.dtype.itemsize)
+    return texts, characters[np.arange(len(block)), lengths - 1] * (lengths > 0)
 
 
 def open_proposals(
