@@ -77,8 +77,8 @@ def dataset_paths(data: Mapping[str, Any], run: str) -> dict[str, str]:
         train_images, val_images = f"{root}/{train_name}", f"{root}/{val_name}"
     elif dataset == "pennfudan":
         train_images = val_images = f"{root}/PennFudanPed/PNGImages"
-    else:  # voc2012, sbd: VOC 2012's JPEGImages holds the images of both SBD and VOC splits
-        train_images = val_images = f"{root}/VOCdevkit/VOC2012/JPEGImages"
+    else:  # voc2012, sbd: SBD's img/ holds the images of every split SBD annotates
+        train_images = val_images = f"{root}/benchmark_RELEASE/dataset/img"
     derived = {
         "root": root,
         "train_json": f"{root}/{train_name}.json",

@@ -1,9 +1,11 @@
 """`ifcn data check`: validate a COCO instances JSON against its images before anything uses it.
 
-Every image must be readable and of its recorded size, every mask inside its image and non-empty,
-ids unique, references known. Any of these is a problem and the check fails; a stored `area` or
-`bbox` that disagrees with the mask is only a warning (the converters recompute them). The
-summary counts images, instances and their COCO size classes per category.
+Everything `validate_instances` refuses is a problem here too (all of them are listed, not just
+the first); besides, every image must be readable and of its recorded size, and every mask
+inside its image and non-empty. Any problem fails the check; a stored `area` or `bbox` that
+disagrees with the mask, and the quirks the validator tolerates, are only warnings (the
+converters repair them). The summary counts images, instances and their COCO size classes per
+category. `--disjoint-from` also fails when the JSON shares an image with a training JSON.
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ from PIL import Image
 
 from ifcn.atomic import atomic_path
 from ifcn.data.cocojson import (
-    load_json,
     polygons_outside,
-    require_coco_shape,
+    read_instances,
     rle_area_bbox,
     segmentation_to_rle,
     size_class,
 )
 from ifcn.data.formats import map_images
+from ifcn.data.overlap import recorded_image_root, require_disjoint
 from ifcn.errors import IfcnError
 
 MAX_LISTED = 20
+# Quirks of the validator that the check reports per image, as problems.
+CHECKED_PER_IMAGE = ("polygons reaching outside their image (clipped)",)
 
 
 @dataclass
@@ -47,44 +51,35 @@ class CheckReport:
         return not self.problems
 
 
-def default_image_root(json_path: Path, data: dict) -> Path | None:
-    """The image root a converted JSON records in info.image_root, relative to its folder."""
-    info = data.get("info")
-    if isinstance(info, dict) and isinstance(info.get("image_root"), str):
-        return (json_path.parent / info["image_root"]).resolve()
-    return None
-
-
 def check_dataset(
     json_path: str | Path, images_dir: str | Path | None = None, workers: int = 1
 ) -> CheckReport:
     """Check a COCO JSON and its images; the report lists every problem found."""
-    json_path = Path(json_path)
-    data = load_json(json_path)
-    require_coco_shape(data, json_path)
+    instances = read_instances(json_path, collect=True)
+    json_path = instances.path
     if images_dir is None:
-        images_dir = default_image_root(json_path, data)
+        images_dir = recorded_image_root(instances)
         if images_dir is None:
             raise IfcnError("no info.image_root in the JSON: give --images DIR", json_path)
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise IfcnError("image folder not found", images_dir)
 
-    report = CheckReport()
-    categories = _check_categories(data["categories"], report)
-    images = _check_images(data["images"], report)
-    per_image = _check_annotations(data["annotations"], images, categories, report)
-
+    report = CheckReport(problems=list(instances.findings.problems))
+    report.warnings.update(
+        {k: n for k, n in instances.findings.quirks.items() if k not in CHECKED_PER_IMAGE}
+    )
+    categories = {i: str(c.get("name", i)) for i, c in instances.categories.items()}
+    per_image: dict[int, list] = {}
+    for a in instances.annotations:
+        per_image.setdefault(a["image_id"], []).append(
+            (a["id"], a["category_id"], int(bool(a.get("iscrowd", 0))), a["segmentation"],
+             a.get("area"), a.get("bbox"))
+        )  # fmt: skip
+    images = instances.images
     work = [
-        (
-            im["id"],
-            str(images_dir / im["file_name"]),
-            im["height"],
-            im["width"],
-            im.get("ignore"),
-            per_image.get(im["id"], []),
-        )
-        for im in images.values()
+        (i, str(images_dir / im["file_name"]), im["height"], im["width"], per_image.get(i, []))
+        for i, im in images.items()
     ]
     results = map_images(_check_image, work, len(work), workers, "check")
     rows = []
@@ -93,8 +88,7 @@ def check_dataset(
         report.warnings.update(warnings)
         rows.extend(sizes)
     report.images = len(images)
-    with_instances = {im_id for im_id, anns in per_image.items() if anns}
-    report.empty_images = len(images) - len(with_instances & set(images))
+    report.empty_images = sum(1 for i in images if not per_image.get(i))
     report.summary = _summary(rows, categories)
     unused = len(set(categories) - {category for category, _, _ in rows})
     if unused:
@@ -102,69 +96,13 @@ def check_dataset(
     return report
 
 
-def _check_categories(records: list, report: CheckReport) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for i, c in enumerate(records):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int):
-            report.problems.append(f"categories[{i}] has no integer id")
-        elif c["id"] in out:
-            report.problems.append(f"duplicate category id {c['id']}")
-        else:
-            out[c["id"]] = str(c.get("name", c["id"]))
-    return out
-
-
-def _check_images(records: list, report: CheckReport) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for i, im in enumerate(records):
-        fields_ok = isinstance(im, dict) and all(
-            isinstance(im.get(k), int) for k in ("id", "height", "width")
-        )
-        if not fields_ok or not isinstance(im.get("file_name"), str):
-            report.problems.append(f"images[{i}] lacks an integer id/height/width or a file_name")
-        elif im["id"] in out:
-            report.problems.append(f"duplicate image id {im['id']}")
-        else:
-            out[im["id"]] = im
-    return out
-
-
-def _check_annotations(
-    records: list, images: dict[int, dict], categories: dict[int, str], report: CheckReport
-) -> dict[int, list]:
-    """Per image id: its annotations as (id, category_id, iscrowd, segmentation, area, bbox)."""
-    per_image: dict[int, list] = {}
-    seen: set = set()
-    for i, a in enumerate(records):
-        aid = a.get("id") if isinstance(a, dict) else None
-        if not isinstance(aid, int):
-            report.problems.append(f"annotations[{i}] has no integer id")
-            continue
-        if aid in seen:
-            report.problems.append(f"duplicate annotation id {aid}")
-            continue
-        seen.add(aid)
-        if a.get("image_id") not in images:
-            report.problems.append(f"annotation {aid}: unknown image id {a.get('image_id')}")
-            continue
-        if a.get("category_id") not in categories:
-            report.problems.append(f"annotation {aid}: unknown category id {a.get('category_id')}")
-            continue
-        crowd = a.get("iscrowd", 0)
-        if isinstance(crowd, bool):
-            report.warnings["iscrowd stored as a boolean"] += 1
-        elif crowd not in (0, 1):
-            report.problems.append(f"annotation {aid}: iscrowd {crowd!r} is not 0/1")
-            continue
-        per_image.setdefault(a["image_id"], []).append(
-            (aid, a["category_id"], int(crowd), a.get("segmentation"), a.get("area"), a.get("bbox"))
-        )
-    return per_image
-
-
 def _check_image(item: tuple) -> tuple[list[str], Counter, list[tuple]]:
-    """Read one image fully and check its masks; returns problems, warnings, (cat, crowd, area)."""
-    image_id, path, height, width, ignore, anns = item
+    """Read one image fully and check its masks; returns problems, warnings, (cat, crowd, area).
+
+    The masks are valid (`validate_instances` checked them); what is left to find is a polygon
+    clipped by its image's border, an empty mask and stale stored areas and boxes.
+    """
+    image_id, path, height, width, anns = item
     problems: list[str] = []
     warnings: Counter = Counter()
     where = f"image {image_id} ('{os.path.basename(path)}')"
@@ -179,18 +117,9 @@ def _check_image(item: tuple) -> tuple[list[str], Counter, list[tuple]]:
         problems.append(f"{where}: file not found")
     except (OSError, SyntaxError, ValueError) as exc:
         problems.append(f"{where}: unreadable ({exc})")
-    if ignore is not None:
-        try:
-            segmentation_to_rle(ignore, height, width)
-        except (ValueError, TypeError, KeyError) as exc:
-            problems.append(f"{where}: bad 'ignore' RLE ({exc})")
     sizes = []
     for aid, category, crowd, seg, stored_area, stored_bbox in anns:
-        try:
-            rle = segmentation_to_rle(seg, height, width)
-        except (ValueError, TypeError, KeyError) as exc:
-            problems.append(f"annotation {aid} on {where}: {exc}")
-            continue
+        rle = segmentation_to_rle(seg, height, width)
         if polygons_outside(seg, height, width):
             problems.append(f"annotation {aid}: polygon reaches outside {where} ({width}x{height})")
         area, bbox = rle_area_bbox(rle)
@@ -259,6 +188,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, help="write the summary table here (CSV) if it passes")
     parser.add_argument(
+        "--disjoint-from",
+        type=Path,
+        metavar="TRAIN_JSON",
+        help="also fail if the JSON shares an image with this (training) COCO JSON",
+    )
+    parser.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes over images"
     )
     return parser
@@ -272,6 +207,9 @@ def main(args: argparse.Namespace) -> int:
             f"check failed with {len(report.problems)} problems; first: {report.problems[0]}",
             args.json,
         )
+    if args.disjoint_from is not None:
+        require_disjoint(args.disjoint_from, args.json, val_images=args.images)
+        print(f"no image shared with {args.disjoint_from}")
     if args.out is not None:
         with atomic_path(args.out) as tmp:
             report.summary.to_csv(tmp)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO
 
-from ifcn.data.cocojson import check_image_entries
+from ifcn.data.cocojson import read_instances, segmentation_to_rle
 from ifcn.data.image import image_tensor, load_image, resize_image, resize_masks
 from ifcn.errors import IfcnError
 
@@ -35,78 +34,6 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
     x1 = masks.shape[2] - cols[:, ::-1].argmax(1)
     y1 = masks.shape[1] - rows[:, ::-1].argmax(1)
     return np.stack([x0, y0, x1, y1], 1).astype(np.float32)
-
-
-def _segmentation_rle(seg: object, height: int, width: int, where: str, json_path: Path) -> dict:
-    """An annotation's segmentation as a (compressed) RLE of the image size; IfcnError if bad."""
-    if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not isinstance(size, list) or len(size) != 2 or not isinstance(counts, (str, list)):
-            raise IfcnError(
-                f"{where}: RLE segmentation needs 'size' [h, w] and 'counts'", json_path
-            )
-        if not counts:
-            raise IfcnError(f"{where}: empty segmentation", json_path)
-        if [int(s) for s in size] != [height, width]:
-            raise IfcnError(
-                f"{where}: RLE size {size} differs from its image's {[height, width]}", json_path
-            )
-        return mask_utils.frPyObjects(seg, height, width) if isinstance(counts, list) else seg
-    if isinstance(seg, list):
-        try:
-            polygons = [[float(v) for v in p] for p in seg]
-        except (TypeError, ValueError) as exc:
-            raise IfcnError(f"{where}: polygons must be lists of numbers", json_path) from exc
-        if any(len(p) % 2 for p in polygons):
-            raise IfcnError(f"{where}: a polygon has an odd number of coordinates", json_path)
-        polygons = [p for p in polygons if len(p) >= 6]  # fewer than 3 points cover nothing
-        if not polygons:
-            raise IfcnError(f"{where}: empty segmentation", json_path)
-        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    raise IfcnError(f"{where}: missing or malformed segmentation", json_path)
-
-
-def _load_json(json_path: Path) -> dict:
-    try:
-        with open(json_path) as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise IfcnError(f"cannot read: {exc.strerror}", json_path) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IfcnError(f"not valid JSON: {exc}", json_path) from exc
-    if not isinstance(data, dict):
-        raise IfcnError("not a COCO instances JSON: the top level is not an object", json_path)
-    for key in ("images", "annotations"):
-        if not isinstance(data.get(key), list):
-            raise IfcnError(f"not a COCO instances JSON: no '{key}' list", json_path)
-    return data
-
-
-def _check_images(images: list, json_path: Path) -> dict[int, dict]:
-    if not images:
-        raise IfcnError("the image list is empty", json_path)
-    return check_image_entries(images, json_path)
-
-
-def _normalise_annotations(annotations: list, images: dict[int, dict], json_path: Path) -> None:
-    """Check every annotation; accept boolean or missing iscrowd; segmentation as RLE in place."""
-    for i, ann in enumerate(annotations):
-        where = f"annotation {ann.get('id', f'#{i}') if isinstance(ann, dict) else f'#{i}'}"
-        if not isinstance(ann, dict):
-            raise IfcnError(f"{where} is not an object", json_path)
-        image_id = ann.get("image_id")
-        img = images.get(image_id) if type(image_id) is int else None
-        if img is None:
-            raise IfcnError(f"{where}: unknown image id {ann.get('image_id')!r}", json_path)
-        if not isinstance(ann.get("category_id"), int):
-            raise IfcnError(f"{where}: no integer category_id", json_path)
-        if not ann.get("segmentation"):
-            raise IfcnError(f"{where}: no segmentation", json_path)
-        ann["segmentation"] = _segmentation_rle(
-            ann["segmentation"], int(img["height"]), int(img["width"]), where, json_path
-        )
-        ann["iscrowd"] = int(bool(ann.get("iscrowd", 0)))
-        ann.setdefault("id", i + 1)
 
 
 def _decoded_size(path: Path) -> tuple[int, int]:
@@ -135,16 +62,22 @@ class CocoInstances(torch.utils.data.Dataset):
         self.scales = [int(s) for s in scales]
         self.max_size = max_size
         self.flip = flip
-        data = _load_json(self.json_path)
-        images = _check_images(data["images"], self.json_path)
-        _normalise_annotations(data["annotations"], images, self.json_path)
-        if not isinstance(data.get("categories", []), list):
-            raise IfcnError("not a COCO instances JSON: 'categories' is not a list", json_path)
+        instances = read_instances(self.json_path)
+        if not instances.images:
+            raise IfcnError("the image list is empty", json_path)
+        for ann in instances.annotations:
+            height, width = instances.image_size(ann["image_id"])
+            ann["segmentation"] = segmentation_to_rle(ann["segmentation"], height, width)
+            ann["iscrowd"] = int(bool(ann.get("iscrowd", 0)))
         self.coco = COCO()
-        self.coco.dataset = data
+        self.coco.dataset = {
+            "images": list(instances.images.values()),
+            "annotations": instances.annotations,
+            "categories": list(instances.categories.values()),
+        }
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco.createIndex()
-        self.image_ids: list[int] = sorted(images)
+        self.image_ids: list[int] = sorted(instances.images)
         for image_id in self.image_ids:
             path = self.image_path(image_id)
             if not path.is_file():

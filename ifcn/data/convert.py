@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ifcn.data.cocojson import write_json_atomic
+from ifcn.data.cocojson import validate_instances, write_json_atomic
 from ifcn.data.formats import Converted
 from ifcn.data.formats.coco import convert_coco
 from ifcn.data.formats.pennfudan import convert_pennfudan
@@ -61,28 +61,37 @@ def convert(
     images: Path | None = None,
     first_n: int | None = None,
     exclude: Path | None = None,
+    image_list: Path | None = None,
     workers: int = 1,
 ) -> Converted:
     """Convert one split of a dataset; see `FORMATS` and the per-format modules."""
     if fmt == "coco":
         if exclude is not None:
             raise IfcnError("--exclude applies to voc, sbd and pennfudan; use --first-n for coco")
+        if image_list is not None:
+            raise IfcnError("--image-list applies to --format sbd only")
         src, image_root = coco_sources(root, split, json_path, images)
         return convert_coco(src, image_root, first_n=first_n, workers=workers)
     if fmt not in _SPLIT_CONVERTERS:
         raise IfcnError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-    if root is None or split is None:
-        raise IfcnError(f"--format {fmt} needs --root DIR and --split NAME")
-    if not root.is_dir():
-        raise IfcnError("dataset folder not found", root)
+    if image_list is not None and fmt != "sbd":
+        raise IfcnError("--image-list applies to --format sbd only")
     if first_n is not None or json_path is not None or images is not None:
         raise IfcnError("--first-n, --json and --images apply to --format coco only")
-    return _SPLIT_CONVERTERS[fmt](root, split, exclude=exclude, workers=workers)
+    if root is None or (split is None) == (image_list is None):
+        either = "--split NAME or --image-list FILE" if fmt == "sbd" else "--split NAME"
+        raise IfcnError(f"--format {fmt} needs --root DIR and {either}")
+    if not root.is_dir():
+        raise IfcnError("dataset folder not found", root)
+    lists = {"image_list": image_list} if fmt == "sbd" else {}
+    return _SPLIT_CONVERTERS[fmt](root, split, exclude=exclude, workers=workers, **lists)
 
 
 def write_converted(converted: Converted, out: Path) -> None:
-    """Write the COCO JSON atomically, recording its image root and the conversion notes."""
+    """Validate the converted JSON as every reader will, then write it atomically, recording
+    its image root and the conversion notes."""
     out = Path(out)
+    validate_instances(converted.dataset, out)
     info = converted.dataset.setdefault("info", {})
     info["image_root"] = os.path.relpath(converted.image_root.resolve(), out.parent.resolve())
     info["conversion_notes"] = list(converted.notes)
@@ -118,6 +127,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--exclude", type=Path, help="voc/sbd/pennfudan: drop the images named in this list file"
     )
     parser.add_argument(
+        "--image-list",
+        type=Path,
+        help="sbd: convert the images named in this list (e.g. VOC2012/ImageSets/Main/train.txt, "
+        "the paper's split) instead of --split's; those SBD does not annotate are left out",
+    )
+    parser.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes over images"
     )
     return parser
@@ -134,6 +149,7 @@ def main(args: argparse.Namespace) -> int:
         images=args.images,
         first_n=args.first_n,
         exclude=args.exclude,
+        image_list=args.image_list,
         workers=args.workers,
     )
     write_converted(converted, args.out)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from pycocotools import mask as mask_utils
 import ifcn
 from ifcn import atomic
 from ifcn.atomic import atomic_path
+from ifcn.data.cocojson import gc_paused
 from ifcn.errors import IfcnError
-from ifcn.evaluation.ground_truth import GroundTruth, gt_rle, load_ground_truth
+from ifcn.evaluation.ground_truth import GroundTruth, load_ground_truth
 from ifcn.evaluation.readers import ProposalsH5, ResultsJson, open_proposals
 from ifcn.evaluation.recall import (
     COCO_AREA_RANGES,
@@ -33,78 +35,102 @@ from ifcn.evaluation.recall import (
     CURVE_IOU_THRESHOLDS,
     Pairs,
     average_recall,
-    best_recall,
-    greedy_recall,
+    best_hits,
+    greedy_hits,
+    recall_ratio,
 )
 
 AREA_CHOICES = {"coco": list(COCO_AREA_RANGES), "all": ["all"]}
 
 
 @dataclass
-class _PairJob:
-    """Per-image IoU work, shared with worker processes (inherited when they fork)."""
+class _Job:
+    """Per-image work, shared with worker processes (inherited when they fork): read the
+    proposals, compute mask IoUs, match them, and count the recalled GTs of the chunk."""
 
     gt: GroundTruth
     source: ProposalsH5 | ResultsJson
-    image_ids: list[int]
-    gt_offset: np.ndarray
-    max_det: int
+    max_dets: list[int]
+    matching: str
+    thresholds: np.ndarray  # (C,) the conditions' IoU thresholds
+    area_ranges: np.ndarray  # (C, 2) the conditions' area ranges
 
-    def run(self, chunk: range) -> tuple[Pairs, np.ndarray, np.ndarray]:
-        """Pairs of the images `chunk` (indices into image_ids), and areas of area-less GTs."""
-        detections = self.source.read([self.image_ids[i] for i in chunk])
-        parts, unknown_gt, unknown_area = [], [], []
-        for i in chunk:
-            image_id = self.image_ids[i]
-            h, w = self.gt.sizes[image_id]
+    def run(self, image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Recalled GTs (C, M) and regular GTs (C,) of the images `image_ids`."""
+        with gc_paused():  # a thousand dicts per image would run the cycle collector often
+            return self._run(image_ids)
+
+    def _run(self, image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        detections = self.source.read(image_ids)
+        parts, areas, counted = [], [], []
+        for image_id in image_ids:
             objects = self.gt.objects[image_id]
-            gt_rles = [gt_rle(s, h, w, ann_id, self.gt.path) for s, _, ann_id in objects]
-            for g, (_, area, _) in enumerate(objects):
-                if area is None:
-                    unknown_gt.append(self.gt_offset[i] + g)
-                    unknown_area.append(float(mask_utils.area(gt_rles[g])))
+            gt_rles = self.gt.rles(image_id)
+            offset = len(areas)
+            for (_, area, ann_id), rle in zip(objects, gt_rles, strict=True):
+                areas.append(float(mask_utils.area(rle)) if area is None else area)
+                counted.append(ann_id != 0)
             found = detections.get(image_id)
             if not gt_rles or found is None or not len(found.scores):
                 continue
-            keys = (-found.scores,) if found.tie is None else (found.tie, -found.scores)
-            order = np.lexsort(keys)[: self.max_det]  # stable: COCOeval's mergesort
-            size = [h, w]
-            counts = found.counts
-            dts = [{"size": size, "counts": counts[j]} for j in order.tolist()]
+            size = [*self.gt.sizes[image_id]]
+            if found.tie is None:  # proposals.h5: already best first
+                counts = found.counts[: self.max_dets[-1]]
+            else:  # COCOeval's order: by score, stably, over results grouped by category
+                order = np.lexsort((found.tie, -found.scores))[: self.max_dets[-1]]
+                counts = [found.counts[j] for j in order.tolist()]
+            dts = [{"size": size, "counts": c} for c in counts]
             ious = np.asarray(mask_utils.iou(dts, gt_rles, np.zeros(len(gt_rles), np.uint8)))
-            parts.append(Pairs.from_ious(ious.reshape(len(dts), -1), i, int(self.gt_offset[i])))
-        return Pairs.concatenate(parts), np.asarray(unknown_gt, int), np.asarray(unknown_area)
+            parts.append(Pairs.from_ious(ious.reshape(len(dts), -1), len(parts), offset))
+        pairs = Pairs.concatenate(parts)
+        gt_area, gt_counted = np.asarray(areas, np.float64), np.asarray(counted, bool)
+        if self.matching == "coco":
+            return greedy_hits(
+                pairs, gt_area, self.thresholds, self.area_ranges, self.max_dets, gt_counted
+            )
+        return best_hits(pairs, gt_area, self.thresholds, self.area_ranges, self.max_dets)
 
 
-_JOB: _PairJob | None = None
+_JOB: _Job | None = None
 
 
-def _set_job(job: _PairJob) -> None:
+def _set_job(job: _Job) -> None:
     global _JOB
     _JOB = job
 
 
-def _run_chunk(chunk: range) -> tuple[Pairs, np.ndarray, np.ndarray]:
+def _run_chunk(image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     assert _JOB is not None
-    return _JOB.run(chunk)
+    return _JOB.run(image_ids)
 
 
-def _pairs(job: _PairJob, workers: int) -> tuple[Pairs, np.ndarray, np.ndarray]:
-    n = len(job.image_ids)
-    pieces = max(1, min(n, workers * 4))
-    bounds = np.linspace(0, n, pieces + 1).astype(int)
-    chunks = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+def _count(
+    job: _Job, image_ids: list[int], workers: int, meanwhile: Callable[[], None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hits and regular GTs of `job` over `image_ids`, summed over chunks run in `workers`
+    processes; `meanwhile` runs in this process while they work."""
+    pieces = max(1, min(len(image_ids), workers * 4))
+    bounds = np.linspace(0, len(image_ids), pieces + 1).astype(int)
+    chunks = [image_ids[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     if workers <= 1 or len(chunks) <= 1:
+        meanwhile()
         results = [job.run(c) for c in chunks]
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
         with context.Pool(min(workers, len(chunks)), _set_job, (job,)) as pool:
-            results = pool.map(_run_chunk, chunks, chunksize=1)
-    pairs = Pairs.concatenate([r[0] for r in results])
-    gt_index = np.concatenate([r[1] for r in results]) if results else np.zeros(0, int)
-    areas = np.concatenate([r[2] for r in results]) if results else np.zeros(0)
-    return pairs, gt_index, areas
+            pending = pool.map_async(_run_chunk, chunks, chunksize=1)
+            meanwhile()
+            results = pending.get()
+    empty = job.run([])
+    hits = sum((r[0] for r in results), start=empty[0])
+    regular = sum((r[1] for r in results), start=empty[1])
+    return hits, regular
+
+
+def _hash_input(source: ProposalsH5 | ResultsJson, digests: dict[str, str]) -> None:
+    """What the parent does while workers compute IoUs: hash the proposals file."""
+    digests[str(source.path)] = source.sha256()
 
 
 @dataclass
@@ -121,6 +147,7 @@ class Evaluation:
     num_crowd: int
     images_without_proposals: int
     skipped_images: int
+    inputs: dict[str, str] = field(default_factory=dict)  # path -> SHA-256 of the file read
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -179,8 +206,10 @@ def evaluate(
     max_dets = sorted({int(n) for n in max_dets})
     if not max_dets or max_dets[0] < 1:
         raise IfcnError("--max-dets must be positive integers")
+    if workers < 1:
+        raise IfcnError(f"--workers must be at least 1, got {workers}")
     gt = load_ground_truth(gt_path)
-    source = open_proposals(proposals_path, gt)
+    source = open_proposals(proposals_path, gt, workers)
     image_ids = sorted(gt.sizes)
     if first_n is not None:
         if first_n < 1:
@@ -201,16 +230,10 @@ def evaluate(
             raise IfcnError(f"{message} (e.g. id {absent[0]}); pass --allow-missing", source.path)
         notes.append(f"warning: {message}: counted as images without proposals")
 
-    objects = [gt.objects[i] for i in image_ids]
-    gt_offset = np.concatenate([[0], np.cumsum([len(o) for o in objects])]).astype(np.int64)
-    gt_area = np.array([a if a is not None else np.nan for o in objects for _, a, _ in o])
-    gt_counted = np.array([ann_id != 0 for o in objects for _, _, ann_id in o], dtype=bool)
-    job = _PairJob(gt, source, image_ids, gt_offset[:-1], max_dets[-1])
-    pairs, area_index, areas = _pairs(job, workers)
-    gt_area[area_index] = areas
-    if matching == "coco" and not gt_counted.all():
+    uncounted = sum(ann_id == 0 for i in image_ids for _, _, ann_id in gt.objects[i])
+    if matching == "coco" and uncounted:
         notes.append(
-            f"warning: {int((~gt_counted).sum())} annotations have id 0, which COCOeval never "
+            f"warning: {uncounted} annotations have id 0, which COCOeval never "
             "counts as recalled; --matching coco does the same"
         )
 
@@ -224,11 +247,16 @@ def evaluate(
             np.tile(COCO_AREA_RANGES["all"], (len(CURVE_IOU_THRESHOLDS), 1)),
         ]
     )
-    if matching == "coco":
-        recall = greedy_recall(pairs, gt_area, thresholds, conditions, max_dets, gt_counted)
+    job = _Job(gt, source, max_dets, matching, thresholds, conditions)
+    if isinstance(source, ProposalsH5):
+        image_ids_in_file_order = source.file_order(image_ids)
     else:
-        recall = best_recall(pairs, gt_area, thresholds, conditions, max_dets)
-    lo, hi = ranges[:, 0], ranges[:, 1]
+        image_ids_in_file_order = image_ids
+    digests = {str(gt.path): gt.sha256}
+    hits, regular = _count(
+        job, image_ids_in_file_order, workers, lambda: _hash_input(source, digests)
+    )
+    recall = recall_ratio(hits, regular)
     return Evaluation(
         matching=matching,
         max_dets=max_dets,
@@ -236,13 +264,11 @@ def evaluate(
         recall=recall[: t * a].reshape(a, t, -1).transpose(1, 0, 2),
         curve=recall[t * a :],
         num_images=len(image_ids),
-        num_gt={
-            name: int(((gt_area >= lo[k]) & (gt_area <= hi[k])).sum())
-            for k, name in enumerate(names)
-        },
+        num_gt={name: int(regular[k * t]) for k, name in enumerate(names)},
         num_crowd=sum(gt.crowd[i] for i in image_ids),
         images_without_proposals=len(absent),
         skipped_images=len(unknown),
+        inputs=digests,
         notes=notes,
     )
 
@@ -276,13 +302,18 @@ def _write_csv(result: Evaluation, path: Path) -> None:
 
 
 def plot_recall_iou(result: Evaluation, path: Path) -> None:
-    """Recall against IoU threshold, one curve per N, AR in the legend (paper Fig. 6/7)."""
-    import matplotlib
+    """Recall against IoU threshold, one curve per N, AR in the legend (paper Fig. 6/7).
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    Drawn with matplotlib's object API and Agg canvas: pyplot's import and figure manager
+    would double the cost of a command that takes about a second.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    fig = Figure(figsize=(5, 4), dpi=120)
+    # fixed margins: tight_layout would lay the text out twice, a third of the drawing time
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
+    ax = fig.add_subplot()
     ar = result.ar
     for m, n in enumerate(result.max_dets):
         curve = np.where(result.curve[:, m] >= 0, result.curve[:, m], np.nan)
@@ -292,19 +323,73 @@ def plot_recall_iou(result: Evaluation, path: Path) -> None:
     ax.set_title(f"Recall vs IoU ({result.matching} matching, {result.num_images} images)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    FigureCanvasAgg(fig).print_png(path)
 
 
-def write_outputs(result: Evaluation, out: Path, record: dict[str, Any]) -> dict[str, Path]:
-    """ar.json at `out`, recall_iou.csv and recall_iou.png beside it; ar.json is written last."""
+def _plot_server(connection: Connection, parents: Connection) -> None:
+    """Import matplotlib, then draw each (result, path) received; answer None or the error."""
+    parents.close()  # the parent's end, inherited by a fork: EOF only once it is closed there
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+    while True:
+        try:
+            job = connection.recv()
+        except EOFError:
+            return
+        try:
+            plot_recall_iou(*job)
+            connection.send(None)
+        except Exception as exc:  # handed to the caller, which raises it
+            connection.send(exc)
+
+
+class Plotter:
+    """A process that imports matplotlib while the evaluation starts up and reads its inputs
+    (which leave a core idle) and draws the figure when asked: the import alone costs a quarter
+    of a second, a tenth of what `ifcn evaluate` takes. A context manager; a plain process and
+    a pipe, so that this process starts no thread before it forks its workers."""
+
+    def __enter__(self) -> Plotter:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        self._connection, theirs = context.Pipe()
+        self._process = context.Process(
+            target=_plot_server, args=(theirs, self._connection), daemon=True
+        )
+        self._process.start()
+        theirs.close()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._connection.close()
+        if exc_type is None:
+            self._process.join(timeout=5)
+        if self._process.is_alive():  # still importing, or stuck: it holds nothing to keep
+            self._process.terminate()
+            self._process.join()
+
+    def plot(self, result: Evaluation, path: Path) -> None:
+        self._connection.send((result, path))
+        try:
+            error = self._connection.recv()
+        except EOFError:
+            raise IfcnError("the plotting process died", path) from None
+        if error is not None:
+            raise error
+
+
+def write_outputs(
+    result: Evaluation, out: Path, record: dict[str, Any], plotter: Plotter | None = None
+) -> dict[str, Path]:
+    """ar.json at `out`, recall_iou.csv and recall_iou.png beside it; ar.json is written last.
+    The figure is drawn by `plotter` if given."""
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out.parent / "recall_iou.csv", "png": out.parent / "recall_iou.png"}
     with atomic_path(paths["csv"]) as tmp:
         _write_csv(result, tmp)
     with atomic_path(paths["png"]) as tmp:
-        plot_recall_iou(result, tmp)
+        (plotter.plot if plotter is not None else plot_recall_iou)(result, tmp)
     summary = result.summary()
     summary.update(record)
     summary["outputs"] = {"recall_iou_csv": paths["csv"].name, "recall_iou_png": paths["png"].name}

@@ -12,8 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from ifcn.evaluation.ar import AREA_CHOICES, evaluate, format_table, write_outputs
-from ifcn.provenance import file_sha256
+from ifcn.evaluation.ar import AREA_CHOICES, Plotter, evaluate, format_table, write_outputs
 
 
 def _default_workers() -> int:
@@ -63,28 +62,29 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = evaluate(
-        args.gt,
-        args.proposals,
-        max_dets=args.max_dets,
-        matching=args.matching,
-        first_n=args.first_n,
-        area_ranges=args.area_ranges,
-        allow_missing=args.allow_missing,
-        workers=args.workers,
-    )
-    for note in result.notes:
-        print(note, file=sys.stderr)
-    record = {
-        "options": {
-            "max_dets": result.max_dets,
-            "matching": args.matching,
-            "first_n": args.first_n,
-            "area_ranges": args.area_ranges,
-            "allow_missing": args.allow_missing,
-        },
-        "inputs": {str(path): file_sha256(path) for path in (args.gt, args.proposals)},
-    }
-    write_outputs(result, args.out, record)
+    with Plotter() as plotter:
+        result = evaluate(
+            args.gt,
+            args.proposals,
+            max_dets=args.max_dets,
+            matching=args.matching,
+            first_n=args.first_n,
+            area_ranges=args.area_ranges,
+            allow_missing=args.allow_missing,
+            workers=args.workers,
+        )
+        for note in result.notes:
+            print(note, file=sys.stderr)
+        record = {
+            "options": {
+                "max_dets": result.max_dets,
+                "matching": args.matching,
+                "first_n": args.first_n,
+                "area_ranges": args.area_ranges,
+                "allow_missing": args.allow_missing,
+            },
+            "inputs": result.inputs,
+        }
+        write_outputs(result, args.out, record, plotter)
     print(format_table(result))
     return 0

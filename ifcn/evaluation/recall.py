@@ -5,7 +5,7 @@ all images: a pair below 0.5 can never match at a threshold of 0.5 or more, so i
 before matching. GT indices are global (images' GTs laid end to end) and each image's GTs keep
 COCOeval's order, which decides ties.
 
-`greedy_recall` is COCOeval's `evaluateImg` + `accumulate` (iouType='segm', useCats=0) restricted
+`greedy_hits` is COCOeval's `evaluateImg` + `accumulate` (iouType='segm', useCats=0) restricted
 to what recall depends on. In COCOeval a detection takes, among the GTs not yet taken and not
 ignored, the one of highest IoU >= min(t, 1 - 1e-10) (the last such in GT order on ties); only if
 there is none may it take an ignored GT (crowd or outside the area range), which never changes
@@ -69,20 +69,23 @@ def _regular(gt_area: np.ndarray, area_ranges: np.ndarray) -> np.ndarray:
     return (gt_area[None, :] >= lo[:, None]) & (gt_area[None, :] <= hi[:, None])
 
 
-def _ratio(hits: np.ndarray, total: np.ndarray) -> np.ndarray:
-    """hits / total, -1 where there is no regular GT (COCOeval's marker)."""
-    return np.where(total > 0, hits / np.maximum(total, 1), -1.0)
+def recall_ratio(hits: np.ndarray, regular: np.ndarray) -> np.ndarray:
+    """(C, M) recall from hit counts (C, M) and regular GT counts (C,); -1 where there is no
+    regular GT (COCOeval's marker)."""
+    regular = np.asarray(regular)[:, None]
+    return np.where(regular > 0, hits / np.maximum(regular, 1), -1.0)
 
 
-def greedy_recall(
+def greedy_hits(
     pairs: Pairs,
     gt_area: np.ndarray,
     thresholds: np.ndarray,
     area_ranges: np.ndarray,
     max_dets: list[int],
     gt_counted: np.ndarray | None = None,
-) -> np.ndarray:
-    """(C, M) recall of COCOeval's greedy matching for C conditions and M values of maxDets.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Recalled GTs (C, M) and regular GTs (C,) of COCOeval's greedy matching, for C conditions
+    and M values of maxDets; counts, so that the figures of separate image sets add up.
 
     `thresholds` (C,) and `area_ranges` (C, 2) give the conditions; `gt_area` (G,) the area of
     every non-crowd GT. `gt_counted` (G,) False marks GTs that are matched but never counted as
@@ -95,55 +98,73 @@ def greedy_recall(
     counted = regular if gt_counted is None else regular & np.asarray(gt_counted, bool)[None]
     free = regular.copy()  # regular and not yet taken
     max_dets = sorted(max_dets)
-    recall = np.empty((len(thr), len(max_dets)))
+    hits = np.zeros((len(thr), len(max_dets)), np.int64)
 
-    # Order pairs by rank, then image; within one detection by (IoU, GT index) ascending, so that
-    # COCOeval's pick (highest IoU, the last GT on ties) is the last eligible pair of its run.
-    order = np.lexsort((pairs.gt, pairs.iou, pairs.image, pairs.rank))
-    rank, image, gt, iou = (a[order] for a in (pairs.rank, pairs.image, pairs.gt, pairs.iou))
-    # A run is one detection's pairs; a step is one rank's runs, all in different images.
-    run_start = np.flatnonzero(np.diff(rank, prepend=-1) | np.diff(image, prepend=-1))
+    # Order pairs by rank; within a rank, detections with a single pair first (most of them:
+    # they need no choice), then the others by image, each detection's pairs by (IoU, GT index)
+    # ascending, so that COCOeval's pick (highest IoU, the last GT on ties) is the last eligible
+    # pair of its run. A run is one detection's pairs; a step is one rank's runs, all in
+    # different images, so the runs of a step never compete for a GT.
+    first = np.lexsort((pairs.gt, pairs.iou, pairs.image, pairs.rank))
+    rank, image = pairs.rank[first], pairs.image[first]
+    run_length = np.diff(np.append(_starts(rank, image), len(rank)))
+    shared = np.repeat(run_length > 1, run_length)
+    regroup = np.lexsort((np.arange(len(first)), shared, rank))
+    order, shared = first[regroup], shared[regroup]
+    rank, image, gt = pairs.rank[order], pairs.image[order], pairs.gt[order]
+    eligible_at = pairs.iou[order][None, :] >= thr[:, None]  # (C, pairs)
+    run_start = _starts(rank, image)
     step_start = np.flatnonzero(np.diff(rank, prepend=-1))
-    step_bounds = np.append(step_start, len(rank))
-    step_runs = np.searchsorted(run_start, step_bounds)  # runs of step s: step_runs[s:s + 2]
+    bounds = np.append(step_start, len(rank)).tolist()
+    singles = (step_start + np.add.reduceat(~shared, step_start)).tolist() if len(rank) else []
     steps_before = np.searchsorted(rank[step_start], max_dets)  # steps with rank < N
 
     step = 0
     for m, n_steps in enumerate(steps_before):
         for s in range(step, n_steps):
-            a, b = step_bounds[s], step_bounds[s + 1]
-            runs = run_start[step_runs[s] : step_runs[s + 1]] - a
-            g = gt[a:b]
-            eligible = free[:, g] & (iou[None, a:b] >= thr[:, None])  # (C, pairs of this rank)
-            last = np.maximum.reduceat(np.where(eligible, np.arange(b - a), -1), runs, axis=1)
-            cond, run = np.nonzero(last >= 0)
-            free[cond, g[last[cond, run]]] = False
+            a, c, b = bounds[s], singles[s], bounds[s + 1]
+            if c > a:  # detections with one pair take it if eligible
+                g = gt[a:c]
+                cond, pair = np.nonzero(free[:, g] & eligible_at[:, a:c])
+                free[cond, g[pair]] = False
+            if b > c:  # the others take their last eligible pair
+                runs = run_start[np.searchsorted(run_start, c) : np.searchsorted(run_start, b)]
+                g = gt[c:b]
+                eligible = free[:, g] & eligible_at[:, c:b]
+                index = np.where(eligible, np.arange(b - c), -1)
+                last = np.maximum.reduceat(index, runs - c, axis=1)
+                cond, run = np.nonzero(last >= 0)
+                free[cond, g[last[cond, run]]] = False
         step = max(step, n_steps)
-        taken = counted & ~free
-        recall[:, m] = _ratio(taken.sum(axis=1), regular.sum(axis=1))
-    return recall
+        hits[:, m] = (counted & ~free).sum(axis=1)
+    return hits, regular.sum(axis=1)
 
 
-def best_recall(
+def _starts(rank: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Where a new (rank, image) begins in arrays sorted by rank."""
+    return np.flatnonzero((np.diff(rank, prepend=-1) != 0) | (np.diff(image, prepend=-1) != 0))
+
+
+def best_hits(
     pairs: Pairs,
     gt_area: np.ndarray,
     thresholds: np.ndarray,
     area_ranges: np.ndarray,
     max_dets: list[int],
-) -> np.ndarray:
-    """(C, M) recall when each GT takes its best IoU among the top N (Hosang et al.)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Recalled GTs (C, M) and regular GTs (C,) when each GT takes its best IoU among the top N
+    (Hosang et al.)."""
     gt_area = np.asarray(gt_area, dtype=np.float64)
     thr = _effective(thresholds)
     regular = _regular(gt_area, area_ranges)
     max_dets = sorted(max_dets)
-    recall = np.empty((len(thr), len(max_dets)))
+    hits = np.zeros((len(thr), len(max_dets)), np.int64)
     for m, n in enumerate(max_dets):
         top = pairs.rank < n
         best = np.zeros(len(gt_area))
         np.maximum.at(best, pairs.gt[top], pairs.iou[top])
-        hits = regular & (best[None, :] >= thr[:, None])
-        recall[:, m] = _ratio(hits.sum(axis=1), regular.sum(axis=1))
-    return recall
+        hits[:, m] = (regular & (best[None, :] >= thr[:, None])).sum(axis=1)
+    return hits, regular.sum(axis=1)
 
 
 def average_recall(recall: np.ndarray, axis: int = 0) -> np.ndarray:

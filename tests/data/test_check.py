@@ -124,8 +124,8 @@ def test_duplicate_ids_and_unknown_references_are_problems(dataset):
     assert problems == [
         "duplicate image id 1",
         "duplicate annotation id 1",
-        "annotation 3: unknown category id 7",
-        "annotation 4: unknown image id 99",
+        "annotation 3: unknown category_id 7",
+        "annotation 4: unknown image_id 99",
     ]
 
 

@@ -170,7 +170,7 @@ def test_verify_images_catches_a_size_mismatch(small):
         CocoInstances(small, small.parent, scales=[40]).verify_images()
 
 
-@pytest.mark.parametrize("segmentation", [None, [], {}, [[1, 2, 3, 4]]])
+@pytest.mark.parametrize("segmentation", [None, [], {}, {"counts": "PPYo1"}])
 def test_annotation_without_segmentation_names_the_json(tmp_path, segmentation):
     ann = {"id": 9, "image_id": 7, "category_id": 1}
     if segmentation is not None:
@@ -179,6 +179,12 @@ def test_annotation_without_segmentation_names_the_json(tmp_path, segmentation):
     with pytest.raises(IfcnError, match="annotation 9") as err:
         CocoInstances(path, tmp_path, scales=[40])
     assert str(path) in str(err.value)
+
+
+def test_polygon_of_fewer_than_three_points_is_an_empty_mask_not_an_error(tmp_path):
+    anns = [{"id": 9, "image_id": 7, "category_id": 1, "segmentation": [[1, 2, 3, 4]]}]
+    sample = CocoInstances(_write_dataset(tmp_path, anns), tmp_path, scales=[40])[0]
+    assert sample["masks"].shape[0] == 0
 
 
 def test_empty_image_list_names_the_json(tmp_path):
@@ -191,7 +197,7 @@ def test_empty_image_list_names_the_json(tmp_path):
 def test_annotation_of_unknown_image_names_the_json(tmp_path):
     anns = [{"id": 4, "image_id": 99, "category_id": 1, "segmentation": [[0, 0, 5, 0, 5, 5]]}]
     path = _write_dataset(tmp_path, anns)
-    with pytest.raises(IfcnError, match="unknown image id 99") as err:
+    with pytest.raises(IfcnError, match="unknown image_id 99") as err:
         CocoInstances(path, tmp_path, scales=[40])
     assert str(path) in str(err.value)
 

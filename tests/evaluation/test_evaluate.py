@@ -19,7 +19,7 @@ from ifcn import cli
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ar import evaluate
 from ifcn.evaluation.recall import COCO_IOU_THRESHOLDS
-from ifcn.proposals.format import write_proposals
+from ifcn.proposals.format import Proposals, write_proposals
 
 ATTRS = {
     "config": {},
@@ -79,7 +79,7 @@ def write_inputs(
         for k, n in [("gt", "gt.json"), ("json", "results.json"), ("h5", "proposals.h5")]
     }
     gt = {
-        "images": images,
+        "images": [{"file_name": f"{image['id']}.png", **image} for image in images],
         "annotations": annotations,
         "categories": [{"id": c} for c in categories],
     }
@@ -360,7 +360,7 @@ def test_proposals_for_images_the_gt_lacks(tmp_path, capsys):
 def test_h5_lacking_evaluated_images_needs_allow_missing(tmp_path, capsys):
     paths = square_case(tmp_path)
     gt = json.loads(paths["gt"].read_text())
-    gt["images"].append({"id": 2, "height": 120, "width": 120})
+    gt["images"].append({"id": 2, "height": 120, "width": 120, "file_name": "2.png"})
     paths["gt"].write_text(json.dumps(gt))
     assert run_cli(paths, "h5", tmp_path / "ar.json") == 2
     assert "no entry for 1 of the 2 evaluated images" in capsys.readouterr().err
@@ -406,3 +406,118 @@ def test_no_proposals_at_all_gives_zero_recall_like_cocoeval(tmp_path):
     got = evaluate(paths["gt"], paths["json"], max_dets=[10])
     assert (got.recall == 0).all() and got.images_without_proposals == 1
     assert got.summary()["AR@10"] == 0.0
+
+
+def _mutate_first(key: str, value):
+    def mutate(results: list) -> None:
+        target = results[0]
+        *keys, last = key.split(".")
+        for k in keys:
+            target = target[k]
+        if value is _DELETE:
+            del target[last]
+        else:
+            target[last] = value
+
+    return mutate
+
+
+_DELETE = object()
+BAD_RESULTS = {
+    "D6 image_id 1.7": (_mutate_first("image_id", 1.7), "result 0: image_id 1.7 is not an integer"),
+    "image_id 1.0": (_mutate_first("image_id", 1.0), "image_id 1.0 is not an integer"),
+    "image_id string": (_mutate_first("image_id", "1"), "image_id '1' is not an integer"),
+    "image_id bool": (_mutate_first("image_id", True), "image_id True is not an integer"),
+    "image_id list": (_mutate_first("image_id", [1]), "image_id [1] is not an integer"),
+    "image_id missing": (_mutate_first("image_id", _DELETE), "image_id None is not"),
+    "score string": (_mutate_first("score", "0.9"), "score '0.9' is not a finite number"),
+    "score bool": (_mutate_first("score", True), "score True is not a finite number"),
+    "score missing": (_mutate_first("score", _DELETE), "score None is not a finite number"),
+    "score huge": (_mutate_first("score", 1e400), "not valid JSON"),
+    "category float": (_mutate_first("category_id", 1.0), "category_id 1.0 is not in"),
+    "segmentation missing": (_mutate_first("segmentation", _DELETE), "not a compressed RLE"),
+    "counts list": (_mutate_first("segmentation.counts", [0, 5]), "not a compressed RLE"),
+    "counts empty": (_mutate_first("segmentation.counts", ""), "not a compressed RLE"),
+    "size floats": (_mutate_first("segmentation.size", [120.0, 120.0]), "is not [height, width]"),
+    "size short": (_mutate_first("segmentation.size", [120]), "is not [height, width]"),
+    "size wrong": (_mutate_first("segmentation.size", [120, 121]), "but image 1 is 120x120"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RESULTS))
+def test_bad_results_json_is_a_one_line_error_naming_the_result(tmp_path, capsys, case):
+    mutate, expected = BAD_RESULTS[case]
+    paths = square_case(tmp_path)
+    results = json.loads(paths["json"].read_text())
+    mutate(results)
+    text = json.dumps(results).replace("Infinity", "1e400")
+    paths["json"].write_text(text)
+    out = tmp_path / "eval" / "ar.json"
+    assert run_cli(paths, "json", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"ifcn evaluate: error: {paths['json']}: ") and expected in err, err
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("text", ["{}", "[1, 2]", '[{"image_id": 1}]', "not json"])
+def test_results_json_of_another_shape_is_a_one_line_error(tmp_path, capsys, text):
+    paths = square_case(tmp_path)
+    paths["json"].write_text(text)
+    assert run_cli(paths, "json", tmp_path / "ar.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(paths["json"]) in err, err
+
+
+@pytest.mark.parametrize("workers", ["-1", "0"])
+def test_workers_below_one_is_a_one_line_error(tmp_path, capsys, workers):
+    paths = square_case(tmp_path)
+    assert run_cli(paths, "h5", tmp_path / "eval" / "ar.json", "--workers", workers) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ifcn evaluate: error: --workers must be at least 1, got {workers}"
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("scores", [[0.5, float("nan")], [0.2, 0.9]])
+def test_h5_scores_not_finite_or_not_descending_are_refused(tmp_path, capsys, scores):
+    import h5py
+
+    paths = square_case(tmp_path)
+    with h5py.File(paths["h5"], "r+") as f:
+        column = f["proposals/score"]
+        column[: len(scores)] = scores
+    assert run_cli(paths, "h5", tmp_path / "ar.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "image 1: scores" in err, err
+
+
+def test_h5_rle_text_cut_short_is_refused(tmp_path, capsys):
+    paths = square_case(tmp_path)
+    with Proposals(paths["h5"]) as proposals:
+        found = proposals[1]
+    found.rles[2] = found.rles[2][:-1] + b"o"  # 'o' continues a number that never ends
+    write_proposals(paths["h5"], [found], ATTRS)
+    assert run_cli(paths, "h5", tmp_path / "ar.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("image 1: proposal 2 has empty or cut RLE counts"), err
+
+
+@pytest.mark.parametrize("category", [-1, None, 0])
+def test_a_category_id_the_gt_lacks_is_refused_whatever_its_value(tmp_path, category):
+    paths = square_case(tmp_path)
+    results = json.loads(paths["json"].read_text())
+    results[1]["category_id"] = category
+    paths["json"].write_text(json.dumps(results))
+    with pytest.raises(IfcnError, match=f"result 1: category_id {category} is not in"):
+        evaluate(paths["gt"], paths["json"])
+
+
+def test_results_without_category_id_are_scored(tmp_path):
+    paths = square_case(tmp_path)
+    results = json.loads(paths["json"].read_text())
+    for r in results:
+        del r["category_id"]
+    paths["json"].write_text(json.dumps(results))
+    got = evaluate(paths["gt"], paths["json"], max_dets=[10])
+    want = evaluate(paths["gt"], paths["h5"], max_dets=[10])
+    np.testing.assert_array_equal(got.recall, want.recall)

@@ -265,11 +265,13 @@ def check_pretrained_weights():
 
 
 # Archives each dataset needs (`ifcn data download --dataset NAME`) and how each split is
-# converted (`ifcn data convert ...`); the paper's protocol: SBD train / VOC 2012 seg val, COCO
-# train2014 / the first 5k val2014 ids.
+# converted (`ifcn data convert ...`). voc2012 is the paper's protocol (§4.1, as SDS, Hypercolumns
+# and MNC): SBD's instances on the VOC 2012 train images (ImageSets/Main/train.txt) for training
+# and on the VOC 2012 val images (Main/val.txt) for evaluation, which share no image; sbd is SBD's
+# own train/val split; COCO is train2014 / the first 5k val2014 ids.
 DOWNLOADS = {
     "voc2012": ["voc2012", "sbd"],
-    "sbd": ["voc2012", "sbd"],
+    "sbd": ["sbd"],
     "coco2014": ["coco2014"],
     "coco2017": ["coco2017"],
     "pennfudan": ["pennfudan"],
@@ -290,10 +292,11 @@ def convert_arguments(split):
     root, first_n = DATA["root"], DATA["first_n"]
     limit = f" --first-n {first_n}" if first_n and split == "val" else ""
     dataset = DATA["dataset"]
-    if dataset in ("voc2012", "sbd"):
-        if split == "train":
-            return f"--format sbd --root {root}/benchmark_RELEASE/dataset --split train"
-        return f"--format voc --root {root}/VOCdevkit/VOC2012 --split val"
+    sbd = f"--format sbd --root {root}/benchmark_RELEASE/dataset"
+    if dataset == "voc2012":
+        return f"{sbd} --image-list {root}/VOCdevkit/VOC2012/ImageSets/Main/{split}.txt"
+    if dataset == "sbd":
+        return f"{sbd} --split {split}"
     if dataset in ("coco2014", "coco2017"):
         year = dataset[-4:]
         return f"--format coco --root {root} --split {split}{year}{limit}"

@@ -110,6 +110,8 @@ def map_images(
     fn: Callable[[Any], Any], items: Iterable[Any], total: int, workers: int, desc: str
 ) -> list[Any]:
     """`[fn(x) for x in items]` over `workers` processes, in order, with a progress bar."""
+    if workers < 1:
+        raise IfcnError(f"--workers must be at least 1, got {workers}")
     out: list[Any] = []
     with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
         if workers <= 1:

@@ -5,8 +5,8 @@ sorted image ids, the paper's val2014 protocol). Exports from labelling tools (R
 labelme) bend COCO's conventions, so every file is normalised the same way: masks become
 compressed RLE, `area` and `bbox` are recomputed from the masks, boolean iscrowd becomes 0/1,
 unused categories are dropped, file names are made plain relative paths. Each change is counted
-in the notes. Inconsistencies that cannot be repaired (duplicate ids, dangling references) are
-errors.
+in the notes. What cannot be repaired is refused by `validate_instances` before anything else
+(duplicate ids, dangling references, absolute file names, odd polygons, corrupt RLE, ...).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ifcn.data.cocojson import (
-    load_json,
     polygons_outside,
-    require_coco_shape,
+    read_instances,
     rle_area_bbox,
     segmentation_to_rle,
     size_class,
@@ -36,13 +35,13 @@ def convert_coco(
 ) -> Converted:
     """Normalise a COCO instances JSON whose file names are relative to `image_root`."""
     json_path, image_root = Path(json_path), Path(image_root)
-    data = load_json(json_path)
-    require_coco_shape(data, json_path)
+    instances = read_instances(json_path)
+    data = instances.data
     notes: list[str] = []
-    categories = _categories(data["categories"], json_path)
-    images = _images(data["images"], json_path, notes)
+    categories = _categories(instances.categories, json_path)
+    images = _images(instances.images, notes)
     by_id = {im["id"]: im for im in images}
-    anns = _annotations(data["annotations"], by_id, categories, json_path, notes)
+    anns = _annotations(instances.annotations, notes)
 
     used = {a["category_id"] for a in anns}
     unused = [c for c in categories.values() if c["id"] not in used]
@@ -57,7 +56,7 @@ def convert_coco(
         anns = [a for a in anns if a["image_id"] in keep]
         notes.append(f"kept the first {len(images)} of {len(by_id)} images by sorted id")
     _require_files(images, image_root, json_path)
-    anns = _encode_masks(images, anns, json_path, workers, notes)
+    anns = _encode_masks(images, anns, workers, notes)
 
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}
     info["source_format"] = "coco"
@@ -70,36 +69,19 @@ def convert_coco(
     return Converted(dataset, image_root, notes)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _categories(records: list, path: Path) -> dict[int, dict]:
+def _categories(records: dict[int, dict], path: Path) -> dict[int, dict]:
     out: dict[int, dict] = {}
-    for i, c in enumerate(records):
-        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
-            raise IfcnError(f"categories[{i}] needs an integer 'id' and a string 'name'", path)
-        if c["id"] in out:
-            raise IfcnError(f"duplicate category id {c['id']}", path)
-        out[c["id"]] = {k: c[k] for k in ("id", "name", "supercategory") if k in c}
+    for i, c in records.items():
+        if not isinstance(c.get("name"), str):
+            raise IfcnError(f"category {i} needs a string 'name'", path)
+        out[i] = {k: c[k] for k in ("id", "name", "supercategory") if k in c}
     return out
 
 
-def _images(records: list, path: Path, notes: list[str]) -> list[dict]:
-    out, seen = [], set()
+def _images(records: dict[int, dict], notes: list[str]) -> list[dict]:
+    out = []
     renamed = dashed = 0
-    for i, im in enumerate(records):
-        if not isinstance(im, dict):
-            raise IfcnError(f"images[{i}] is not an object", path)
-        for key in ("id", "width", "height"):
-            if not _is_int(im.get(key)) or (key != "id" and im[key] <= 0):
-                kind = "an integer" if key == "id" else "a positive integer"
-                raise IfcnError(f"images[{i}] needs {kind} '{key}'", path)
-        if not isinstance(im.get("file_name"), str) or not im["file_name"].strip():
-            raise IfcnError(f"images[{i}] (id {im['id']}) has no 'file_name'", path)
-        if im["id"] in seen:
-            raise IfcnError(f"duplicate image id {im['id']} (images[{i}])", path)
-        seen.add(im["id"])
+    for im in records.values():
         name = plain_file_name(im["file_name"])
         renamed += name != im["file_name"]
         dashed += name.startswith("-")
@@ -121,39 +103,15 @@ def plain_file_name(name: str) -> str:
     return name
 
 
-def _annotations(
-    records: list,
-    images: dict[int, dict],
-    categories: dict[int, dict],
-    path: Path,
-    notes: list[str],
-) -> list[dict]:
-    out, seen = [], set()
+def _annotations(records: list[dict], notes: list[str]) -> list[dict]:
+    out = []
     booleans = missing_crowd = 0
-    for i, a in enumerate(records):
-        if not isinstance(a, dict) or not _is_int(a.get("id")):
-            raise IfcnError(f"annotations[{i}] needs an integer 'id'", path)
-        aid = a["id"]
-        if aid in seen:
-            raise IfcnError(f"duplicate annotation id {aid} (annotations[{i}])", path)
-        seen.add(aid)
-        if a.get("image_id") not in images:
-            raise IfcnError(
-                f"annotation {aid} refers to unknown image id {a.get('image_id')}", path
-            )
-        if a.get("category_id") not in categories:
-            raise IfcnError(
-                f"annotation {aid} refers to unknown category id {a.get('category_id')}", path
-            )
-        if "segmentation" not in a or not a["segmentation"]:
-            raise IfcnError(f"annotation {aid} has no segmentation (masks are needed)", path)
+    for a in records:
         crowd = a.get("iscrowd", 0)
         if "iscrowd" not in a:
             missing_crowd += 1
         elif isinstance(crowd, bool):
             booleans += 1
-        if crowd not in (0, 1):
-            raise IfcnError(f"annotation {aid} has iscrowd {crowd!r}, not 0/1", path)
         out.append({**{k: a[k] for k in ANNOTATION_KEYS if k in a}, "iscrowd": int(crowd)})
     if booleans:
         notes.append(f"{booleans} boolean iscrowd values written as 0/1")
@@ -173,31 +131,21 @@ def _require_files(images: list[dict], root: Path, path: Path) -> None:
 
 
 def _encode_image(item: tuple[int, int, list]) -> list[tuple]:
-    """Per segmentation of one image: (rle, area, bbox, clipped, dropped polygon parts), or
-    (None, reason) when it cannot be read. Polygon parts of fewer than 3 points (COCO has a few)
-    are dropped; with none left the mask is empty."""
+    """Per (validated) segmentation of one image: (rle, area, bbox, clipped, dropped polygon
+    parts). Polygon parts of fewer than 3 points (COCO has a few) are dropped; with none left
+    the mask is empty."""
     height, width, segmentations = item
     out = []
     for seg in segmentations:
-        dropped = 0
-        if isinstance(seg, list):
-            valid = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-            dropped, seg = len(seg) - len(valid), valid
-            if not seg:
-                out.append(({}, 0, [], False, dropped))
-                continue
-        try:
-            rle = segmentation_to_rle(seg, height, width)
-        except (ValueError, TypeError) as exc:
-            out.append((None, str(exc)))
-            continue
+        dropped = sum(len(p) < 6 for p in seg) if isinstance(seg, list) else 0
+        rle = segmentation_to_rle(seg, height, width)
         area, bbox = rle_area_bbox(rle)
         out.append((rle, area, bbox, polygons_outside(seg, height, width), dropped))
     return out
 
 
 def _encode_masks(
-    images: list[dict], anns: list[dict], path: Path, workers: int, notes: list[str]
+    images: list[dict], anns: list[dict], workers: int, notes: list[str]
 ) -> list[dict]:
     by_image: dict[int, list[dict]] = defaultdict(list)
     for a in anns:
@@ -213,8 +161,6 @@ def _encode_masks(
     polygons = area_changed = bbox_changed = size_changed = empty = clipped = parts = 0
     for group, encoded in zip(groups, results, strict=True):
         for a, res in zip(group, encoded, strict=True):
-            if res[0] is None:
-                raise IfcnError(f"annotation {a['id']}: {res[1]}", path)
             rle, area, bbox, outside, dropped = res
             parts += dropped
             if area == 0:

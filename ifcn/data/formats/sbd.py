@@ -4,6 +4,12 @@
 background), Boundaries (one sparse map per instance) and Categories (the VOC class, 1-20, of
 instance i at row i). The instance's class comes from GTinst.Categories (DESIGN §3);
 `cls/<name>.mat` (GTcls.Segmentation, per-pixel class) is used only to cross-check it.
+
+The images are those of SBD's own split list (`<split>.txt`), or of any list of names, such as
+VOC 2012's `ImageSets/Main/train.txt` and `val.txt`: the paper's split (§4.1, as SDS, Hypercolumns
+and MNC use it) is SBD's instances on the VOC 2012 train images for training and on the VOC 2012
+val images for evaluation, which share no image. Listed images that SBD does not annotate (no
+`inst/<name>.mat`) are left out and counted in the notes.
 """
 
 from __future__ import annotations
@@ -29,11 +35,32 @@ from ifcn.data.formats import (
 from ifcn.errors import IfcnError
 
 
-def convert_sbd(root: Path, split: str, exclude: Path | None = None, workers: int = 1) -> Converted:
-    """Convert the images of <root>/<split>.txt (root = benchmark_RELEASE/dataset)."""
+def convert_sbd(
+    root: Path,
+    split: str | None,
+    exclude: Path | None = None,
+    workers: int = 1,
+    image_list: Path | None = None,
+) -> Converted:
+    """Convert the images of <root>/<split>.txt, or of `image_list`, that SBD annotates
+    (root = benchmark_RELEASE/dataset)."""
     root = Path(root)
     notes: list[str] = []
-    names = apply_exclude(read_name_list(root / f"{split}.txt"), exclude, notes)
+    if image_list is None:
+        names = read_name_list(root / f"{split}.txt")
+        source = f"SBD {split}"
+    else:
+        listed = read_name_list(image_list)
+        names = [n for n in listed if (root / "inst" / f"{n}.mat").is_file()]
+        if listed and not names:
+            message = f"SBD annotates none of the {len(listed)} images listed in {image_list}"
+            raise IfcnError(message, root / "inst")
+        notes.append(
+            f"SBD annotates {len(names)} of the {len(listed)} images listed in {image_list}; "
+            f"{len(listed) - len(names)} without inst/<name>.mat left out"
+        )
+        source = f"SBD instances of the images in {Path(image_list).name}"
+    names = apply_exclude(names, exclude, notes)
     results = map_images(
         functools.partial(_convert_image, root), names, len(names), workers, f"sbd {split}"
     )
@@ -49,7 +76,7 @@ def convert_sbd(root: Path, split: str, exclude: Path | None = None, workers: in
         images,
         [r["annotations"] for r in results],
         voc_categories(),
-        {"description": f"SBD {split}", "source_format": "sbd"},
+        {"description": source, "source_format": "sbd"},
     )
     return Converted(dataset, root / "img", notes)
 
