@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ifcn.atomic import atomic_path
+from ifcn.config import RESUME_NEUTRAL
 from ifcn.errors import IfcnError
 
 PATTERN = re.compile(r"^model_(\d{7})\.pt$")
@@ -240,7 +241,6 @@ def check_compatible(state: dict, config: dict, path: str | Path) -> None:
 
 
 # Settings that change neither the weights nor the data order: a run may resume under new ones.
-RESUME_NEUTRAL = ("workers", "log_period", "checkpoint_period", "keep_checkpoints", "tensorboard")
 
 
 def training_difference(

@@ -21,6 +21,9 @@ import yaml
 from ifcn import atomic
 from ifcn.errors import IfcnError
 
+# Training keys that change neither the weights nor the data order: a run may resume under new
+# values of these, and the workflow does not retrain for them.
+RESUME_NEUTRAL = ("workers", "log_period", "checkpoint_period", "keep_checkpoints", "tensorboard")
 
 def _schema_path() -> Path:
     """The schema file: inside the package when installed from a wheel (pyproject.toml ships

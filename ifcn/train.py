@@ -25,6 +25,7 @@ from ifcn import checkpoint, distributed, engine
 from ifcn.config import load_config
 from ifcn.criterion import build_criterion
 from ifcn.data.crops import build_train_dataset
+from ifcn.data.overlap import require_disjoint
 from ifcn.engine import build_lr_lambda, step_seed
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
@@ -98,6 +99,21 @@ def _instance_losses(
     return criterion(outputs, target, generator)
 
 
+def require_unseen_val(data: dict) -> None:
+    """Refuse to train on evaluation images (paper §4.1): the config's val JSON, when it exists,
+    must share no image with the training JSON unless ``data.allow_shared_images``."""
+    val_json = data.get("val_json")
+    if data.get("allow_shared_images") or not val_json or not Path(val_json).is_file():
+        return
+    if Path(val_json).resolve() == Path(data["train_json"]).resolve():
+        raise IfcnError(
+            "the training JSON is also the evaluation JSON (data.train_json = data.val_json); "
+            "set data.allow_shared_images: true if that is meant",
+            val_json,
+        )
+    require_disjoint(data["train_json"], val_json, data["train_images"], data["val_images"])
+
+
 def run_training(
     config: dict,
     out_dir: str | Path,
@@ -119,6 +135,7 @@ def run_training(
 
     def check() -> None:
         dataset.verify_images()
+        require_unseen_val(config["data"])
         checkpoint.remove_temporaries(out_dir)
 
     distributed.run_on_main(check, device)

@@ -335,3 +335,21 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint_and_keeps_the_previous_on
     assert checkpoint.load(previous, resumable=True)["iteration"] == 3
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert not (out / "model_final.pt").exists()
+
+
+@pytest.mark.parametrize("same_file", [True, False])
+def test_evaluation_images_in_the_training_set_are_refused(tmp_path, tiny_data, capsys, same_file):
+    val = tiny_data / "train.json"
+    if not same_file:
+        val = tmp_path / "val_copy.json"
+        shutil.copy(tiny_data / "train.json", val)
+    config = write_config(tmp_path, tiny_data, data={"val_json": str(val)})
+    out = tmp_path / "run"
+    assert cli_main(["train", "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ifcn train: error: {val}: ")
+    assert "training" in err[0] and not (out / "model_final.pt").exists()
+    allowed = write_config(tmp_path, tiny_data, data={"val_json": str(val)}, train={"iters": 1})
+    text = allowed.read_text().replace("data:\n", "data:\n  allow_shared_images: true\n", 1)
+    allowed.write_text(text)
+    assert cli_main(["train", "--config", str(allowed), "--out", str(out)]) == 0

@@ -2,8 +2,21 @@
 import json
 import os
 import re
+import shlex
+import sys
 
-from ifcn.config import run_config, write_config
+# This checkout's ifcn package, for the workflow itself and for every job: in each job's shell
+# `ifcn` is `python -m ifcn` with the checkout first on PYTHONPATH, so the jobs need only the
+# dependencies installed (the venv of `make`, or the conda env of environment.yml under
+# `--sdm conda`) and always run the code of the workflow that planned them.
+sys.path.insert(0, workflow.basedir)
+shell.prefix(
+    "set -euo pipefail; "
+    f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    'ifcn() {{ python -m ifcn "$@"; }}; '  # the prefix is formatted too: braces doubled
+)
+
+from ifcn.config import RESUME_NEUTRAL, run_config, write_config
 from ifcn.errors import IfcnError
 from ifcn.variants import TABLES, VARIANTS, variant_config
 
@@ -133,6 +146,14 @@ def setting(section, key):
         return folder_config(getattr(wildcards, "folder", RESULTS))[section][key]
 
     return value
+
+
+def training_settings(wildcards):
+    """The folder's model and train sections without the keys that do not change the weights
+    (logging, checkpointing, workers): the train rule's rerun trigger."""
+    cfg = folder_config(getattr(wildcards, "folder", RESULTS))
+    train = {k: v for k, v in cfg["train"].items() if k not in RESUME_NEUTRAL}
+    return json.dumps({"model": cfg["model"], "train": train}, sort_keys=True)
 
 
 def classify_training_settings():

@@ -6,6 +6,8 @@
 rule train:
     input:
         train=DATA["train_json"],
+        # `ifcn train` refuses evaluation images among the training images (paper §4.1)
+        val=DATA["val_json"],
         config=run_config_file,
     output:
         model="{folder}/train/model_final.pt",
@@ -24,7 +26,7 @@ rule train:
     params:
         out=parent_of_output("model"),
         launcher=train_launcher,
-        settings=settings("model", "train"),
+        settings=training_settings,
     shell:
         "{params.launcher} train --config {input.config} --out {params.out}"
         " --resume auto > {log} 2>&1"
