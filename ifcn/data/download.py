@@ -22,10 +22,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ifcn import __version__
 from ifcn.errors import IfcnError
+from ifcn.progress import progress_bar
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -244,7 +243,7 @@ def _download(url: str, part: Path, progress: bool) -> None:
             offset = 0  # the server ignores ranges: start over
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
-        bar = tqdm(
+        bar = progress_bar(
             total=total,
             initial=offset,
             desc=part.name.removesuffix(".part"),

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ifcn.errors import IfcnError
+from ifcn.progress import progress_bar
 
 # PASCAL VOC's 20 classes; category id = index + 1, as in SegmentationClass and SBD.
 VOC_CLASSES = tuple(
@@ -113,7 +113,7 @@ def map_images(
     if workers < 1:
         raise IfcnError(f"--workers must be at least 1, got {workers}")
     out: list[Any] = []
-    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit="img", leave=False) as bar:
         if workers <= 1:
             for x in items:
                 out.append(fn(x))
