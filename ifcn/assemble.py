@@ -1,8 +1,10 @@
 """The instance assembling module of the paper (§3.1), the only place the assembling index lives.
 
 A window of m×m feature cells whose top-left cell is (y0, x0) assembles an m×m instance: output
-pixel (u, v) copies score map ``c = floor(u·k/m)·k + floor(v·k/m)`` at feature cell
-(y0 + u, x0 + v). Cells outside the feature map read ``fill``. There are no parameters.
+pixel (u, v) copies score map ``c = p(u)·k + p(v)`` at feature cell (y0 + u, x0 + v), where
+``p`` splits 0..m-1 into k relative positions mirror-symmetrically (:func:`relative_positions`),
+so a flipped image assembles the flipped instance. Cells outside the feature map read ``fill``.
+There are no parameters.
 
 Two implementations of the one definition: :func:`assemble_sparse` for a list of windows
 (training, and inference after ranking by objectness) and :func:`assemble_dense` for every
@@ -17,10 +19,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def relative_positions(k: int, m: int) -> list[int]:
+    """p(u) for u = 0..m-1: the relative position (0..k-1) that row (or column) u belongs to.
+
+    ``p(u) = floor((u + ½)·k/m)`` on the first half and its mirror ``k − 1 − p(m − 1 − u)`` on
+    the second, so the blocks read the same from either end (4,4,5,4,4 for m = 21, k = 5).
+    For odd k the mirror is the formula itself; for even k it keeps an even m symmetric where
+    the formula lands on an integer (k = 4, m = 6: 1,2,2,1, not 1,2,1,2). The paper does not fix
+    the rounding; the old ``floor(u·k/m)`` (5,4,4,4,4) made the centre block off-centre.
+    """
+    first = [(2 * u + 1) * k // (2 * m) for u in range((m + 1) // 2)]
+    return first + [k - 1 - first[m - 1 - u] for u in range((m + 1) // 2, m)]
+
+
 def assembling_index(k: int, m: int, device: torch.device | str | None = None) -> Tensor:
     """[m, m] long tensor: the score map each output pixel (u, v) of a window copies."""
-    u = torch.arange(m, device=device)
-    part = torch.div(u * k, m, rounding_mode="floor")
+    part = torch.tensor(relative_positions(k, m), device=device)
     return part[:, None] * k + part[None, :]
 
 
