@@ -1,4 +1,4 @@
-"""The assembling module (paper §3.1, DESIGN §4): its mirror-symmetric split, and sparse == dense."""
+"""The assembling module (paper §3.1, DESIGN §4): a mirror-symmetric split; sparse == dense."""
 
 import math
 
