@@ -25,8 +25,8 @@ from ifcn.proposals.format import Proposals
 from ifcn.proposals.infer import run_inference
 from ifcn.proposals.inference import infer_image
 from ifcn.proposals.nms import run_nms
-from ifcn.proposals.suppression import nms_image
 from ifcn.proposals.sharding import shard_ids
+from ifcn.proposals.suppression import nms_image
 from ifcn.windows import STRIDE, rank_windows, window_boxes
 
 
