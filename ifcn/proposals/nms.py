@@ -29,7 +29,8 @@ def run_nms(
     workers: int = 1,
     show_progress: bool = True,
 ) -> int:
-    """Write proposals.h5 from candidates.h5; returns the number of images."""
+    """Write proposals.h5 from candidates.h5 with `workers` processes (0: one per CPU);
+    returns the number of images. Images without proposals, or none at all, are fine."""
     with Candidates(candidates) as reader:
         attrs, count = reader.attrs, len(reader)
     proposal_attrs = {
@@ -45,8 +46,7 @@ def run_nms(
         "mask_threshold": float(threshold),
     }
     params = (float(iou), int(top_n), float(threshold))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(int(workers), count))
+    workers = max(1, min(int(workers) or default_workers(), count))
     with (
         torch_threads(1),
         image_results(candidates, count, params, workers) as results,
@@ -78,15 +78,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=0.5,
         help="probability a mask pixel must exceed (%(default)s)",
     )
-    parser.add_argument(
-        "--workers", type=int, default=default_workers(), help="processes (default: all CPUs)"
-    )
+    parser.add_argument("--workers", type=int, default=0, help="processes (default 0: one per CPU)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     if not 0.0 <= args.iou <= 1.0 or args.top_n < 1 or not 0.0 <= args.mask_threshold <= 1.0:
         raise IfcnError("need 0 <= --iou <= 1, --top-n >= 1 and 0 <= --mask-threshold <= 1")
+    if args.workers < 0:
+        raise IfcnError(f"--workers must be 0 (one per CPU) or more, got {args.workers}")
+    if Path(args.out).is_dir():
+        raise IfcnError("is a folder; give a file name to write", args.out)
     count = run_nms(
         args.candidates, args.out, args.iou, args.top_n, args.mask_threshold, args.workers
     )

@@ -28,6 +28,7 @@ from ifcn.proposals.nms import run_nms
 from ifcn.proposals.sharding import shard_ids
 from ifcn.proposals.suppression import nms_image
 from ifcn.windows import STRIDE, rank_windows, window_boxes
+from tests.proposals.hand import HandCandidates
 
 
 class OracleFCN(nn.Module):
@@ -115,7 +116,7 @@ def test_oracle_score_maps_give_the_instances_through_infer_and_nms(tmp_path):
     scales = [96, 144, 192]  # 0.5 and 1 align the squares with the cells, 0.75 does not
     infer_cfg = {"scales": scales, "max_size": None, "pre_nms_topk": 40}
     attrs = {"config": "{}", "checkpoint_sha256": "oracle", "dataset": str(json_path),
-             "scales": scales, "k": 5, "m": 21, "shard": "0/1"}  # fmt: skip
+             "scales": scales, "k": 5, "m": 21, "head": "instancefcn", "shard": "0/1"}  # fmt: skip
     table = {7: {"file_name": "0007.png", "height": 192, "width": 256}}
     candidates = tmp_path / "candidates.h5"
     run_inference(oracle, table, root, candidates, attrs, infer_cfg, "cpu", show_progress=False)
@@ -138,8 +139,8 @@ def test_oracle_score_maps_give_the_instances_through_infer_and_nms(tmp_path):
         record = read.get(7)
     for index in range(len(scales)):
         rows = record.scale == index
-        alone = ImageCandidates(7, "0007.png", 192, 256, record.masks[rows], record.boxes[rows],
-                                record.objectness[rows], record.scale[rows])  # fmt: skip
+        alone = HandCandidates(7, "0007.png", 192, 256, record.masks[rows], record.boxes[rows],
+                               record.objectness[rows], record.scale[rows])  # fmt: skip
         result = nms_image(alone, iou=0.8, top_n=20)
         decoded = mask_utils.decode([{"size": [192, 256], "counts": c} for c in result["rles"]])
         for truth in truths:
@@ -154,7 +155,7 @@ def test_ranking_before_assembling_equals_dense_assembling_then_selection():
         model.objectness_branch.logit.weight.normal_(0, 1.0)
         model.instance_branch.scores.weight.normal_(0, 1.0)
     image = (np.random.default_rng(0).random((61, 83, 3)) * 255).astype(np.uint8)
-    found = infer_image(model, image, [61], m=9, k=3, pre_nms_topk=25)
+    found = ImageCandidates(1, "a", 61, 83, **infer_image(model, image, [61], 9, 3, None, 25))
 
     with torch.no_grad():
         out = model(image_tensor(image))
@@ -163,11 +164,16 @@ def test_ranking_before_assembling_equals_dense_assembling_then_selection():
     order = logits.flatten().argsort(descending=True)[:25]
     h, w = logits.shape
     ys, xs = order // w, order % w
-    np.testing.assert_array_equal(found["masks"], dense[ys, xs].half().numpy())
-    np.testing.assert_array_equal(found["objectness"], logits[ys, xs].numpy())
+    # the stored score maps are float16 logits: the masks agree up to that rounding
+    np.testing.assert_allclose(found.masks, dense[ys, xs].numpy(), atol=2e-3)
+    np.testing.assert_array_equal(found.objectness, logits[ys, xs].numpy())
     tops = torch.stack([ys, xs], 1) - 9 // 2
-    np.testing.assert_array_equal(found["boxes"], window_boxes(tops, 9, 1.0).numpy())
-    assert (found["scale"] == 0).all()
+    np.testing.assert_array_equal(found.boxes, window_boxes(tops, 9, 1.0).numpy())
+    assert (found.scale == 0).all()
+    # and exactly the dense assembling of the maps as stored
+    maps = torch.from_numpy(found.maps[0]).float()
+    stored = assemble_dense(maps, 9, fill=float("-inf")).sigmoid()[ys, xs].half().numpy()
+    np.testing.assert_array_equal(found.masks, stored)
 
 
 def test_the_deepmask_head_stores_its_own_mask_side():
@@ -175,7 +181,7 @@ def test_the_deepmask_head_stores_its_own_mask_side():
     model = build_model({"backbone": "tiny", "head": "deepmask", "m": 9, "head_channels": 8})
     image = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
     found = infer_image(model.eval(), image, [40], m=9, pre_nms_topk=4)
-    assert found["masks"].shape == (4, 56, 56)
+    assert found["stored_masks"].shape == (4, 56, 56) and "maps" not in found
     result = nms_image(ImageCandidates(1, "a", 40, 48, **found), top_n=2)
     assert len(result["rles"]) <= 2
 
@@ -190,10 +196,12 @@ def test_windows_of_each_scale_have_boxes_in_original_pixels():
     oracle = OracleFCN(_touching_squares(), k=3, m=7)
     image = np.zeros((192, 256, 3), dtype=np.uint8)
     found = infer_image(oracle, image, [96, 192, 288], m=7, k=3, pre_nms_topk=5)
-    sides = found["boxes"][:, 2] - found["boxes"][:, 0]
+    record = ImageCandidates(1, "a", 192, 256, **found)
+    sides = record.boxes[:, 2] - record.boxes[:, 0]
     for index, scale in enumerate([0.5, 1.0, 1.5]):
-        np.testing.assert_allclose(sides[found["scale"] == index], 7 * STRIDE / scale, rtol=1e-6)
-    assert found["masks"].dtype == np.float16 and found["masks"].shape[1:] == (7, 7)
+        np.testing.assert_allclose(sides[record.scale == index], 7 * STRIDE / scale, rtol=1e-6)
+    assert record.masks.dtype == np.float16 and record.masks.shape[1:] == (7, 7)
+    assert [m.shape for m in found["maps"]] == [(9, 12, 16), (9, 24, 32), (9, 36, 48)]
 
 
 def test_shards_are_contiguous_chunks_of_the_sorted_ids():

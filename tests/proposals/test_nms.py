@@ -10,17 +10,18 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ifcn.data.coco import mask_boxes
-from ifcn.proposals.candidates import CandidateWriter, ImageCandidates
+from ifcn.proposals.candidates import CandidateWriter
 from ifcn.proposals.format import Proposals
 from ifcn.proposals.nms import run_nms
 from ifcn.proposals.resample import masks_to_image, render, tight_boxes
 from ifcn.proposals.suppression import nms_image
 from ifcn.windows import window_boxes
+from tests.proposals.hand import HandCandidates, candidate_attrs, score_map_candidates
 
 
-def _candidates(masks, boxes, logits, scale=None, height=120, width=120) -> ImageCandidates:
+def _candidates(masks, boxes, logits, scale=None, height=120, width=120) -> HandCandidates:
     n = len(logits)
-    return ImageCandidates(
+    return HandCandidates(
         image_id=1, file_name="a.png", height=height, width=width,
         masks=np.asarray(masks, np.float16), boxes=np.asarray(boxes, np.float32),
         objectness=np.asarray(logits, np.float32),
@@ -116,25 +117,16 @@ def test_tight_boxes_and_rles_agree_with_the_full_resolution_masks():
 
 
 def test_run_nms_with_workers_writes_the_same_file_as_one_process(tmp_path):
-    rng = np.random.default_rng(2)
     path = tmp_path / "candidates.h5"
-    attrs = {"config": "{}", "checkpoint_sha256": "0" * 64, "dataset": "val.json",
-             "scales": [100, 200], "k": 3, "m": 5, "shard": "0/1"}  # fmt: skip
-    with CandidateWriter(path, attrs, mask_size=5) as writer:
+    with CandidateWriter(path, candidate_attrs()) as writer:
         for image_id in (4, 2, 9):
-            corner = rng.uniform(-10, 50, (40, 2))
-            record = _candidates(
-                rng.random((40, 5, 5)), np.concatenate([corner, corner + 40], 1),
-                rng.normal(size=40), rng.integers(0, 2, 40), height=60, width=70,
-            )  # fmt: skip
-            record.image_id = image_id
-            writer.add(record)
+            writer.add(score_map_candidates(image_id, 40))
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     run_nms(path, one, top_n=8, workers=1, show_progress=False)
     run_nms(path, two, top_n=8, workers=2, show_progress=False)
     with Proposals(one) as a, Proposals(two) as b:
         assert a.image_ids.tolist() == b.image_ids.tolist() == [4, 2, 9]
-        assert a.attrs["nms_iou"] == 0.8 and a.attrs["scales"] == [100, 200]
+        assert a.attrs["nms_iou"] == 0.8 and a.attrs["scales"] == [100, 150]
         for image_id in (4, 2, 9):
             x, y = a.get(image_id), b.get(image_id)
             assert 0 < len(x) <= 8 and x.rles == y.rles
