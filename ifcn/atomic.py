@@ -98,7 +98,10 @@ def temporary_path(target: str | Path) -> Path:
 
 def write_error(exc: OSError, target: str | Path) -> IfcnError:
     """The one-line error for an OSError while writing `target` (disk full, quota, I/O)."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno:
+        reason = os.strerror(exc.errno)  # HDF5's own text runs to several lines
+    else:
+        reason = (exc.strerror or str(exc) or type(exc).__name__).splitlines()[0]
     return IfcnError(f"cannot write ({reason})", target)
 
 

@@ -119,7 +119,10 @@ class TableWriter:
         self._file = None
         self._scratch: dict[str, Any] = {}
         try:
-            self._file = h5py.File(self._tmp, "w")
+            # No chunk cache, and a flush after every write: a full disk then fails the write
+            # itself, and HDF5 keeps no dirty data that it would try to flush again on closing
+            # or at exit (where it crashes the process).
+            self._file = h5py.File(self._tmp, "w", rdcc_nbytes=0)
             self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
             for group, columns in self.groups.items():
                 handle = self._file.create_group(group)
@@ -218,6 +221,7 @@ class TableWriter:
                     dataset[start:end] = np.concatenate(arrays)
                     arrays.clear()
                 self._written[group] = end
+            self._file.flush()
         except OSError as exc:
             raise write_error(exc, self.path) from None
         self._buffered = 0

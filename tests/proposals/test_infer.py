@@ -3,13 +3,11 @@ before assembling, shards, and the CLI's refusals."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import nn
@@ -17,7 +15,6 @@ from torch import nn
 from ifcn import cli
 from ifcn.assemble import assemble_dense, assembling_index
 from ifcn.checkpoint import save_atomic
-from ifcn.config import load_config
 from ifcn.data.image import image_tensor
 from ifcn.model import build_model
 from ifcn.proposals.candidates import Candidates, ImageCandidates
@@ -29,6 +26,7 @@ from ifcn.proposals.sharding import shard_ids
 from ifcn.proposals.suppression import nms_image
 from ifcn.windows import STRIDE, rank_windows, window_boxes
 from tests.proposals.hand import HandCandidates
+from tests.proposals.runs import small_config, write_images
 
 
 class OracleFCN(nn.Module):
@@ -87,21 +85,6 @@ def _touching_squares() -> np.ndarray:
     return masks
 
 
-def _write_images(tmp_path, images: dict[int, np.ndarray]) -> tuple:
-    root = tmp_path / "images"
-    root.mkdir(exist_ok=True)
-    entries = []
-    for image_id, pixels in images.items():
-        name = f"{image_id:04d}.png"
-        Image.fromarray(pixels).save(root / name)
-        entries.append(
-            {"id": image_id, "file_name": name, "height": pixels.shape[0], "width": pixels.shape[1]}
-        )
-    path = tmp_path / "images.json"
-    path.write_text(json.dumps({"images": entries, "annotations": [], "categories": []}))
-    return path, root
-
-
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / (a | b).sum())
 
@@ -111,7 +94,7 @@ def test_oracle_score_maps_give_the_instances_through_infer_and_nms(tmp_path):
     truths = masks.astype(bool)
     image = np.full((192, 256, 3), 90, dtype=np.uint8)
     image[truths.any(0)] = (200, 40, 40)  # one colour for both: a semantic FCN could not split them
-    json_path, root = _write_images(tmp_path, {7: image})
+    json_path, root = write_images(tmp_path, {7: image})
     oracle = OracleFCN(masks)
     scales = [96, 144, 192]  # 0.5 and 1 align the squares with the cells, 0.75 does not
     infer_cfg = {"scales": scales, "max_size": None, "pre_nms_topk": 40}
@@ -214,38 +197,6 @@ def test_shards_are_contiguous_chunks_of_the_sorted_ids():
 # --- the command line --------------------------------------------------------------------------
 
 
-def _small_config(tmp_path, **model) -> tuple:
-    config = {
-        "data": {"val_images": str(tmp_path / "images")},
-        "model": {"backbone": "tiny", "k": 3, "m": 9, "head_channels": 8, **model},
-        "infer": {"scales": [40, 64], "max_size": 120, "pre_nms_topk": 12},
-    }
-    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, load_config(path)
-
-
-def _checkpoint(tmp_path, config: dict, name: str = "model_final.pt"):
-    torch.manual_seed(0)
-    model = build_model(config["model"])
-    return save_atomic(
-        {"model": model.state_dict(), "config": config, "iteration": 0}, tmp_path / name
-    )
-
-
-@pytest.fixture
-def small_run(tmp_path):
-    rng = np.random.default_rng(1)
-    images = {
-        5: (rng.random((48, 64, 3)) * 255).astype(np.uint8),
-        2: (rng.random((20, 30, 3)) * 255).astype(np.uint8),  # smaller than one window
-        11: (rng.random((64, 40, 3)) * 255).astype(np.uint8),
-    }
-    json_path, _ = _write_images(tmp_path, images)
-    config_path, config = _small_config(tmp_path)
-    return json_path, config_path, _checkpoint(tmp_path, config)
-
-
 def test_cli_infer_writes_shards_that_merge_and_pass_nms(tmp_path, small_run):
     json_path, config_path, checkpoint = small_run
     base = ["infer", "--config", str(config_path), "--checkpoint", str(checkpoint),
@@ -278,7 +229,7 @@ def test_cli_infer_writes_shards_that_merge_and_pass_nms(tmp_path, small_run):
 @pytest.mark.parametrize("change", [{"k": 5}, {"backbone": "resnet18"}])
 def test_cli_infer_refuses_a_checkpoint_of_another_model(tmp_path, small_run, capsys, change):
     json_path, config_path, _ = small_run
-    _, other = _small_config(tmp_path)
+    _, other = small_config(tmp_path)
     other["model"].update(change)
     state = {"model": {}, "config": other, "iteration": 0}
     checkpoint = save_atomic(state, tmp_path / "other.pt")
