@@ -1,10 +1,17 @@
-"""Candidates made by hand for NMS tests: any masks on any window boxes."""
+"""Candidates made by hand: any masks on any window boxes, random score maps, and an oracle
+network whose score maps spell out known instances."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
+
+from ifcn.assemble import assembling_index
+from ifcn.windows import STRIDE
 
 
 @dataclass
@@ -68,3 +75,51 @@ def candidate_attrs(shard: str = "0/1", **changes) -> dict:
     return {"config": '{"model": {"k": 3}}', "checkpoint_sha256": "ab" * 32, "dataset": "val.json",
             "scales": [100, 150], "max_size": 0, "k": 3, "m": 5, "head": "instancefcn",
             "pre_nms_topk": 10, "shard": shard, **changes}  # fmt: skip
+
+
+class OracleFCN(nn.Module):
+    """Stands in for the network: score maps and objectness written from known instances.
+
+    At any input size it infers the scale from the image height, marks each feature cell with
+    the instance under its centre, and for that cell raises the score map of its relative
+    position (i, j) in the window centred on the instance's centre cell; objectness is high at
+    the instances' centre cells and falls off with the distance to them.
+    """
+
+    stride = STRIDE
+
+    def __init__(self, masks: np.ndarray, k: int = 5, m: int = 21):
+        super().__init__()
+        self.masks = masks.astype(bool)  # [N, H, W] in original-image pixels
+        self.k, self.m = k, m
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        _, _, height, width = images.shape
+        scale = height / self.masks.shape[1]
+        h, w = math.ceil(height / STRIDE), math.ceil(width / STRIDE)
+        k, m = self.k, self.m
+        scores = torch.full((k * k, h, w), -10.0)
+        objectness = torch.full((h, w), -10.0)
+        index = assembling_index(k, m)
+        rows, cols = self.masks.shape[1:]
+        ys = np.minimum(((np.arange(h) + 0.5) * STRIDE / scale).astype(int), rows - 1)
+        xs = np.minimum(((np.arange(w) + 0.5) * STRIDE / scale).astype(int), cols - 1)
+        yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        for mask in self.masks:
+            rows, cols = np.nonzero(mask)
+            cy = int((rows.min() + rows.max() + 1) / 2 * scale // STRIDE)
+            cx = int((cols.min() + cols.max() + 1) / 2 * scale // STRIDE)
+            y0, x0 = cy - m // 2, cx - m // 2
+            inside = mask[np.ix_(ys, xs)]  # the instance under each cell's centre
+            for y, x in zip(*np.nonzero(inside), strict=True):
+                u, v = y - y0, x - x0
+                if 0 <= u < m and 0 <= v < m:
+                    scores[:, y, x] = -10.0
+                    scores[index[u, v], y, x] = 10.0
+            distance = torch.from_numpy(np.hypot(yy - cy, xx - cx)).float()
+            objectness = torch.maximum(objectness, 10.0 - 4.0 * distance)
+        return {
+            "features": torch.zeros(1, 1, h, w),
+            "scores": scores[None],
+            "objectness": objectness[None, None],
+        }
