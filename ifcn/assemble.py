@@ -14,12 +14,15 @@ with one strided copy, so it writes m²·H·W values and never materialises k²�
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def relative_positions(k: int, m: int) -> list[int]:
+@functools.cache
+def relative_positions(k: int, m: int) -> tuple[int, ...]:
     """p(u) for u = 0..m-1: the relative position (0..k-1) that row (or column) u belongs to.
 
     ``p(u) = floor((u + ½)·k/m)`` on the first half and its mirror ``k − 1 − p(m − 1 − u)`` on
@@ -29,7 +32,7 @@ def relative_positions(k: int, m: int) -> list[int]:
     the rounding; the old ``floor(u·k/m)`` (5,4,4,4,4) made the centre block off-centre.
     """
     first = [(2 * u + 1) * k // (2 * m) for u in range((m + 1) // 2)]
-    return first + [k - 1 - first[m - 1 - u] for u in range((m + 1) // 2, m)]
+    return tuple(first + [k - 1 - first[m - 1 - u] for u in range((m + 1) // 2, m)])
 
 
 def assembling_index(k: int, m: int, device: torch.device | str | None = None) -> Tensor:
@@ -38,10 +41,11 @@ def assembling_index(k: int, m: int, device: torch.device | str | None = None) -
     return part[:, None] * k + part[None, :]
 
 
-def block_bounds(k: int, m: int) -> list[tuple[int, int]]:
+@functools.cache
+def block_bounds(k: int, m: int) -> tuple[tuple[int, int], ...]:
     """[start, stop) of output rows (or columns) taken from relative position i = 0..k-1."""
-    part = assembling_index(k, m)[:, 0] // k
-    return [(int((part < i).sum()), int((part <= i).sum())) for i in range(k)]
+    part = relative_positions(k, m)
+    return tuple((sum(p < i for p in part), sum(p <= i for p in part)) for i in range(k))
 
 
 def _pad(scores: Tensor, m: int, fill: float) -> Tensor:
@@ -84,24 +88,33 @@ def dense_tops(height: int, width: int, m: int, stride: int = 1) -> Tensor:
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
 
 
-def assemble_dense(scores: Tensor, m: int, stride: int = 1, fill: float = 0.0) -> Tensor:
+def assemble_dense(
+    scores: Tensor, m: int, stride: int = 1, fill: float = 0.0, out: Tensor | None = None
+) -> Tensor:
     """Assemble the window centred on every ``stride``-th feature cell of [k², H, W] score maps.
 
     Returns [h', w', m, m] with h' = ceil(H / stride): entry (a, b) is the window centred on
     cell (a·stride, b·stride), i.e. with top-left (a·stride − m//2, b·stride − m//2), equal to
-    ``assemble_sparse`` of that window. The result is a view of an [m, m, h', w'] buffer.
+    ``assemble_sparse`` of that window. The result is a view of an [m, m, h', w'] buffer: `out`
+    if given (a fresh buffer of that size is zeroed by the kernel page by page, which costs
+    about as much as the assembling itself), else a new one.
     """
     kk, height, width = scores.shape
     k = int(round(kk**0.5))
     if k * k != kk:
         raise ValueError(f"number of score maps {kk} is not a square k²")
-    padded = _pad(scores[None], m, fill)[0].contiguous()
+    margin = m // 2 + 1  # the farthest a centred window reaches beyond the map, and a cell
+    padded = F.pad(scores, (margin, margin, margin, margin), value=fill).contiguous()
     row_stride = padded.stride(1)
     out_h = (height + stride - 1) // stride
     out_w = (width + stride - 1) // stride
-    out = torch.empty((m, m, out_h, out_w), dtype=scores.dtype, device=scores.device)
+    shape = (m, m, out_h, out_w)
+    if out is None:
+        out = torch.empty(shape, dtype=scores.dtype, device=scores.device)
+    elif out.shape != shape or out.dtype != scores.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {scores.dtype} tensor of shape {shape}")
     bounds = block_bounds(k, m)
-    origin = m - m // 2  # padded coordinate of the top-left cell of the first window
+    origin = margin - m // 2  # padded coordinate of the top-left cell of the first window
     for i, (u0, u1) in enumerate(bounds):
         for j, (v0, v1) in enumerate(bounds):
             source = padded[i * k + j, origin + u0 :, origin + v0 :]

@@ -28,7 +28,7 @@ SYMMETRIC = [(k, m) for k in range(1, 8, 2) for m in range(9, 22)] + [
 
 @pytest.mark.parametrize("k,m", SYMMETRIC)
 def test_split_is_mirror_symmetric_contiguous_and_covers_every_position(k, m):
-    part = relative_positions(k, m)
+    part = list(relative_positions(k, m))
     assert [k - 1 - p for p in reversed(part)] == part
     assert part == sorted(part) and set(part) == set(range(k))
     sizes = [stop - start for start, stop in block_bounds(k, m)]
@@ -39,7 +39,7 @@ def test_split_is_mirror_symmetric_contiguous_and_covers_every_position(k, m):
 def test_split_is_the_half_pixel_formula_where_that_is_symmetric(k, m):
     formula = [math.floor((u + 0.5) * k / m) for u in range(m)]
     if k % 2:  # (u + ½)·k/m never lands on an integer: the formula is symmetric by itself
-        assert relative_positions(k, m) == formula
+        assert list(relative_positions(k, m)) == formula
     else:  # the mirror takes over only where the formula lands on an integer
         exact = [(2 * u + 1) * k % (2 * m) == 0 for u in range(m)]
         for u, (p, f) in enumerate(zip(relative_positions(k, m), formula, strict=True)):
@@ -50,17 +50,17 @@ def test_index_k5_m21_centre_block_is_the_large_one():
     index = assembling_index(5, 21)
     assert index[:, 0].tolist() == [0] * 4 + [5] * 4 + [10] * 5 + [15] * 4 + [20] * 4
     assert index[0].tolist() == [0] * 4 + [1] * 4 + [2] * 5 + [3] * 4 + [4] * 4
-    assert block_bounds(5, 21) == [(0, 4), (4, 8), (8, 13), (13, 17), (17, 21)]
+    assert list(block_bounds(5, 21)) == [(0, 4), (4, 8), (8, 13), (13, 17), (17, 21)]
     assert index[10, 10] == 12  # the window's centre pixel reads the centre map
 
 
 def test_index_k3_m21_integer_blocks():
-    assert block_bounds(3, 21) == [(0, 7), (7, 14), (14, 21)]
+    assert list(block_bounds(3, 21)) == [(0, 7), (7, 14), (14, 21)]
     assert assembling_index(3, 21)[20, 20] == 8  # bottom-right cell copies the last map
 
 
 def test_even_k_even_m_where_the_plain_formula_is_lopsided():
-    assert relative_positions(4, 6) == [0, 1, 1, 2, 2, 3]  # floor((u+½)·4/6) gives 0,1,1,2,3,3
+    assert list(relative_positions(4, 6)) == [0, 1, 1, 2, 2, 3]  # floor((u+½)·4/6) gives 0,1,1,2,3,3
 
 
 def _mirror(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -145,3 +145,13 @@ def test_sparse_batch_index_and_gradient():
 def test_dense_memory_is_m2_hw():
     out = assemble_dense(torch.randn(25, 40, 50), 21)
     assert out.untyped_storage().nbytes() == 21 * 21 * 40 * 50 * 4
+
+
+def test_dense_into_a_given_buffer_equals_a_fresh_one():
+    scores = torch.randn(9, 13, 17)
+    buffer = torch.full((7, 7, 13, 17), 5.0)
+    out = assemble_dense(scores, 7, fill=-1.0, out=buffer)
+    assert out.data_ptr() == buffer.data_ptr()
+    assert torch.equal(out, assemble_dense(scores, 7, fill=-1.0))
+    with pytest.raises(ValueError, match="contiguous"):
+        assemble_dense(scores, 7, out=torch.empty(7, 7, 13, 16))
