@@ -60,7 +60,8 @@ def test_index_k3_m21_integer_blocks():
 
 
 def test_even_k_even_m_where_the_plain_formula_is_lopsided():
-    assert list(relative_positions(4, 6)) == [0, 1, 1, 2, 2, 3]  # floor((u+½)·4/6) gives 0,1,1,2,3,3
+    # floor((u + ½)·4/6) gives 0,1,1,2,3,3
+    assert list(relative_positions(4, 6)) == [0, 1, 1, 2, 2, 3]
 
 
 def _mirror(scores: torch.Tensor, k: int) -> torch.Tensor:
