@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ifcn.assemble import assemble_sparse
+from ifcn.assemble import assembling_index
 from ifcn.errors import IfcnError
 from ifcn.proposals.table import Column, TableReader, TableWriter
 from ifcn.windows import window_boxes
@@ -110,15 +110,23 @@ def assemble_windows(
 ) -> np.ndarray:
     """(n, m, m) float16 probabilities of the windows `tops` of per-scale score-map logits.
 
-    sigmoid is applied to the maps before assembling (k²·h·w values rather than n·m²): the same
-    numbers, since assembling only copies; cells outside a map are background (probability 0).
+    The assembling module's copy (`assemble.assembling_index`), as one gather from the flat
+    maps: sigmoid is applied to the maps first (k²·h·w values rather than n·m²), the same
+    numbers since assembling only copies; cells outside a map are background (probability 0).
     """
     out = np.zeros((len(tops), m, m), dtype=np.float16)
     tops = torch.from_numpy(np.asarray(tops, dtype=np.int64))
     for index in np.unique(scale).tolist():
         rows = np.flatnonzero(scale == index)
+        kk, height, width = maps[index].shape
         probabilities = torch.sigmoid(torch.from_numpy(maps[index]).float())
-        out[rows] = assemble_sparse(probabilities, tops[rows], m, fill=0.0).half().numpy()
+        padded = torch.nn.functional.pad(probabilities, (m, m, m, m)).half()
+        plane, row = padded.shape[1] * padded.shape[2], padded.shape[2]
+        offsets = torch.arange(m)
+        relative = (assembling_index(int(round(kk**0.5)), m) * plane
+                    + offsets[:, None] * row + offsets[None, :])  # fmt: skip
+        base = (tops[rows, 0] + m) * row + tops[rows, 1] + m
+        out[rows] = padded.reshape(-1)[base[:, None, None] + relative].numpy()
     return out
 
 

@@ -15,12 +15,13 @@ the work unnecessary:
 - down one column the value crosses the threshold at most once per span, so only the pixels
   next to a crossing, where rounding could decide, are evaluated exactly (`_Resampler.above`).
 Tight boxes for NMS look only at the spans where a mask first and last turns on; the kept masks
-come out as runs down the image's columns, COCO's RLE order. Everything is NumPy on the CPU.
+come out as runs down the image's columns, COCO's RLE order. Everything runs on the CPU.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 
 OFF, MIXED, ON = 0, 1, 2
@@ -99,13 +100,17 @@ def _cell_classes(masks: np.ndarray, threshold: float) -> np.ndarray:
     A resampled value is a convex combination of its span pair's four (edge-clamped) mask
     cells, so it lies between their minimum and maximum, up to rounding.
     """
-    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    corners = (padded[:, :-1, :-1], padded[:, 1:, :-1], padded[:, :-1, 1:], padded[:, 1:, 1:])
-    high = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
-    low = np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))
-    classes = np.full(high.shape, MIXED, dtype=np.int8)
-    classes[high < threshold - _ROUNDING] = OFF
-    classes[low > threshold + _ROUNDING] = ON
+    padded = np.empty((len(masks), masks.shape[1] + 2, masks.shape[2] + 2), dtype=masks.dtype)
+    padded[:, 1:-1, 1:-1] = masks  # edge-clamped: the first and last cells repeated
+    padded[:, 0, 1:-1], padded[:, -1, 1:-1] = masks[:, 0], masks[:, -1]
+    padded[:, :, 0], padded[:, :, -1] = padded[:, :, 1], padded[:, :, -2]
+    above = padded > threshold + _ROUNDING
+    reach = padded >= threshold - _ROUNDING
+    on = above[:, :-1, :-1] & above[:, 1:, :-1] & above[:, :-1, 1:] & above[:, 1:, 1:]
+    some = reach[:, :-1, :-1] | reach[:, 1:, :-1] | reach[:, :-1, 1:] | reach[:, 1:, 1:]
+    classes = np.full(on.shape, MIXED, dtype=np.int8)
+    classes[~some] = OFF
+    classes[on] = ON
     return classes
 
 
@@ -212,10 +217,13 @@ class _Resampler:
         n, side = self.masks.shape[:2]
         index, w0, w1, valid = xs.dense()
         lx, spans = index.shape[1], side + 2  # spans 0..S, and S+1: after a column's last pixel
-        # estimated values at the mask rows, per column step [n, Lx, S]; exact ones: `above`
-        flipped = self.masks.transpose(0, 2, 1)
-        rows = np.take_along_axis(flipped, index[:, :, None], 1) * w0[:, :, None]
-        rows += np.take_along_axis(flipped, index[:, :, None] + 1, 1) * w1[:, :, None]
+        # estimated values at the mask rows, per column step [n, Lx, S] (a product with the
+        # bilinear weight matrix); the exact values are `above`'s
+        weights = torch.zeros((n, lx, side))
+        weights.scatter_(2, torch.from_numpy(index)[:, :, None], torch.from_numpy(w0)[:, :, None])
+        weights.scatter_add_(2, torch.from_numpy(index)[:, :, None] + 1,
+                             torch.from_numpy(w1)[:, :, None])  # fmt: skip
+        rows = torch.bmm(weights, torch.from_numpy(self.masks).transpose(1, 2)).numpy()
         edged = np.concatenate([rows[:, :, :1], rows, rows[:, :, -1:]], axis=2)
         a, b = edged[:, :, :-1], edged[:, :, 1:]  # span j goes from a to b: [n, Lx, S+1]
         has_rows = ys.stop > ys.start  # [n, S+1]
@@ -272,9 +280,9 @@ class _Resampler:
         inside = np.where(rank > 0, pixel != np.roll(pixel, 1), after_prefix)
         closing = suffix & np.where(has_band, band_last != rising, prefix)
         per_segment = np.bincount(which[inside], minlength=len(flat))
-        counts = entry.astype(np.int64).reshape(-1)
-        counts[seg] += per_segment + closing
-        offset = np.cumsum(counts) - counts
+        counts = entry.astype(np.int32).reshape(-1)
+        counts[seg] += (per_segment + closing).astype(np.int32)
+        offset = np.cumsum(counts, dtype=np.int32) - counts
         total = int(counts.sum())
         window = np.empty(total, dtype=np.int64)
         row = np.empty(total, dtype=np.int64)
