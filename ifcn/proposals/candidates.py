@@ -273,10 +273,15 @@ class Candidates:
             path, "candidates", FORMAT, (FORMAT_VERSION,), _columns, _image_columns
         )
         self.path = self._table.path
-        missing = [key for key in (*REQUIRED_ATTRS, "storage") if key not in self._table.attrs]
+        self._attrs = self._table.attrs
+        missing = [key for key in (*REQUIRED_ATTRS, "storage") if key not in self._attrs]
         if missing:
             self._table.close()
             raise IfcnError(f"candidates file lacks attributes: {', '.join(missing)}", self.path)
+        sizes = [self._attrs[key] for key in ("k", "m", "mask_size")]
+        if not all(isinstance(v, int) and 1 <= v <= 1024 for v in sizes) or sizes[1] < 2:
+            self._table.close()
+            raise IfcnError(f"candidates file has k, m, mask_size = {sizes}", self.path)
 
     def __enter__(self) -> Candidates:
         return self
@@ -309,11 +314,11 @@ class Candidates:
 
     @property
     def mask_size(self) -> int:
-        return int(self.attrs["mask_size"])
+        return int(self._attrs["mask_size"])
 
     def read(self, n: int) -> ImageCandidates:
         """The candidates of the n-th image in file order, checked."""
-        table, attrs = self._table, self._table.attrs
+        table, attrs = self._table, self._attrs
         lo, hi = int(self.offset[n]), int(self.offset[n + 1])
         windows = table.read("candidates", lo, hi)
         sizes = np.stack([table.image_values["map_height"][n],

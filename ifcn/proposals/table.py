@@ -341,6 +341,7 @@ class TableReader:
         """`groups` and `image_columns` may be functions of the root attributes, for formats
         whose columns depend on them."""
         self.path, self.kind = Path(path), kind
+        self._attrs: dict[str, Any] | None = None
         if self.path.is_dir():
             raise IfcnError(f"is a folder, not a {kind} file", self.path)
         try:
@@ -470,11 +471,13 @@ class TableReader:
     @property
     def attrs(self) -> dict[str, Any]:
         """Root attributes as Python values; `config` parsed from its JSON when it is JSON."""
-        out = {key: python_value(value) for key, value in self._file.attrs.items()}
-        if isinstance(out.get("config"), str):
-            with contextlib.suppress(json.JSONDecodeError):
-                out["config"] = json.loads(out["config"])
-        return out
+        if self._attrs is None:
+            out = {key: python_value(value) for key, value in self._file.attrs.items()}
+            if isinstance(out.get("config"), str):
+                with contextlib.suppress(json.JSONDecodeError):
+                    out["config"] = json.loads(out["config"])
+            self._attrs = out
+        return dict(self._attrs)
 
     def index(self, image_id: int) -> int:
         """Row of an image in the image table."""
