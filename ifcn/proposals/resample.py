@@ -24,11 +24,13 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from ifcn.proposals.rle import encode_counts
+
 OFF, MIXED, ON = 0, 1, 2
 _ROUNDING = 1e-5  # bound on the rounding error of a resampled value in [0, 1], generously
 _SLACK = 1e-6  # pixels added to either side of a band (float64 error is ~1e-12 of that)
-_BOX_STEPS = 1 << 18  # window pixel steps (along one axis) handled at once for tight boxes
-_RUN_STEPS = 1 << 15  # ... and when rendering masks
+_BOX_STEPS = 1 << 17  # window pixel steps (along one axis) handled at once for tight boxes
+_RUN_STEPS = 1 << 14  # ... and when rendering masks
 
 
 class _Axis:
@@ -364,36 +366,6 @@ def tight_boxes(
         resampler = _Resampler(masks[chunk], boxes[chunk], height, width, threshold)
         out[chunk] = resampler.tight_boxes()
     return out
-
-
-def encode_counts(counts: np.ndarray, lengths: np.ndarray) -> list[bytes]:
-    """COCO's compressed RLE strings of several masks' run lengths at once.
-
-    `counts` holds the run lengths of every mask (off first), mask after mask, `lengths` how
-    many each has (at least one). The text is pycocotools' (`rleToString`, LEB128-like, 6 bits
-    a character from '0'): each count, less the one two before it from the fourth on, in 5-bit
-    groups low first, 0x20 marking that more follow.
-    """
-    rank = _ranks(lengths)
-    value = counts.astype(np.int64)
-    later = np.flatnonzero(rank > 2)
-    value[later] -= counts[later - 2]
-    size = np.zeros(len(value), dtype=np.int64)  # characters of each count
-    groups, todo = [], np.arange(len(value))
-    while len(todo):  # 5 bits at a time, while any count has more
-        group = value[todo] & 0x1F
-        value[todo] >>= 5
-        follows = np.where(group & 0x10, value[todo] != -1, value[todo] != 0)
-        groups.append((todo, (group + 48 + 0x20 * follows).astype(np.uint8)))
-        size[todo] += 1
-        todo = todo[follows]
-    chars = np.zeros((len(value), len(groups)), dtype=np.uint8)
-    for k, (where, char) in enumerate(groups):
-        chars[where, k] = char
-    text = chars[np.arange(len(groups))[None] < size[:, None]]
-    per_mask = np.add.reduceat(size, np.cumsum(lengths) - lengths)  # every length ≥ 1
-    ends = np.cumsum(per_mask)
-    return [text[end - size : end].tobytes() for end, size in zip(ends, per_mask, strict=True)]
 
 
 def render(

@@ -30,19 +30,19 @@ def _ranks(counts: np.ndarray) -> np.ndarray:
 def _characters(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The characters of each value (int64) and how many each takes, as a flat uint8 array."""
     value = values.astype(np.int64)
-    size = np.zeros(len(value), dtype=np.int64)
-    groups, todo = [], np.arange(len(value))
-    while len(todo):  # 5 bits at a time while a value has more
-        group = value[todo] & _BITS
-        value[todo] >>= 5
-        follows = np.where(group & _SIGN, value[todo] != -1, value[todo] != 0)
-        groups.append((todo, (group + _FIRST + _MORE * follows).astype(np.uint8)))
-        size[todo] += 1
-        todo = todo[follows]
-    chars = np.zeros((len(value), len(groups)), dtype=np.uint8)
-    for k, (where, char) in enumerate(groups):
-        chars[where, k] = char
-    return chars[np.arange(len(groups))[None] < size[:, None]], size
+    # a value takes the fewest 5-bit groups whose top bit (0x10, the sign) matches its sign
+    magnitude = np.where(value < 0, ~value, value)
+    size = np.ones(len(value), dtype=np.int64)
+    for groups in range(1, 13):
+        longer = magnitude >= np.int64(1) << (5 * groups - 1)
+        if not longer.any():
+            break
+        size += longer
+    width = int(size.max()) if len(size) else 0
+    shifts = 5 * np.arange(width, dtype=np.int64)
+    chars = ((value[:, None] >> shifts[None]) & _BITS) + _FIRST
+    chars += _MORE * (np.arange(width)[None] < size[:, None] - 1)
+    return chars[np.arange(width)[None] < size[:, None]].astype(np.uint8), size
 
 
 def encode_counts(counts: np.ndarray, lengths: np.ndarray) -> list[bytes]:
