@@ -413,3 +413,20 @@ def test_infer_on_a_folder_of_jpegs_writes_a_valid_proposal_file(tmp_path, capsy
     code = cli.main([*base, "--image-dir", str(empty), "--out", str(tmp_path / "x.h5")])
     _one_line_failure(capsys, code, empty, "no image files")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_check_runs_off_skips_only_the_runs_and_masks_still_checks_them(tmp_path, files):
+    _, proposals = files
+    short = mask_utils.frPyObjects({"counts": [5, 9], "size": [H, W]}, H, W)["counts"]
+    with h5py.File(proposals, "r+") as f:
+        rles = [bytes(r) for r in f["proposals/rle"][:]]
+        rles[0] = short
+        del f["proposals/rle"]
+        f["proposals/rle"] = np.array(rles, dtype=f"S{max(map(len, rles))}")
+    with Proposals(proposals, check_runs=False) as read:
+        assert read.get(1).rles[0] == short
+        with pytest.raises(IfcnError, match="covers 14 pixels"):
+            read.masks(1)
+    _edit(proposals, "proposals/score", 1, np.nan)
+    with Proposals(proposals, check_runs=False) as read, pytest.raises(IfcnError, match="NaN"):
+        read.get(2)
