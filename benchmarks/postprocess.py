@@ -16,7 +16,9 @@ seconds over `--images` images, their total against the target (≤ 0.4 s), and 
 bytes per image (target ≤ 1.5 MB). Beside them, ifcn 0.1's path on the same score maps: masks
 assembled at inference and stored (float16, uncompressed), and the NMS of
 tests/proposals/reference_nms.py; its NMS on the new candidates must give identical proposals
-(masks, boxes, order), which the benchmark checks on every image.
+(masks, boxes, order), which the benchmark checks on every image. ifcn 0.1's own proposals
+differ where float16 score maps move a mask pixel across the threshold (AR equal to 0.001:
+tests/proposals/test_resample.py); the share of identical masks is reported.
 
     python benchmarks/postprocess.py --out results/bench/postprocess.json [--images 5]
 """
@@ -197,9 +199,8 @@ def measure_image(rng: np.random.Generator, folder: Path) -> dict:
         "candidates_bytes": new_bytes, "old_candidates_bytes": old_path.stat().st_size,
         "identical_to_reference_nms": same_proposals(result, reference_on_new),
         "same_as_old_path": same_proposals(result, result_old),
-        "differing_proposals_vs_old_path": int(sum(a != b for a, b in zip(
-            result["rles"], result_old["rles"], strict=False)) + abs(
-            len(result["rles"]) - len(result_old["rles"]))),
+        "masks_shared_with_old_path": len(set(result["rles"]) & set(result_old["rles"]))
+        / max(len(result["rles"]), 1),
     }  # fmt: skip
 
 
@@ -234,7 +235,8 @@ def main(args: argparse.Namespace) -> dict:
         "target_candidates_bytes": TARGET_BYTES,
         "identical_to_reference_nms": all(i["identical_to_reference_nms"] for i in images),
         "images_identical_to_old_path": sum(i["same_as_old_path"] for i in images),
-        "differing_proposals_vs_old_path": [i["differing_proposals_vs_old_path"] for i in images],
+        "masks_shared_with_old_path": statistics.median(
+            i["masks_shared_with_old_path"] for i in images),
     }  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     steps = ", ".join(f"{k} {v:.3f}" for k, v in new_cpu.items())
@@ -251,7 +253,8 @@ def main(args: argparse.Namespace) -> dict:
         f"candidates per image: {result['candidates_bytes_per_image'] / 1e6:.2f} MB (target <= "
         f"{TARGET_BYTES / 1e6}); ifcn 0.1 stored {old_mb:.2f} MB; images whose proposals equal "
         f"ifcn 0.1's exactly (float16 maps): "
-        f"{result['images_identical_to_old_path']}/{args.images}"
+        f"{result['images_identical_to_old_path']}/{args.images}, masks also in ifcn 0.1's "
+        f"proposals: {result['masks_shared_with_old_path']:.0%}"
     )
     return result
 

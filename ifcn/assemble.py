@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -115,12 +116,19 @@ def assemble_dense(
         raise ValueError(f"out must be a contiguous {scores.dtype} tensor of shape {shape}")
     bounds = block_bounds(k, m)
     origin = margin - m // 2  # padded coordinate of the top-left cell of the first window
+    # On the CPU NumPy's strided copy is ~25% faster than Tensor.copy_ for these row-sized runs
+    on_host = padded.device.type == "cpu" and not padded.requires_grad
+    maps, target = (padded.numpy(), out.numpy()) if on_host else (padded, out)
+    item = padded.element_size() if on_host else 1  # NumPy strides and offsets count bytes
+    plane = padded.stride(0)
     for i, (u0, u1) in enumerate(bounds):
         for j, (v0, v1) in enumerate(bounds):
-            source = padded[i * k + j, origin + u0 :, origin + v0 :]
-            view = source.as_strided(
-                (u1 - u0, v1 - v0, out_h, out_w),
-                (row_stride, 1, stride * row_stride, stride),
-            )
-            out[u0:u1, v0:v1].copy_(view)
+            start = (i * k + j) * plane + (origin + u0) * row_stride + origin + v0
+            shape = (u1 - u0, v1 - v0, out_h, out_w)
+            strides = tuple(s * item for s in (row_stride, 1, stride * row_stride, stride))
+            if on_host:
+                source = np.ndarray(shape, maps.dtype, maps, start * item, strides)
+                np.copyto(target[u0:u1, v0:v1], source)
+            else:
+                target[u0:u1, v0:v1].copy_(maps.as_strided(shape, strides, start))
     return out.permute(2, 3, 0, 1)

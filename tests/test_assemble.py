@@ -156,3 +156,12 @@ def test_dense_into_a_given_buffer_equals_a_fresh_one():
     assert torch.equal(out, assemble_dense(scores, 7, fill=-1.0))
     with pytest.raises(ValueError, match="contiguous"):
         assemble_dense(scores, 7, out=torch.empty(7, 7, 13, 16))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dense_gives_the_same_through_numpy_and_through_torch(stride):
+    scores = torch.randn(25, 19, 23)
+    tracked = scores.clone().requires_grad_(True)  # the Tensor.copy_ path (as on a GPU)
+    with torch.no_grad():
+        expected = assemble_dense(scores, 21, stride, fill=-1.0)
+    assert torch.equal(assemble_dense(tracked, 21, stride, fill=-1.0).detach(), expected)
