@@ -120,15 +120,17 @@ def run_totals(texts: Sequence[bytes], height: int, width: int) -> np.ndarray:
     shifted = np.insert(kept, where[order], values[order])
     begins = start - lost + np.arange(len(start)) + np.cumsum(size) - size
     ends = begins + lengths + 1 - dropped + size
-    texts_off = [shifted[b:e].tobytes() for b, e in zip(begins, ends, strict=True)]
-    on = _areas([texts[i] for i in keep.tolist()], height, width)
-    out[keep] = on + _areas(texts_off, height, width)
+    data = shifted.tobytes()
+    texts_off = [data[b:e] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
+    kept_texts = texts if len(keep) == n else [texts[i] for i in keep.tolist()]
+    out[keep] = _areas(kept_texts, height, width) + _areas(texts_off, height, width)
     return out
 
 
 def _areas(texts: list[bytes], height: int, width: int) -> np.ndarray:
     """pycocotools' areas (on pixels) of compressed RLE texts, int64."""
-    rles = [{"size": [height, width], "counts": text} for text in texts]
+    size = [height, width]
+    rles = [{"size": size, "counts": text} for text in texts]
     # pycocotools 2.0.11 with NumPy 2 fails on 256 or more RLEs at once (a uint8 length)
     parts = [mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
