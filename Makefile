@@ -57,5 +57,6 @@ bench: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/assemble.py --out results/bench/assemble.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/proposals_io.py --out results/bench/proposals_io.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/evaluate.py --out results/bench/evaluate.json
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/postprocess.py --out results/bench/postprocess.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/inference.py --out results/bench/inference.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/train.py --out results/bench/train.json

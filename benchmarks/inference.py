@@ -6,9 +6,10 @@ tiny backbone) and for the paper's VGG-16 (head_channels 512, k = 5). Reported p
 
 - network forward, split into backbone, instance branch and objectness branch (summed over
   scales, timed by calling the model's parts in turn, exactly what ``forward`` does);
-- everything else: resizing and normalising, ranking and assembling the kept windows
-  (measured in the same instrumented pass), writing candidates.h5, NMS (tight boxes, box NMS,
-  full-resolution masks of the kept proposals and their RLE) and writing proposals.h5;
+- everything else: resizing and normalising, ranking the windows and keeping the score maps
+  (measured in the same instrumented pass), writing candidates.h5, NMS (assembling the kept
+  windows, tight boxes, box NMS, the kept masks at image size as RLE) and writing proposals.h5
+  (benchmarks/postprocess.py measures these at the paper's settings on one core);
 - ratio_pipeline_to_forward = (end-to-end ``infer_image`` + candidate writing + ``nms_image``
   + proposal writing) / network forward. The target for VGG-16 on CPU is ≤ 1.15. On a shared
   machine the two forward passes it compares can differ by more than the overhead, so
@@ -17,6 +18,9 @@ tiny backbone) and for the paper's VGG-16 (head_channels 512, k = 5). Reported p
 
 Measurements of one configuration are interleaved (instrumented pass, then end-to-end pass) so
 machine load hits both alike; medians over ``--repeats`` after one warm-up pass.
+
+For the default model, `ifcn infer`'s loop over a folder of JPEGs is also timed with 0 and 2
+DataLoader workers: the share of its time spent waiting for decoded images (data_share).
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ from ifcn.data.image import image_tensor, resize_image
 from ifcn.model import build_model
 from ifcn.proposals.candidates import Candidates, CandidateWriter, ImageCandidates
 from ifcn.proposals.format import ProposalWriter
-from ifcn.proposals.inference import infer_image, window_masks
-from ifcn.proposals.nms import nms_image, torch_threads
-from ifcn.windows import STRIDE, rank_windows, window_boxes
+from ifcn.proposals.infer import run_inference
+from ifcn.proposals.inference import infer_image
+from ifcn.proposals.suppression import nms_image, torch_threads
+from ifcn.windows import rank_windows
 
 PAPER_SCALES = [round(600 * 1.5**e) for e in range(-4, 2)]  # 119, 178, 267, 400, 600, 900
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +97,8 @@ def _sync(device: torch.device) -> None:
 def instrumented_pass(model, image, infer_cfg, device) -> dict[str, float]:
     """Seconds per step for one image over all scales, the steps of `infer_image` in turn."""
     times = dict.fromkeys(("preprocess", "backbone", "instance_branch", "objectness_branch",
-                           "rank_assemble"), 0.0)  # fmt: skip
-    m, k = model.m, model.k
+                           "rank"), 0.0)  # fmt: skip
+    m = model.m
     for short_side in infer_cfg["scales"]:
         t0 = time.perf_counter()
         resized, scale = resize_image(image, short_side, infer_cfg["max_size"])
@@ -110,16 +115,14 @@ def instrumented_pass(model, image, infer_cfg, device) -> dict[str, float]:
         _sync(device)
         t4 = time.perf_counter()
         tops, logits = rank_windows(objectness[0, 0], m, infer_cfg["pre_nms_topk"])
-        masks = window_masks(model, {"scores": scores}, tops, m, k)
-        boxes = window_boxes(tops, m, scale, STRIDE)
-        masks.half().cpu(), boxes.cpu(), logits.cpu()
+        scores.half().cpu(), tops.cpu(), logits.cpu()  # what inference keeps of a scale
         _sync(device)
         t5 = time.perf_counter()
         times["preprocess"] += t1 - t0
         times["backbone"] += t2 - t1
         times["instance_branch"] += t3 - t2
         times["objectness_branch"] += t4 - t3
-        times["rank_assemble"] += t5 - t4
+        times["rank"] += t5 - t4
     return times
 
 
@@ -131,9 +134,10 @@ def end_to_end_pass(model, image, infer_cfg, device, folder: Path) -> tuple[dict
                         infer_cfg["max_size"], infer_cfg["pre_nms_topk"], device)  # fmt: skip
     t1 = time.perf_counter()
     attrs = {"config": "{}", "checkpoint_sha256": "0" * 64, "dataset": "bench",
-             "scales": infer_cfg["scales"], "k": model.k, "m": model.m, "shard": "0/1"}  # fmt: skip
+             "scales": infer_cfg["scales"], "k": model.k, "m": model.m, "head": "instancefcn",
+             "shard": "0/1"}  # fmt: skip
     record = ImageCandidates(1, "bench.png", height, width, **found)
-    with CandidateWriter(folder / "candidates.h5", attrs, found["masks"].shape[1]) as writer:
+    with CandidateWriter(folder / "candidates.h5", attrs) as writer:
         writer.add(record)
     t2 = time.perf_counter()
     with Candidates(folder / "candidates.h5") as reader, torch_threads(1):  # as `ifcn nms` runs
@@ -144,7 +148,9 @@ def end_to_end_pass(model, image, infer_cfg, device, folder: Path) -> tuple[dict
     t4 = time.perf_counter()
     times = {"infer_image": t1 - t0, "write_candidates": t2 - t1, "nms_image": t3 - t2,
              "write_proposals": t4 - t3}  # fmt: skip
-    return times, {"candidates": len(record), "proposals": len(result["rles"])}
+    counts = {"candidates": len(record), "proposals": len(result["rles"]),
+              "candidate_bytes": (folder / "candidates.h5").stat().st_size}  # fmt: skip
+    return times, counts
 
 
 def measure(name, model_cfg, infer_cfg, image, repeats, device) -> dict:
@@ -163,7 +169,7 @@ def measure(name, model_cfg, infer_cfg, image, repeats, device) -> dict:
     forward = median["backbone"] + median["instance_branch"] + median["objectness_branch"]
     after = median["write_candidates"] + median["nms_image"] + median["write_proposals"]
     pipeline = median["infer_image"] + after
-    breakdown = forward + median["preprocess"] + median["rank_assemble"] + after
+    breakdown = forward + median["preprocess"] + median["rank"] + after
     return {
         "model": {key: model_cfg[key] for key in ("backbone", "head", "k", "m", "head_channels")},
         "scales": infer_cfg["scales"],
@@ -181,6 +187,30 @@ def measure(name, model_cfg, infer_cfg, image, repeats, device) -> dict:
     }
 
 
+def data_share(model, infer_cfg, image, device, folder: Path, count: int = 8) -> dict:
+    """Seconds of `run_inference` over `count` JPEGs and the share spent waiting for images,
+    decoding in the loop (0 workers) and in 2 DataLoader workers."""
+    root = folder / "images"
+    root.mkdir(exist_ok=True)
+    table = {}
+    for i in range(count):
+        name = f"{i:03d}.jpg"
+        cv2.imwrite(str(root / name), np.roll(image, 7 * i, axis=1)[:, :, ::-1].copy())
+        table[i + 1] = {"file_name": name, "height": image.shape[0], "width": image.shape[1]}
+    attrs = {"config": "{}", "checkpoint_sha256": "0" * 64, "dataset": "bench",
+             "scales": infer_cfg["scales"], "k": model.k, "m": model.m, "head": "instancefcn",
+             "shard": "0/1"}  # fmt: skip
+    out = {}
+    for workers in (0, 2):
+        run_inference(model, table, root, folder / "c.h5", attrs, infer_cfg, device, workers,
+                      show_progress=False)  # warm-up  # fmt: skip
+        run = run_inference(model, table, root, folder / "c.h5", attrs, infer_cfg, device,
+                            workers, show_progress=False)  # fmt: skip
+        out[f"workers_{workers}"] = {"seconds_per_image": run.seconds / count,
+                                     "data_share": run.data_seconds / run.seconds}  # fmt: skip
+    return out
+
+
 def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,14 +225,23 @@ def main(args: argparse.Namespace) -> dict:
     for name, (model_cfg, infer_cfg) in configurations(args.config, args.models).items():
         repeats = args.vgg16_repeats if name == "vgg16" else args.repeats
         result = measure(name, copy.deepcopy(model_cfg), infer_cfg, image, repeats, device)
+        if name == "default":
+            torch.manual_seed(0)
+            model = build_model(copy.deepcopy(model_cfg)).to(device).eval()
+            with tempfile.TemporaryDirectory() as tmp:
+                result["data_loading"] = data_share(model, infer_cfg, image, device, Path(tmp))
+            shares = ", ".join(f"{key} {value['data_share']:.0%}"
+                               for key, value in result["data_loading"].items())  # fmt: skip
+            print(f"{name}: share of `ifcn infer` waiting for decoded images: {shares}")
         results["configurations"][name] = result
         s = result["seconds"]
         print(
             f"{name}: forward {result['network_forward_s']:.2f} s (backbone {s['backbone']:.2f}, "
             f"instance {s['instance_branch']:.3f}, objectness {s['objectness_branch']:.3f}); "
-            f"preprocess {s['preprocess']:.3f}, rank+assemble {s['rank_assemble']:.3f}, "
+            f"preprocess {s['preprocess']:.3f}, rank {s['rank']:.3f}, "
             f"infer_image {s['infer_image']:.2f}, write {s['write_candidates']:.3f}, "
-            f"nms {s['nms_image']:.3f} ({result['candidates']} candidates -> "
+            f"nms {s['nms_image']:.3f} ({result['candidates']} candidates, "
+            f"{result['candidate_bytes'] / 1e6:.2f} MB -> "
             f"{result['proposals']} proposals), write {s['write_proposals']:.3f}; "
             f"ratio {result['ratio_pipeline_to_forward']:.3f} end to end, "
             f"{result['ratio_from_breakdown']:.3f} from the breakdown"

@@ -1,143 +1,226 @@
-"""candidates.h5: what `ifcn infer` hands to `ifcn nms` (internal format), and `ifcn merge`.
+"""candidates.h5: what `ifcn infer` hands to `ifcn nms` (internal format, version 2).
 
-Inference keeps the top windows of every scale with their m×m mask probabilities; NMS turns
-them into proposals later, so its thresholds change without rerunning the network (DESIGN §6).
-The layout mirrors proposals.h5 (DESIGN §7): flat columns, one row per candidate window, and
-`/images/offset` saying which rows belong to which image.
+Inference keeps the top windows of every scale; NMS turns them into proposals later, so its
+thresholds change without rerunning the network (DESIGN §6). A window's mask is a copy of k²
+score maps' cells (the assembling module), so for the InstanceFCN head the file stores each
+scale's score maps once, as logits, and the windows as top-left cells: NMS assembles the masks
+it needs. At the paper's settings that is ~1.5 MB an image instead of ~5 MB of assembled masks.
+The ~DeepMask head has no score maps; its masks are stored as they are.
+
+The file is the per-image table of `ifcn.proposals.table`:
 
 ```
-/                      attrs: format="ifcn-candidates", format_version=1, config (JSON),
+/                      attrs: format="ifcn-candidates", format_version=2, config (JSON),
                               checkpoint_sha256, dataset, scales, max_size (0: none), k, m,
-                              head, pre_nms_topk, shard ("i/n"), objectness="logit"
-/images/id             (I,)       int64
-/images/file_name      (I,)       str
-/images/height         (I,)       int32
-/images/width          (I,)       int32
-/images/offset         (I+1,)     int64    candidates of image i are rows offset[i]:offset[i+1]
-/candidates/masks      (P, S, S)  float16  mask probabilities (sigmoid), S = m (or the
-                                           ~DeepMask head's mask side)
-/candidates/boxes      (P, 4)     float32  window box x0, y0, x1, y1 in original-image pixels
-/candidates/objectness (P,)       float32  objectness *logit* (ranks exactly; no saturation)
-/candidates/scale      (P,)       int8     index into the scales attribute
+                              head, pre_nms_topk, shard ("i/n"), objectness="logit",
+                              storage ("score_maps" or "masks"), mask_size
+/images/id, file_name, height, width
+/images/map_height     (I, S)  int32    feature map of each scale (S = number of scales)
+/images/map_width      (I, S)  int32
+/images/resize         (I, S)  float64  resized / original size at each scale
+/images/offset         (I+1,)  int64    windows of image i: /candidates rows offset[i]:offset[i+1]
+/images/cells_offset   (I+1,)  int64    score-map cells of image i: /cells rows, scale by scale,
+                                         each map's cells in row-major order
+/candidates/top        (P, 2)  int16    top-left feature cell (y0, x0) of the window, at its scale
+/candidates/objectness (P,)    float32  objectness *logit* (ranks exactly; no saturation)
+/candidates/scale      (P,)    int8     index into the scales attribute
+/candidates/masks      (P, S, S) float16 mask probabilities (storage "masks" only)
+/cells/scores          (C, k²) float16  score-map logits (storage "score_maps"; else no rows)
 ```
 
+Windows are best first within each scale, scales in order. A window's box in original-image
+pixels is `windows.window_boxes(top, m, resize)`, computed on reading as inference computed it.
 A shard of an inference job is a contiguous chunk of the sorted image ids, so shards merge by
-concatenation (`ifcn merge`). Files are written to a temporary name and renamed when complete.
+concatenation (`ifcn merge`). Every image is checked on writing and on reading (`check`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
+import torch
 
+from ifcn.assemble import assembling_index
 from ifcn.errors import IfcnError
-from ifcn.proposals.format import index_images
+from ifcn.proposals.table import Column, TableReader, TableWriter
+from ifcn.windows import window_boxes
 
 FORMAT = "ifcn-candidates"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SCORE_MAPS, MASKS = "score_maps", "masks"
 # Attributes the producer supplies; the writer adds format, format_version and objectness.
-REQUIRED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "k", "m", "shard")
+REQUIRED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "k", "m", "head", "shard")
 # Attributes that every shard of one inference job shares (all but the shard itself).
-SHARED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "max_size", "k", "m", "head")
-
-_FLUSH_ROWS = 8192  # candidates buffered before they go to the file (~7 MB of 21×21 masks)
-_COLUMNS = ("masks", "boxes", "objectness", "scale")
+SHARED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "max_size", "k", "m", "head",
+                "storage", "mask_size")  # fmt: skip
+MAX_MAP_SIDE = 1 << 14  # feature cells per side; more is damage, not an image
 
 
 @dataclass
 class ImageCandidates:
-    """One image's candidate windows: what `CandidateWriter.add` takes and the reader returns."""
+    """One image's candidate windows: what `CandidateWriter.add` takes and the reader returns.
+
+    `maps` (InstanceFCN) or `stored_masks` (~DeepMask) holds what the masks are made of;
+    `masks` and `boxes` are computed from them on demand.
+    """
 
     image_id: int
     file_name: str
     height: int
     width: int
-    masks: np.ndarray  # (n, S, S) float16 probabilities
-    boxes: np.ndarray  # (n, 4) float32 window boxes in original-image pixels
+    tops: np.ndarray  # (n, 2) int: top-left feature cell (y0, x0) at the window's scale
     objectness: np.ndarray  # (n,) float32 logits
     scale: np.ndarray  # (n,) int8 index into the scales attribute
+    resize: np.ndarray  # (S,) float64: resized / original size of each scale
+    map_sizes: np.ndarray  # (S, 2) int: feature map (height, width) of each scale
+    m: int
+    maps: list[np.ndarray] | None = None  # per scale (k², h, w) float16 logits
+    stored_masks: np.ndarray | None = None  # (n, S, S) float16 probabilities
+    _masks: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.objectness)
 
+    @property
+    def boxes(self) -> np.ndarray:
+        """(n, 4) float32 window boxes x0, y0, x1, y1 in original-image pixels."""
+        out = np.zeros((len(self), 4), dtype=np.float32)
+        tops = torch.from_numpy(np.asarray(self.tops, dtype=np.int64))
+        for index in np.unique(self.scale).tolist():
+            rows = np.flatnonzero(self.scale == index)
+            out[rows] = window_boxes(tops[rows], self.m, float(self.resize[index])).numpy()
+        return out
 
-def _attr_value(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True)
-    if isinstance(value, (list, tuple)):
-        return np.asarray(value)
-    return value
+    @property
+    def masks(self) -> np.ndarray:
+        """(n, S, S) float16 mask probabilities (assembled from the score maps once)."""
+        if self.stored_masks is not None:
+            return self.stored_masks
+        if self._masks is None:
+            self._masks = assemble_windows(self.maps, self.tops, self.scale, self.m)
+        return self._masks
 
 
-def _python(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.decode()
-    return value
+def assemble_windows(
+    maps: list[np.ndarray], tops: np.ndarray, scale: np.ndarray, m: int
+) -> np.ndarray:
+    """(n, m, m) float16 probabilities of the windows `tops` of per-scale score-map logits.
+
+    The assembling module's copy (`assemble.assembling_index`), as one gather from the flat
+    maps: sigmoid is applied to the maps first (k²·h·w values rather than n·m²), the same
+    numbers since assembling only copies; cells outside a map are background (probability 0).
+    """
+    out = np.zeros((len(tops), m, m), dtype=np.float16)
+    tops = torch.from_numpy(np.asarray(tops, dtype=np.int64))
+    for index in np.unique(scale).tolist():
+        rows = np.flatnonzero(scale == index)
+        kk, height, width = maps[index].shape
+        probabilities = torch.sigmoid(torch.from_numpy(maps[index]).float())
+        padded = torch.nn.functional.pad(probabilities, (m, m, m, m)).half()
+        plane, row = padded.shape[1] * padded.shape[2], padded.shape[2]
+        offsets = torch.arange(m)
+        relative = (assembling_index(int(round(kk**0.5)), m) * plane
+                    + offsets[:, None] * row + offsets[None, :])  # fmt: skip
+        base = (tops[rows, 0] + m) * row + tops[rows, 1] + m
+        out[rows] = padded.reshape(-1)[base[:, None, None] + relative].numpy()
+    return out
+
+
+def _columns(attrs: Mapping[str, Any]) -> dict[str, dict[str, Column]]:
+    k, side = int(attrs["k"]), int(attrs.get("mask_size") or attrs["m"])
+    windows = {"top": Column("int16", (2,)), "objectness": Column("float32"),
+               "scale": Column("int8")}  # fmt: skip
+    if attrs.get("storage") == MASKS:
+        windows["masks"] = Column("float16", (side, side), compress=False)
+    return {"candidates": windows, "cells": {"scores": Column("float16", (k * k,))}}
+
+
+def _image_columns(attrs: Mapping[str, Any]) -> dict[str, Column]:
+    scales = len(np.atleast_1d(attrs["scales"]))
+    return {
+        "map_height": Column("int32", (scales,)),
+        "map_width": Column("int32", (scales,)),
+        "resize": Column("float64", (scales,)),
+    }
+
+
+def check(record: ImageCandidates, k: int, num_scales: int, side: int, path: Path) -> None:
+    """Raise an IfcnError naming `path` and the image unless its candidates are sane."""
+    where = f"image {record.image_id}"
+    n = len(record.objectness)
+    sizes = np.asarray(record.map_sizes).reshape(-1, 2)
+    resize = np.asarray(record.resize, dtype=np.float64).reshape(-1)
+    if sizes.shape[0] != num_scales or len(resize) != num_scales:
+        raise IfcnError(f"{where}: map sizes or resize factors not one per scale", path)
+    if (sizes < 1).any() or (sizes > MAX_MAP_SIDE).any():
+        raise IfcnError(f"{where}: feature map sizes {sizes.tolist()} are not a map's", path)
+    if not np.isfinite(resize).all() or (resize <= 0).any():
+        raise IfcnError(f"{where}: resize factors {resize.tolist()} are not positive", path)
+    tops, scale = np.asarray(record.tops), np.asarray(record.scale)
+    if tops.shape != (n, 2) or scale.shape != (n,):
+        raise IfcnError(f"{where}: windows, tops and scale indices of unequal length", path)
+    if not np.isfinite(record.objectness).all():
+        raise IfcnError(f"{where}: objectness holds NaN or infinity", path)
+    if n and ((scale < 0).any() or (scale >= num_scales).any()):
+        raise IfcnError(f"{where}: scale index outside 0..{num_scales - 1}", path)
+    if n:
+        centre = tops.astype(np.int64) + int(record.m) // 2
+        size = sizes[scale.astype(np.int64)]
+        if ((centre < 0) | (centre >= size)).any():
+            raise IfcnError(f"{where}: a window is centred outside its feature map", path)
+    if record.maps is not None:
+        if len(record.maps) != num_scales:
+            raise IfcnError(f"{where}: score maps not one set per scale", path)
+        for index, (maps, (height, width)) in enumerate(zip(record.maps, sizes, strict=True)):
+            if maps.shape != (k * k, height, width):
+                raise IfcnError(
+                    f"{where}: score maps of scale {index} are {maps.shape}, "
+                    f"not ({k * k}, {height}, {width})",
+                    path,
+                )
+            if np.isnan(maps).any():
+                raise IfcnError(f"{where}: score maps of scale {index} hold NaN", path)
+    else:
+        masks = record.stored_masks
+        if masks is None or masks.shape != (n, side, side):
+            raise IfcnError(f"{where}: masks missing or not {side}x{side}", path)
+        if not np.isfinite(masks).all() or (masks < 0).any() or (masks > 1).any():
+            raise IfcnError(f"{where}: mask probabilities outside [0, 1]", path)
 
 
 class CandidateWriter:
     """Streams images' candidates into candidates.h5; the file appears only on a clean close.
 
     Use as a context manager: an exception inside the block removes the temporary file and
-    leaves the target path untouched.
+    leaves the target path untouched. `attrs["head"] == "deepmask"` stores masks (of
+    `attrs["mask_size"]`), any other head score maps.
     """
 
-    def __init__(self, path: str | Path, attrs: Mapping[str, Any], mask_size: int):
+    def __init__(self, path: str | Path, attrs: Mapping[str, Any]):
         self.path = Path(path)
         missing = [key for key in REQUIRED_ATTRS if key not in attrs]
         if missing:
             raise IfcnError(f"candidate file attributes missing: {', '.join(missing)}", self.path)
-        self._attrs = {
-            **{key: _attr_value(value) for key, value in attrs.items()},
+        storage = MASKS if attrs["head"] == "deepmask" else SCORE_MAPS
+        self.attrs = {
+            "max_size": 0,
+            **attrs,
+            "mask_size": int(attrs.get("mask_size") or attrs["m"]),
+            "storage": storage,
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "objectness": "logit",
         }
-        self.mask_size = int(mask_size)
-        self._num_scales = len(np.atleast_1d(self._attrs["scales"]))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{self.path.name}."
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=prefix, suffix=".tmp")
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._file = h5py.File(self._tmp, "w")
-        group = self._file.create_group("candidates")
-        s = self.mask_size
-        shapes = {
-            "masks": ((s, s), np.float16, 256),
-            "boxes": ((4,), np.float32, 8192),
-            "objectness": ((), np.float32, 16384),
-            "scale": ((), np.int8, 16384),
-        }
-        self._columns = {
-            name: group.create_dataset(
-                name,
-                shape=(0, *shape),
-                maxshape=(None, *shape),
-                dtype=dtype,
-                chunks=(rows, *shape),
-            )  # fmt: skip
-            for name, (shape, dtype, rows) in shapes.items()
-        }
-        self._images: dict[str, list] = {"id": [], "file_name": [], "height": [], "width": []}
-        self._seen: set[int] = set()
-        self._counts: list[int] = []
-        self._buffer: dict[str, list[np.ndarray]] = {name: [] for name in _COLUMNS}
-        self._buffered = 0
-        self._written = 0
-        self._open = True
+        self.k, self.m = int(attrs["k"]), int(attrs["m"])
+        self.mask_size = self.attrs["mask_size"]
+        self.num_scales = len(np.atleast_1d(attrs["scales"]))
+        self._table = TableWriter(
+            self.path, self.attrs, _columns(self.attrs), _image_columns(self.attrs)
+        )
 
     def __enter__(self) -> CandidateWriter:
         return self
@@ -149,142 +232,56 @@ class CandidateWriter:
             self.abort()
 
     def add(self, record: ImageCandidates) -> None:
-        """Append one image's candidates (possibly none)."""
-        if not self._open:
-            raise IfcnError("writer is closed", self.path)
-        image_id = int(record.image_id)
-        where = f"image {image_id}"
-        if image_id in self._seen:
-            raise IfcnError(f"{where} added twice", self.path)
-        n = len(record.objectness)
-        s = self.mask_size
-        masks = np.asarray(record.masks, dtype=np.float16).reshape(n, s, s)
-        boxes = np.asarray(record.boxes, dtype=np.float32).reshape(n, 4)
-        scale = np.asarray(record.scale).reshape(n)
-        if n and (scale.min() < 0 or scale.max() >= self._num_scales):
-            raise IfcnError(f"{where}: scale index outside the scales attribute", self.path)
-        self._seen.add(image_id)
-        self._images["id"].append(image_id)
-        self._images["file_name"].append(str(record.file_name))
-        self._images["height"].append(int(record.height))
-        self._images["width"].append(int(record.width))
-        self._counts.append(n)
-        if not n:
-            return
-        self._buffer["masks"].append(masks)
-        self._buffer["boxes"].append(boxes)
-        self._buffer["objectness"].append(np.asarray(record.objectness, np.float32).reshape(n))
-        self._buffer["scale"].append(scale.astype(np.int8))
-        self._buffered += n
-        if self._buffered >= _FLUSH_ROWS:
-            self._flush()
-
-    def add_rows(self, images: Mapping[str, np.ndarray], columns: Mapping[str, np.ndarray]) -> None:
-        """Append several images at once from another file's columns (used by merge)."""
-        counts = np.diff(images["offset"])
-        for n, image_id in enumerate(images["id"]):
-            if int(image_id) in self._seen:
-                raise IfcnError(f"image {int(image_id)} added twice", self.path)
-            self._seen.add(int(image_id))
-            for key in ("id", "file_name", "height", "width"):
-                self._images[key].append(_python(images[key][n]))
-            self._counts.append(int(counts[n]))
-        self._flush()
-        rows = len(columns["objectness"])
-        end = self._written + rows
-        for name, column in self._columns.items():
-            column.resize(end, axis=0)
-            column[self._written : end] = columns[name]
-        self._written = end
-
-    def _flush(self) -> None:
-        if not self._buffered:
-            return
-        end = self._written + self._buffered
-        for name, column in self._columns.items():
-            column.resize(end, axis=0)
-            column[self._written : end] = np.concatenate(self._buffer[name])
-            self._buffer[name].clear()
-        self._written = end
-        self._buffered = 0
+        """Append one image's candidates (possibly none), checked first."""
+        check(record, self.k, self.num_scales, self.mask_size, self.path)
+        sizes = np.asarray(record.map_sizes, dtype=np.int64).reshape(-1, 2)
+        image = {
+            "id": int(record.image_id),
+            "file_name": str(record.file_name),
+            "height": int(record.height),
+            "width": int(record.width),
+            "map_height": sizes[:, 0],
+            "map_width": sizes[:, 1],
+            "resize": np.asarray(record.resize, dtype=np.float64),
+        }
+        windows = {
+            "top": np.asarray(record.tops, dtype=np.int16),
+            "objectness": np.asarray(record.objectness, dtype=np.float32),
+            "scale": np.asarray(record.scale, dtype=np.int8),
+        }
+        cells = {}
+        if record.stored_masks is not None:
+            windows["masks"] = np.asarray(record.stored_masks, dtype=np.float16)
+        else:
+            scores = [maps.reshape(self.k * self.k, -1).T for maps in record.maps]
+            cells = {"scores": np.concatenate(scores).astype(np.float16)}
+        self._table.add(image, {"candidates": windows, "cells": cells})
 
     def close(self) -> None:
-        """Write the image table and attributes, then rename the file into place."""
-        if not self._open:
-            return
-        try:
-            self._flush()
-            images = self._file.create_group("images")
-            images.create_dataset("id", data=np.asarray(self._images["id"], np.int64))
-            images.create_dataset(
-                "file_name", data=self._images["file_name"], dtype=h5py.string_dtype()
-            )
-            for name in ("height", "width"):
-                images.create_dataset(name, data=np.asarray(self._images[name], np.int32))
-            offset = np.concatenate([[0], np.cumsum(self._counts, dtype=np.int64)])
-            images.create_dataset("offset", data=offset.astype(np.int64))
-            self._file.attrs.update(self._attrs)
-            self._file.close()
-            os.replace(self._tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            self._open = False
+        self._table.close()
 
     def abort(self) -> None:
-        """Drop everything written so far; the target path is left untouched."""
-        self._open = False
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        self._table.abort()
 
 
 class Candidates:
-    """Reader of candidates.h5: the image table in memory, one image's rows on demand.
-
-    A truncated or foreign file is an IfcnError naming it, raised when it is opened or, for
-    damage inside the data, when the damaged rows are read.
-    """
+    """Reader of candidates.h5: the image table in memory, one image's rows on demand, each
+    image checked as it is read. A truncated or foreign file is an IfcnError naming it."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise IfcnError("candidates file not found", self.path)
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise IfcnError(
-                f"cannot read candidates file: truncated or not HDF5 ({exc})", self.path
-            ) from None
-        try:
-            self._check_and_index()
-        except BaseException:
-            self._file.close()
-            raise
-
-    def _check_and_index(self) -> None:
-        fmt = _python(self._file.attrs.get("format"))
-        if fmt != FORMAT:
-            raise IfcnError(f"not an ifcn candidates file (format attribute {fmt!r})", self.path)
-        version = _python(self._file.attrs.get("format_version"))
-        if version != FORMAT_VERSION:
-            raise IfcnError(
-                f"candidates format_version {version!r}; this ifcn reads {FORMAT_VERSION}",
-                self.path,
-            )
-        try:
-            images, group = self._file["images"], self._file["candidates"]
-            self.image_ids = images["id"][:].astype(np.int64)
-            self.file_names = images["file_name"].asstr()[:]
-            self.heights = images["height"][:].astype(np.int64)
-            self.widths = images["width"][:].astype(np.int64)
-            self.offset = images["offset"][:].astype(np.int64)
-            self._columns = {name: group[name] for name in _COLUMNS}
-        except (KeyError, OSError) as exc:
-            raise IfcnError(f"damaged candidates file ({exc})", self.path) from None
-        self._row = index_images(
-            self.image_ids, self.offset, list(self._columns.values()), self.path, "candidates"
+        self._table = TableReader(
+            path, "candidates", FORMAT, (FORMAT_VERSION,), _columns, _image_columns
         )
+        self.path = self._table.path
+        self._attrs = self._table.attrs
+        missing = [key for key in (*REQUIRED_ATTRS, "storage") if key not in self._attrs]
+        if missing:
+            self._table.close()
+            raise IfcnError(f"candidates file lacks attributes: {', '.join(missing)}", self.path)
+        sizes = [self._attrs[key] for key in ("k", "m", "mask_size")]
+        if not all(isinstance(v, int) and 1 <= v <= 1024 for v in sizes) or sizes[1] < 2:
+            self._table.close()
+            raise IfcnError(f"candidates file has k, m, mask_size = {sizes}", self.path)
 
     def __enter__(self) -> Candidates:
         return self
@@ -293,56 +290,75 @@ class Candidates:
         self.close()
 
     def close(self) -> None:
-        self._file.close()
+        self._table.close()
 
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return len(self._table)
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self._table.image_ids
+
+    @property
+    def offset(self) -> np.ndarray:
+        return self._table.offsets["candidates"]
 
     @property
     def num_candidates(self) -> int:
         return int(self.offset[-1])
 
     @property
-    def mask_size(self) -> int:
-        return int(self._columns["masks"].shape[1])
-
-    @property
     def attrs(self) -> dict[str, Any]:
         """Root attributes as Python values; `config` parsed from its JSON."""
-        out = {key: _python(value) for key, value in self._file.attrs.items()}
-        if isinstance(out.get("config"), str):
-            out["config"] = json.loads(out["config"])
-        return out
+        return self._table.attrs
+
+    @property
+    def mask_size(self) -> int:
+        return int(self._attrs["mask_size"])
 
     def read(self, n: int) -> ImageCandidates:
-        """The candidates of the n-th image in file order."""
+        """The candidates of the n-th image in file order, checked."""
+        table, attrs = self._table, self._attrs
         lo, hi = int(self.offset[n]), int(self.offset[n + 1])
-        cols = self.read_rows(lo, hi)
-        return ImageCandidates(
-            image_id=int(self.image_ids[n]),
-            file_name=str(self.file_names[n]),
-            height=int(self.heights[n]),
-            width=int(self.widths[n]),
-            masks=cols["masks"],
-            boxes=cols["boxes"],
-            objectness=cols["objectness"],
-            scale=cols["scale"],
+        windows = table.read("candidates", lo, hi)
+        sizes = np.stack([table.image_values["map_height"][n],
+                          table.image_values["map_width"][n]], axis=1).astype(np.int64)  # fmt: skip
+        k, m = int(attrs["k"]), int(attrs["m"])
+        record = ImageCandidates(
+            image_id=int(table.image_ids[n]),
+            file_name=table.file_names[n],
+            height=int(table.heights[n]),
+            width=int(table.widths[n]),
+            tops=windows["top"].astype(np.int64),
+            objectness=windows["objectness"],
+            scale=windows["scale"],
+            resize=table.image_values["resize"][n],
+            map_sizes=sizes,
+            m=m,
+            stored_masks=windows.get("masks"),
         )
+        if attrs.get("storage") != MASKS:
+            first = int(table.offsets["cells"][n])
+            last = int(table.offsets["cells"][n + 1])
+            if (sizes[:, 0] * sizes[:, 1]).sum() != last - first:
+                raise IfcnError(
+                    f"image {record.image_id}: {last - first} score-map cells, but the maps "
+                    f"of its scales have {int((sizes[:, 0] * sizes[:, 1]).sum())}",
+                    self.path,
+                )
+            cells = table.read("cells", first, last)["scores"]
+            bounds = np.cumsum(sizes[:, 0] * sizes[:, 1])[:-1]
+            record.maps = [
+                np.ascontiguousarray(part.T).reshape(k * k, height, width)
+                for part, (height, width) in zip(np.split(cells, bounds), sizes, strict=True)
+            ]
+        check(record, k, len(sizes), self.mask_size, self.path)
+        return record
 
     def get(self, image_id: int) -> ImageCandidates:
-        try:
-            return self.read(self._row[int(image_id)])
-        except KeyError:
-            raise IfcnError(f"no image {image_id} in the candidates file", self.path) from None
+        return self.read(self._table.index(image_id))
 
     __getitem__ = get
-
-    def read_rows(self, lo: int, hi: int) -> dict[str, np.ndarray]:
-        """Columns of rows lo:hi; damage in the data is an IfcnError naming the file."""
-        try:
-            return {name: column[lo:hi] for name, column in self._columns.items()}
-        except (OSError, ValueError) as exc:
-            raise IfcnError(f"damaged candidates file, rows {lo}:{hi} ({exc})", self.path) from None
 
     def __iter__(self) -> Iterator[ImageCandidates]:
         for n in range(len(self)):

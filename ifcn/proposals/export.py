@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ifcn.atomic import atomic_path
+from ifcn.atomic import atomic_path, write_error
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals
 
@@ -27,27 +27,29 @@ def export_results(
     out = Path(out)
     if top_n is not None and top_n < 1:
         raise IfcnError("--top-n must be positive")
-    out.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    with Proposals(proposals_path) as proposals:
-        with atomic_path(out) as tmp, open(tmp, "w") as f:
-            f.write("[")
-            for image in proposals.iter_images(top_n=top_n):
-                size = [image.height, image.width]
-                entries = [
-                    {
-                        "image_id": image.image_id,
-                        "category_id": category_id,
-                        "segmentation": {"size": size, "counts": counts.decode("ascii")},
-                        "score": score,
-                    }
-                    for counts, score in zip(image.rles, image.scores.tolist(), strict=True)
-                ]
-                if entries:
-                    f.write(",\n" if count else "\n")
-                    f.write(",\n".join(map(json.dumps, entries)))
-                    count += len(entries)
-            f.write("\n]\n")
+    with Proposals(proposals_path) as proposals, atomic_path(out) as tmp:
+        try:
+            with open(tmp, "w") as f:
+                f.write("[")
+                for image in proposals.iter_images(top_n=top_n):
+                    size = [image.height, image.width]
+                    entries = [
+                        {
+                            "image_id": image.image_id,
+                            "category_id": category_id,
+                            "segmentation": {"size": size, "counts": counts.decode("ascii")},
+                            "score": score,
+                        }
+                        for counts, score in zip(image.rles, image.scores.tolist(), strict=True)
+                    ]
+                    if entries:
+                        f.write(",\n" if count else "\n")
+                        f.write(",\n".join(map(json.dumps, entries)))
+                        count += len(entries)
+                f.write("\n]\n")
+        except OSError as exc:  # the reader turns its own errors into IfcnError
+            raise write_error(exc, out) from None
     return count
 
 

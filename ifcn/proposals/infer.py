@@ -1,42 +1,48 @@
 """`ifcn infer`: multi-scale inference into candidates.h5 (paper §3.3 "Inference", DESIGN §6).
 
-Each kept window stores its m×m mask probabilities, its box in original-image pixels, its
-objectness logit and its scale index (`ifcn.proposals.inference`). A job may be one shard of
-the sorted image ids.
+For every image: the network at every scale, the top windows of each scale by objectness, and
+what their masks are made of (the score maps, or the ~DeepMask head's masks), into the
+candidates file that `ifcn nms` turns into proposals. The images are those of a COCO JSON
+(`--images`; a job may be one shard of its sorted ids) or every image in a folder
+(`--image-dir`, e.g. your own photos). Images are decoded in DataLoader workers.
+
+examples:
+  ifcn infer --config results/run/config.yaml --checkpoint results/run/train/model_final.pt \\
+      --images val.json --image-root images --shard 0/4 --out candidates-0.h5
+  ifcn infer --config C --checkpoint M --image-dir my_photos --out candidates.h5
 """
 
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ifcn.config import config_json, load_config
 from ifcn.data.cocojson import read_image_table
-from ifcn.data.image import load_image
+from ifcn.data.folder import image_table_from_folder
 from ifcn.distributed import resolve_device
 from ifcn.errors import IfcnError
 from ifcn.model import load_model
 from ifcn.proposals.candidates import CandidateWriter, ImageCandidates
-from ifcn.proposals.inference import infer_image, mask_size
+from ifcn.proposals.inference import ScaledImages, infer_scaled, mask_size, single
 from ifcn.proposals.sharding import parse_shard, shard_ids
 from ifcn.provenance import file_sha256
 
 
-def _load_checked(path: Path, height: int, width: int) -> np.ndarray:
-    image = load_image(path)
-    if image.shape[:2] != (height, width):
-        raise IfcnError(
-            f"decoded size {image.shape[0]}x{image.shape[1]} differs from {height}x{width} "
-            "in the images JSON",
-            path,
-        )
-    return image
+@dataclass
+class InferenceRun:
+    """What `run_inference` did: images, seconds in all, and seconds spent waiting for data."""
+
+    images: int
+    seconds: float
+    data_seconds: float
 
 
 def run_inference(
@@ -46,52 +52,55 @@ def run_inference(
     out: str | Path,
     attrs: dict,
     infer_cfg: dict,
-    device: torch.device,
+    device: torch.device | str,
+    workers: int = 0,
     show_progress: bool = True,
-) -> int:
-    """Write the candidates of `images` (id → entry) to `out`; returns the number of images."""
+) -> InferenceRun:
+    """Write the candidates of `images` (id → entry) to `out`.
+
+    `workers` DataLoader processes decode and resize the images (0: this process); on CUDA the
+    inputs come in pinned memory and are copied while the previous image runs.
+    """
+    device = torch.device(device)
     image_root = Path(image_root)
     ids = sorted(images)
-    paths = [image_root / images[i]["file_name"] for i in ids]
-    for path in paths:
+    entries = [
+        (image_root / images[i]["file_name"], int(images[i]["height"]), int(images[i]["width"]))
+        for i in ids
+    ]
+    for path, _, _ in entries:
         if not path.is_file():
-            raise IfcnError("image file not found (listed in the images JSON)", path)
+            raise IfcnError("image file not found (listed in the image table)", path)
     m, k = int(model.m), int(model.k)
-    with (
-        CandidateWriter(out, attrs, mask_size(model, m)) as writer,
-        ThreadPoolExecutor(max_workers=1) as pool,
-    ):
-        pending = None
-        for n, image_id in enumerate(tqdm(ids, desc="infer", disable=not show_progress)):
-            entry = images[image_id]
-            if pending is None:
-                pending = pool.submit(_load_checked, paths[n], entry["height"], entry["width"])
-            image = pending.result()
-            if n + 1 < len(ids):  # decode the next image while the network runs
-                following = images[ids[n + 1]]
-                pending = pool.submit(
-                    _load_checked, paths[n + 1], following["height"], following["width"]
-                )
-            found = infer_image(
-                model,
-                image,
-                infer_cfg["scales"],
-                m,
-                k,
-                infer_cfg["max_size"],
-                infer_cfg["pre_nms_topk"],
-                device,
-            )
+    loader = DataLoader(
+        ScaledImages(entries, infer_cfg["scales"], infer_cfg["max_size"]),
+        batch_size=1,
+        shuffle=False,
+        num_workers=max(0, int(workers)),
+        collate_fn=single,
+        pin_memory=device.type == "cuda",
+    )
+    waited, start = 0.0, time.perf_counter()
+    with CandidateWriter(out, {**attrs, "mask_size": mask_size(model, m)}) as writer:
+        batches = iter(loader)
+        for _ in tqdm(range(len(ids)), desc="infer", disable=not show_progress):
+            before = time.perf_counter()
+            index, inputs, error = next(batches)
+            waited += time.perf_counter() - before
+            if error is not None:
+                raise IfcnError(error)
+            found = infer_scaled(model, inputs, m, k, infer_cfg["pre_nms_topk"], device)
+            entry = images[ids[index]]
             writer.add(
                 ImageCandidates(
-                    image_id=image_id,
+                    image_id=ids[index],
                     file_name=entry["file_name"],
-                    height=entry["height"],
-                    width=entry["width"],
+                    height=int(entry["height"]),
+                    width=int(entry["width"]),
                     **found,
                 )
             )
-    return len(ids)
+    return InferenceRun(len(ids), time.perf_counter() - start, waited)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -101,12 +110,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--config", required=True, help="run configuration (YAML)")
     parser.add_argument("--checkpoint", required=True, help="model_final.pt of `ifcn train`")
-    parser.add_argument("--images", required=True, help="COCO JSON listing the images")
-    parser.add_argument("--image-root", help="folder of the images (default: data.val_images)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="COCO JSON listing the images")
+    source.add_argument(
+        "--image-dir", help="folder of images (searched recursively) instead of a COCO JSON"
+    )
+    parser.add_argument(
+        "--image-root", help="folder of the --images files (default: data.val_images)"
+    )
     parser.add_argument(
         "--shard", default="0/1", help="i/n: run chunk i (0-based) of n of the sorted image ids"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--workers", type=int, help="processes decoding images (default: infer.workers; 0: none)"
+    )
     parser.add_argument("--out", required=True, help="candidates.h5 to write")
     return parser
 
@@ -117,18 +135,31 @@ def main(args: argparse.Namespace) -> int:
         index, count = parse_shard(args.shard)
     except ValueError as exc:
         raise IfcnError(str(exc)) from None
+    workers = config["infer"]["workers"] if args.workers is None else args.workers
+    if workers < 0:
+        raise IfcnError(f"--workers must be 0 or more, got {workers}")
+    if Path(args.out).is_dir():
+        raise IfcnError("is a folder; give a file name to write", args.out)
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
         raise IfcnError(str(exc)) from None
-    table = read_image_table(args.images)
+    if args.image_dir is not None:
+        table, image_root, dataset = (
+            image_table_from_folder(args.image_dir),
+            args.image_dir,
+            args.image_dir,
+        )
+    else:
+        table, dataset = read_image_table(args.images), args.images
+        image_root = args.image_root or config["data"]["val_images"]
     chosen = {i: table[i] for i in shard_ids(table, index, count)}
     model = load_model(config, args.checkpoint, device)
     infer_cfg = config["infer"]
     attrs = {
         "config": config_json(config),
         "checkpoint_sha256": file_sha256(args.checkpoint),
-        "dataset": str(args.images),
+        "dataset": str(dataset),
         "scales": [int(s) for s in infer_cfg["scales"]],
         "max_size": int(infer_cfg["max_size"] or 0),
         "k": int(model.k),
@@ -137,7 +168,10 @@ def main(args: argparse.Namespace) -> int:
         "pre_nms_topk": int(infer_cfg["pre_nms_topk"]),
         "shard": f"{index}/{count}",
     }
-    image_root = args.image_root or config["data"]["val_images"]
-    done = run_inference(model, chosen, image_root, args.out, attrs, infer_cfg, device)
-    print(f"inferred {done} images (shard {index}/{count}): {args.out}")
+    run = run_inference(model, chosen, image_root, args.out, attrs, infer_cfg, device, workers)
+    share = run.data_seconds / run.seconds if run.seconds else 0.0
+    print(
+        f"inferred {run.images} images (shard {index}/{count}) in {run.seconds:.1f} s, "
+        f"{share:.0%} of it waiting for images: {args.out}"
+    )
     return 0

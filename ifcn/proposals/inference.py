@@ -1,24 +1,30 @@
-"""One image in, its candidate windows out: the network at every scale, ranking, assembling.
+"""One image in, its candidate windows out: the network at every scale, and the ranking.
 
 At every scale (shorter side) the network runs once. Objectness does not depend on the mask, so
-the windows are ranked first and only the top ``pre_nms_topk`` of each scale are assembled
-(``assemble_sparse``), which equals dense assembling followed by the same selection (tested) at
-a fraction of the memory. ``infer_image`` takes any module with the model's forward contract
-(``images [B, 3, H, W] → {"scores": [B, k², h, w], "objectness": [B, 1, h, w], ...}``), so
-tests plug in hand-made score maps.
+the windows are ranked first and only the top ``pre_nms_topk`` of each scale are kept. For the
+InstanceFCN head a kept window's mask is a copy of the scale's k² score maps, so the maps are
+kept instead (as float16 logits; `ifcn.proposals.candidates` assembles the windows, which equals
+dense assembling followed by the same selection, tested); the ~DeepMask head's masks are
+computed here. Images are decoded, resized and normalised by `ScaledImages`, in DataLoader
+workers, so the network never waits on JPEG decoding. ``infer_image`` takes any module with the
+model's forward contract (``images [B, 3, H, W] → {"scores": [B, k², h, w], "objectness":
+[B, 1, h, w], ...}``), so tests plug in hand-made score maps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from ifcn.assemble import assemble_sparse
-from ifcn.data.image import image_tensor, resize_image
-from ifcn.windows import STRIDE, rank_windows, window_boxes
+from ifcn.data.image import image_tensor, load_image, resize_image
+from ifcn.errors import IfcnError
+from ifcn.windows import rank_windows
 
 
 def mask_size(model: nn.Module, m: int) -> int:
@@ -38,7 +44,62 @@ def window_masks(model: nn.Module, out: dict[str, Tensor], tops: Tensor, m: int,
     return model.mask_head.forward_windows(out["features"], batch_index, tops).sigmoid()
 
 
+def scaled_inputs(
+    image: np.ndarray, scales: Sequence[int], max_size: int | None = None
+) -> list[tuple[Tensor, float]]:
+    """The network's input [3, H, W] at every scale of an RGB uint8 image, and the resize factor
+    (resized / original) of each."""
+    out = []
+    for short_side in scales:
+        resized, factor = resize_image(image, int(short_side), max_size)
+        out.append((image_tensor(resized)[0], float(factor)))
+    return out
+
+
 @torch.inference_mode()
+def infer_scaled(
+    model: nn.Module,
+    inputs: Sequence[tuple[Tensor, float]],
+    m: int,
+    k: int | None = None,
+    pre_nms_topk: int = 1000,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Candidates of one image from its `scaled_inputs`, best window first within each scale:
+    the fields of `ImageCandidates` but the image's own (tops, objectness, scale, resize,
+    map_sizes, m, and maps or stored_masks)."""
+    tops_all, logits_all, scale, sizes, maps, masks = [], [], [], [], [], []
+    for index, (tensor, _) in enumerate(inputs):
+        out = model(tensor[None].to(device, non_blocking=True))
+        objectness = out["objectness"][0, 0]
+        tops, logits = rank_windows(objectness, m, pre_nms_topk)
+        if "scores" in out:
+            if k is not None and out["scores"].shape[1] != k * k:
+                raise ValueError(
+                    f"the model gives {out['scores'].shape[1]} score maps, expected k²={k * k}"
+                )
+            maps.append(out["scores"][0].half().cpu().numpy())
+        else:
+            masks.append(window_masks(model, out, tops, m, k).half().cpu())
+        tops_all.append(tops.cpu())
+        logits_all.append(logits.float().cpu())
+        scale.append(np.full(len(tops), index, np.int8))
+        sizes.append(tuple(objectness.shape))
+    found = {
+        "tops": torch.cat(tops_all).numpy().astype(np.int64),
+        "objectness": torch.cat(logits_all).numpy(),
+        "scale": np.concatenate(scale),
+        "resize": np.array([factor for _, factor in inputs], dtype=np.float64),
+        "map_sizes": np.array(sizes, dtype=np.int64).reshape(-1, 2),
+        "m": int(m),
+    }
+    if maps:
+        found["maps"] = maps
+    else:
+        found["stored_masks"] = torch.cat(masks).numpy()
+    return found
+
+
 def infer_image(
     model: nn.Module,
     image: np.ndarray,
@@ -48,23 +109,46 @@ def infer_image(
     max_size: int | None = None,
     pre_nms_topk: int = 1000,
     device: torch.device | str = "cpu",
-) -> dict[str, np.ndarray]:
-    """Candidates of one RGB uint8 image over all scales, best window first within each scale.
+) -> dict:
+    """Candidates of one RGB uint8 image over all scales (`infer_scaled` of its inputs)."""
+    inputs = scaled_inputs(image, scales, max_size)
+    return infer_scaled(model, inputs, m, k, pre_nms_topk, device)
 
-    Returns masks (n, S, S) float16 probabilities, boxes (n, 4) float32 window boxes in
-    original-image pixels, objectness (n,) float32 logits and scale (n,) int8 indices.
+
+class ScaledImages(Dataset):
+    """Images decoded, checked against their listed size and turned into `scaled_inputs`.
+
+    Item i is (i, inputs, None), or (i, None, message) for an image that cannot be used: an
+    exception raised in a DataLoader worker would reach the caller as a multi-line traceback,
+    so the caller raises the one-line message itself.
     """
-    parts: list[tuple[Tensor, Tensor, Tensor, int]] = []
-    for index, short_side in enumerate(scales):
-        resized, scale = resize_image(image, int(short_side), max_size)
-        out = model(image_tensor(resized, device))
-        tops, logits = rank_windows(out["objectness"][0, 0], m, pre_nms_topk)
-        masks = window_masks(model, out, tops, m, k)
-        boxes = window_boxes(tops, m, scale, STRIDE)
-        parts.append((masks.half().cpu(), boxes.cpu(), logits.float().cpu(), index))
-    return {
-        "masks": torch.cat([p[0] for p in parts]).numpy(),
-        "boxes": torch.cat([p[1] for p in parts]).numpy().astype(np.float32),
-        "objectness": torch.cat([p[2] for p in parts]).numpy(),
-        "scale": np.concatenate([np.full(len(p[2]), p[3], np.int8) for p in parts]),
-    }
+
+    def __init__(
+        self,
+        entries: Sequence[tuple[Path, int, int]],
+        scales: Sequence[int],
+        max_size: int | None,
+    ):
+        self.entries, self.scales, self.max_size = list(entries), list(scales), max_size
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[int, list | None, str | None]:
+        path, height, width = self.entries[index]
+        try:
+            image = load_image(path)
+            if image.shape[:2] != (height, width):
+                raise IfcnError(
+                    f"decoded size {image.shape[0]}x{image.shape[1]} differs from the listed "
+                    f"{height}x{width}",
+                    path,
+                )
+            return index, scaled_inputs(image, self.scales, self.max_size), None
+        except IfcnError as exc:
+            return index, None, str(exc)
+
+
+def single(batch: list) -> object:
+    """DataLoader collate for batches of one item: the item itself."""
+    return batch[0]

@@ -16,12 +16,6 @@ from ifcn.errors import IfcnError
 from ifcn.proposals.candidates import SHARED_ATTRS, Candidates, CandidateWriter
 from ifcn.proposals.sharding import parse_shard
 
-_COPY_ROWS = 1 << 15  # rows copied at once
-
-
-def _shared(attrs: dict) -> dict:
-    return {key: attrs.get(key) for key in SHARED_ATTRS}
-
 
 def merge_candidates(
     inputs: Sequence[str | Path], out: str | Path, allow_partial: bool = False
@@ -38,19 +32,17 @@ def merge_candidates(
         for path in inputs:
             readers.append(Candidates(path))
         first = readers[0]
-        reference = _shared(first.attrs)
+        reference = {key: first.attrs.get(key) for key in SHARED_ATTRS}
         parsed: list[tuple[int, int, Candidates]] = []
         for reader in readers:
             attrs = reader.attrs
-            for key, value in _shared(attrs).items():
-                if value != reference[key]:
+            for key in SHARED_ATTRS:
+                if attrs.get(key) != reference[key]:
                     raise IfcnError(
                         f"attribute {key!r} differs from that of {first.path} "
                         "(shards of different inference runs)",
                         reader.path,
                     )
-            if reader.mask_size != first.mask_size:
-                raise IfcnError(f"mask size differs from that of {first.path}", reader.path)
             try:
                 parsed.append((*parse_shard(str(attrs.get("shard"))), reader))
             except ValueError as exc:
@@ -80,34 +72,16 @@ def merge_candidates(
                 seen[image_id] = reader.path
         ordered = sorted(readers, key=lambda r: int(r.image_ids.min()) if len(r) else 0)
         attrs = {key: value for key, value in first.attrs.items()
-                 if key not in ("format", "format_version", "objectness")}  # fmt: skip
+                 if key not in ("format", "format_version", "objectness", "storage")}  # fmt: skip
         attrs["shard"] = "0/1" if not missing else ",".join(map(str, sorted(shards))) + f"/{count}"
-        with CandidateWriter(out, attrs, first.mask_size) as writer:
+        with CandidateWriter(out, attrs) as writer:
             for reader in tqdm(ordered, desc="merge", unit="shard", dynamic_ncols=True):
-                _copy_into(reader, writer)
+                for record in reader:  # read and written, so checked twice
+                    writer.add(record)
         return len(seen)
     finally:
         for reader in readers:
             reader.close()
-
-
-def _copy_into(reader: Candidates, writer: CandidateWriter) -> None:
-    """Copy a reader's images to a writer in blocks of whole images of about _COPY_ROWS rows."""
-    start = 0
-    while start < len(reader):
-        stop = start + 1
-        while stop < len(reader) and reader.offset[stop + 1] - reader.offset[start] <= _COPY_ROWS:
-            stop += 1
-        lo, hi = int(reader.offset[start]), int(reader.offset[stop])
-        images = {
-            "id": reader.image_ids[start:stop],
-            "file_name": reader.file_names[start:stop],
-            "height": reader.heights[start:stop],
-            "width": reader.widths[start:stop],
-            "offset": reader.offset[start : stop + 1],
-        }
-        writer.add_rows(images, reader.read_rows(lo, hi))
-        start = stop
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

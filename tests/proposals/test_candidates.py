@@ -10,31 +10,15 @@ from ifcn.errors import IfcnError
 from ifcn.proposals.candidates import Candidates, CandidateWriter, ImageCandidates
 from ifcn.proposals.merge import merge_candidates
 from ifcn.proposals.sharding import parse_shard
+from tests.proposals.hand import candidate_attrs, score_map_candidates
 
 
-def _record(image_id: int, count: int, side: int = 5, seed: int = 0) -> ImageCandidates:
-    rng = np.random.default_rng(seed + image_id)
-    corners = rng.uniform(-20, 60, (count, 2)).astype(np.float32)
-    return ImageCandidates(
-        image_id=image_id,
-        file_name=f"img {image_id}.jpg",
-        height=40 + image_id,
-        width=50,
-        masks=rng.random((count, side, side)).astype(np.float16),
-        boxes=np.concatenate([corners, corners + 30], axis=1),
-        objectness=rng.normal(size=count).astype(np.float32),
-        scale=rng.integers(0, 2, count).astype(np.int8),
-    )
-
-
-def _attrs(shard: str = "0/1", **changes) -> dict:
-    return {"config": '{"model": {"k": 3}}', "checkpoint_sha256": "ab" * 32, "dataset": "val.json",
-            "scales": [100, 150], "max_size": 0, "k": 3, "m": 5, "head": "instancefcn",
-            "pre_nms_topk": 10, "shard": shard, **changes}  # fmt: skip
+def _record(image_id: int, count: int, seed: int = 0) -> ImageCandidates:
+    return score_map_candidates(image_id, count, seed)
 
 
 def _write(path, records, shard="0/1", **changes):
-    with CandidateWriter(path, _attrs(shard, **changes), mask_size=5) as writer:
+    with CandidateWriter(path, candidate_attrs(shard, **changes)) as writer:
         for record in records:
             writer.add(record)
     return path
@@ -47,13 +31,15 @@ def _same(a: ImageCandidates, b: ImageCandidates) -> None:
         b.height,
         b.width,
     )
-    for name in ("masks", "boxes", "objectness", "scale"):
+    for name in ("tops", "objectness", "scale", "resize", "map_sizes", "masks", "boxes"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-        assert getattr(a, name).dtype == getattr(b, name).dtype
+    assert b.masks.dtype == np.float16 and b.objectness.dtype == np.float32
+    for x, y in zip(a.maps, b.maps, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_round_trip_keeps_every_column_and_attribute(tmp_path):
-    records = [_record(3, 7), _record(1, 0), _record(8, 20_000)]  # an empty image; a flush
+    records = [_record(3, 7), _record(1, 0), _record(8, 20_000)]  # an empty image; many rows
     path = _write(tmp_path / "c.h5", records)
     with Candidates(path) as read:
         assert len(read) == 3 and read.num_candidates == 20_007 and read.mask_size == 5
@@ -63,12 +49,13 @@ def test_round_trip_keeps_every_column_and_attribute(tmp_path):
         attrs = read.attrs
     assert attrs["config"] == {"model": {"k": 3}} and attrs["scales"] == [100, 150]
     assert attrs["objectness"] == "logit" and attrs["format"] == "ifcn-candidates"
+    assert attrs["storage"] == "score_maps" and attrs["format_version"] == 2
     assert not list(tmp_path.glob(".c.h5*"))
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):
     path = tmp_path / "c.h5"
-    with pytest.raises(RuntimeError), CandidateWriter(path, _attrs(), mask_size=5) as writer:
+    with pytest.raises(RuntimeError), CandidateWriter(path, candidate_attrs()) as writer:
         writer.add(_record(1, 3))
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []

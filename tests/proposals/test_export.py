@@ -127,5 +127,5 @@ def test_cli_export_and_failure_leaves_no_output(tmp_path, inputs, capsys):
     not_h5.write_text("{}")
     bad = tmp_path / "bad.json"
     assert cli.main(["export", "--proposals", str(not_h5), "--out", str(bad)]) == 2
-    assert "not.h5: not a readable HDF5 file" in capsys.readouterr().err
+    assert "not.h5: not a readable proposals file" in capsys.readouterr().err
     assert not bad.exists() and sorted(p.name for p in out.parent.iterdir()) == ["results.json"]

@@ -38,8 +38,10 @@ def random_image(rng: np.random.Generator, image_id: int, n: int, h=24, w=32) ->
     for j in range(n):
         y0, x0 = rng.integers(0, h - 2), rng.integers(0, w - 2)
         masks[y0 : y0 + rng.integers(1, h - y0), x0 : x0 + rng.integers(1, w - x0), j] = 1
-    rles = [r["counts"] for r in mask_utils.encode(masks)] if n else []
-    boxes = rng.uniform(0, w, (n, 4)).astype(np.float32)
+    encoded = mask_utils.encode(masks) if n else []
+    rles = [r["counts"] for r in encoded]
+    boxes = mask_utils.toBbox(encoded).astype(np.float32).reshape(-1, 4) if n else np.zeros((0, 4))
+    boxes[:, 2:] += boxes[:, :2]
     return ImageProposals(
         image_id=image_id,
         file_name=f"img_{image_id}.png",
@@ -204,14 +206,16 @@ def test_reader_names_the_file_that_is_not_an_ifcn_proposals_file(tmp_path, writ
         Proposals(plain)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(IfcnError, match=r"notes\.txt: not a readable HDF5 file"):
+    with pytest.raises(IfcnError, match=r"notes\.txt: not a readable proposals file"):
         Proposals(text)
     with h5py.File(written, "a") as f:
         f.attrs["format_version"] = 2
     with pytest.raises(IfcnError, match="format_version 2"):
         Proposals(written)
-    with pytest.raises(IfcnError, match="no such file"):
+    with pytest.raises(IfcnError, match="proposals file not found"):
         Proposals(tmp_path / "absent.h5")
+    with pytest.raises(IfcnError, match="is a folder"):
+        Proposals(tmp_path)
 
 
 def test_documented_plain_h5py_example_reads_a_written_file(

@@ -3,78 +3,27 @@ before assembling, shards, and the CLI's refusals."""
 
 from __future__ import annotations
 
-import json
-import math
-
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
-from torch import nn
 
 from ifcn import cli
-from ifcn.assemble import assemble_dense, assembling_index
+from ifcn.assemble import assemble_dense
 from ifcn.checkpoint import save_atomic
-from ifcn.config import load_config
 from ifcn.data.image import image_tensor
 from ifcn.model import build_model
 from ifcn.proposals.candidates import Candidates, ImageCandidates
 from ifcn.proposals.format import Proposals
 from ifcn.proposals.infer import run_inference
 from ifcn.proposals.inference import infer_image
-from ifcn.proposals.nms import nms_image, run_nms
+from ifcn.proposals.nms import run_nms
 from ifcn.proposals.sharding import shard_ids
+from ifcn.proposals.suppression import nms_image
 from ifcn.windows import STRIDE, rank_windows, window_boxes
-
-
-class OracleFCN(nn.Module):
-    """Stands in for the network: score maps and objectness written from known instances.
-
-    At any input size it infers the scale from the image height, marks each feature cell with
-    the instance under its centre, and for that cell raises the score map of its relative
-    position (i, j) in the window centred on the instance's centre cell; objectness is high at
-    the instances' centre cells and falls off with the distance to them.
-    """
-
-    stride = STRIDE
-
-    def __init__(self, masks: np.ndarray, k: int = 5, m: int = 21):
-        super().__init__()
-        self.masks = masks.astype(bool)  # [N, H, W] in original-image pixels
-        self.k, self.m = k, m
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        _, _, height, width = images.shape
-        scale = height / self.masks.shape[1]
-        h, w = math.ceil(height / STRIDE), math.ceil(width / STRIDE)
-        k, m = self.k, self.m
-        scores = torch.full((k * k, h, w), -10.0)
-        objectness = torch.full((h, w), -10.0)
-        index = assembling_index(k, m)
-        rows, cols = self.masks.shape[1:]
-        ys = np.minimum(((np.arange(h) + 0.5) * STRIDE / scale).astype(int), rows - 1)
-        xs = np.minimum(((np.arange(w) + 0.5) * STRIDE / scale).astype(int), cols - 1)
-        yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        for mask in self.masks:
-            rows, cols = np.nonzero(mask)
-            cy = int((rows.min() + rows.max() + 1) / 2 * scale // STRIDE)
-            cx = int((cols.min() + cols.max() + 1) / 2 * scale // STRIDE)
-            y0, x0 = cy - m // 2, cx - m // 2
-            inside = mask[np.ix_(ys, xs)]  # the instance under each cell's centre
-            for y, x in zip(*np.nonzero(inside), strict=True):
-                u, v = y - y0, x - x0
-                if 0 <= u < m and 0 <= v < m:
-                    scores[:, y, x] = -10.0
-                    scores[index[u, v], y, x] = 10.0
-            distance = torch.from_numpy(np.hypot(yy - cy, xx - cx)).float()
-            objectness = torch.maximum(objectness, 10.0 - 4.0 * distance)
-        return {
-            "features": torch.zeros(1, 1, h, w),
-            "scores": scores[None],
-            "objectness": objectness[None, None],
-        }
+from tests.proposals.hand import HandCandidates, OracleFCN
+from tests.proposals.runs import small_config, write_images
 
 
 def _touching_squares() -> np.ndarray:
@@ -83,21 +32,6 @@ def _touching_squares() -> np.ndarray:
     masks[0, 48:144, 32:128] = 1
     masks[1, 48:144, 128:224] = 1
     return masks
-
-
-def _write_images(tmp_path, images: dict[int, np.ndarray]) -> tuple:
-    root = tmp_path / "images"
-    root.mkdir(exist_ok=True)
-    entries = []
-    for image_id, pixels in images.items():
-        name = f"{image_id:04d}.png"
-        Image.fromarray(pixels).save(root / name)
-        entries.append(
-            {"id": image_id, "file_name": name, "height": pixels.shape[0], "width": pixels.shape[1]}
-        )
-    path = tmp_path / "images.json"
-    path.write_text(json.dumps({"images": entries, "annotations": [], "categories": []}))
-    return path, root
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -109,12 +43,12 @@ def test_oracle_score_maps_give_the_instances_through_infer_and_nms(tmp_path):
     truths = masks.astype(bool)
     image = np.full((192, 256, 3), 90, dtype=np.uint8)
     image[truths.any(0)] = (200, 40, 40)  # one colour for both: a semantic FCN could not split them
-    json_path, root = _write_images(tmp_path, {7: image})
+    json_path, root = write_images(tmp_path, {7: image})
     oracle = OracleFCN(masks)
     scales = [96, 144, 192]  # 0.5 and 1 align the squares with the cells, 0.75 does not
     infer_cfg = {"scales": scales, "max_size": None, "pre_nms_topk": 40}
     attrs = {"config": "{}", "checkpoint_sha256": "oracle", "dataset": str(json_path),
-             "scales": scales, "k": 5, "m": 21, "shard": "0/1"}  # fmt: skip
+             "scales": scales, "k": 5, "m": 21, "head": "instancefcn", "shard": "0/1"}  # fmt: skip
     table = {7: {"file_name": "0007.png", "height": 192, "width": 256}}
     candidates = tmp_path / "candidates.h5"
     run_inference(oracle, table, root, candidates, attrs, infer_cfg, "cpu", show_progress=False)
@@ -137,8 +71,8 @@ def test_oracle_score_maps_give_the_instances_through_infer_and_nms(tmp_path):
         record = read.get(7)
     for index in range(len(scales)):
         rows = record.scale == index
-        alone = ImageCandidates(7, "0007.png", 192, 256, record.masks[rows], record.boxes[rows],
-                                record.objectness[rows], record.scale[rows])  # fmt: skip
+        alone = HandCandidates(7, "0007.png", 192, 256, record.masks[rows], record.boxes[rows],
+                               record.objectness[rows], record.scale[rows])  # fmt: skip
         result = nms_image(alone, iou=0.8, top_n=20)
         decoded = mask_utils.decode([{"size": [192, 256], "counts": c} for c in result["rles"]])
         for truth in truths:
@@ -153,7 +87,7 @@ def test_ranking_before_assembling_equals_dense_assembling_then_selection():
         model.objectness_branch.logit.weight.normal_(0, 1.0)
         model.instance_branch.scores.weight.normal_(0, 1.0)
     image = (np.random.default_rng(0).random((61, 83, 3)) * 255).astype(np.uint8)
-    found = infer_image(model, image, [61], m=9, k=3, pre_nms_topk=25)
+    found = ImageCandidates(1, "a", 61, 83, **infer_image(model, image, [61], 9, 3, None, 25))
 
     with torch.no_grad():
         out = model(image_tensor(image))
@@ -162,11 +96,16 @@ def test_ranking_before_assembling_equals_dense_assembling_then_selection():
     order = logits.flatten().argsort(descending=True)[:25]
     h, w = logits.shape
     ys, xs = order // w, order % w
-    np.testing.assert_array_equal(found["masks"], dense[ys, xs].half().numpy())
-    np.testing.assert_array_equal(found["objectness"], logits[ys, xs].numpy())
+    # the stored score maps are float16 logits: the masks agree up to that rounding
+    np.testing.assert_allclose(found.masks, dense[ys, xs].numpy(), atol=2e-3)
+    np.testing.assert_array_equal(found.objectness, logits[ys, xs].numpy())
     tops = torch.stack([ys, xs], 1) - 9 // 2
-    np.testing.assert_array_equal(found["boxes"], window_boxes(tops, 9, 1.0).numpy())
-    assert (found["scale"] == 0).all()
+    np.testing.assert_array_equal(found.boxes, window_boxes(tops, 9, 1.0).numpy())
+    assert (found.scale == 0).all()
+    # and exactly the dense assembling of the maps as stored
+    maps = torch.from_numpy(found.maps[0]).float()
+    stored = assemble_dense(maps, 9, fill=float("-inf")).sigmoid()[ys, xs].half().numpy()
+    np.testing.assert_array_equal(found.masks, stored)
 
 
 def test_the_deepmask_head_stores_its_own_mask_side():
@@ -174,7 +113,7 @@ def test_the_deepmask_head_stores_its_own_mask_side():
     model = build_model({"backbone": "tiny", "head": "deepmask", "m": 9, "head_channels": 8})
     image = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
     found = infer_image(model.eval(), image, [40], m=9, pre_nms_topk=4)
-    assert found["masks"].shape == (4, 56, 56)
+    assert found["stored_masks"].shape == (4, 56, 56) and "maps" not in found
     result = nms_image(ImageCandidates(1, "a", 40, 48, **found), top_n=2)
     assert len(result["rles"]) <= 2
 
@@ -189,10 +128,12 @@ def test_windows_of_each_scale_have_boxes_in_original_pixels():
     oracle = OracleFCN(_touching_squares(), k=3, m=7)
     image = np.zeros((192, 256, 3), dtype=np.uint8)
     found = infer_image(oracle, image, [96, 192, 288], m=7, k=3, pre_nms_topk=5)
-    sides = found["boxes"][:, 2] - found["boxes"][:, 0]
+    record = ImageCandidates(1, "a", 192, 256, **found)
+    sides = record.boxes[:, 2] - record.boxes[:, 0]
     for index, scale in enumerate([0.5, 1.0, 1.5]):
-        np.testing.assert_allclose(sides[found["scale"] == index], 7 * STRIDE / scale, rtol=1e-6)
-    assert found["masks"].dtype == np.float16 and found["masks"].shape[1:] == (7, 7)
+        np.testing.assert_allclose(sides[record.scale == index], 7 * STRIDE / scale, rtol=1e-6)
+    assert record.masks.dtype == np.float16 and record.masks.shape[1:] == (7, 7)
+    assert [m.shape for m in found["maps"]] == [(9, 12, 16), (9, 24, 32), (9, 36, 48)]
 
 
 def test_shards_are_contiguous_chunks_of_the_sorted_ids():
@@ -203,38 +144,6 @@ def test_shards_are_contiguous_chunks_of_the_sorted_ids():
 
 
 # --- the command line --------------------------------------------------------------------------
-
-
-def _small_config(tmp_path, **model) -> tuple:
-    config = {
-        "data": {"val_images": str(tmp_path / "images")},
-        "model": {"backbone": "tiny", "k": 3, "m": 9, "head_channels": 8, **model},
-        "infer": {"scales": [40, 64], "max_size": 120, "pre_nms_topk": 12},
-    }
-    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, load_config(path)
-
-
-def _checkpoint(tmp_path, config: dict, name: str = "model_final.pt"):
-    torch.manual_seed(0)
-    model = build_model(config["model"])
-    return save_atomic(
-        {"model": model.state_dict(), "config": config, "iteration": 0}, tmp_path / name
-    )
-
-
-@pytest.fixture
-def small_run(tmp_path):
-    rng = np.random.default_rng(1)
-    images = {
-        5: (rng.random((48, 64, 3)) * 255).astype(np.uint8),
-        2: (rng.random((20, 30, 3)) * 255).astype(np.uint8),  # smaller than one window
-        11: (rng.random((64, 40, 3)) * 255).astype(np.uint8),
-    }
-    json_path, _ = _write_images(tmp_path, images)
-    config_path, config = _small_config(tmp_path)
-    return json_path, config_path, _checkpoint(tmp_path, config)
 
 
 def test_cli_infer_writes_shards_that_merge_and_pass_nms(tmp_path, small_run):
@@ -269,7 +178,7 @@ def test_cli_infer_writes_shards_that_merge_and_pass_nms(tmp_path, small_run):
 @pytest.mark.parametrize("change", [{"k": 5}, {"backbone": "resnet18"}])
 def test_cli_infer_refuses_a_checkpoint_of_another_model(tmp_path, small_run, capsys, change):
     json_path, config_path, _ = small_run
-    _, other = _small_config(tmp_path)
+    _, other = small_config(tmp_path)
     other["model"].update(change)
     state = {"model": {}, "config": other, "iteration": 0}
     checkpoint = save_atomic(state, tmp_path / "other.pt")

@@ -10,15 +10,18 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ifcn.data.coco import mask_boxes
-from ifcn.proposals.candidates import CandidateWriter, ImageCandidates
+from ifcn.proposals.candidates import CandidateWriter
 from ifcn.proposals.format import Proposals
-from ifcn.proposals.nms import masks_to_image, nms_image, render_kept, run_nms, tight_boxes
+from ifcn.proposals.nms import run_nms
+from ifcn.proposals.resample import masks_to_image, render, tight_boxes
+from ifcn.proposals.suppression import nms_image
 from ifcn.windows import window_boxes
+from tests.proposals.hand import HandCandidates, candidate_attrs, score_map_candidates
 
 
-def _candidates(masks, boxes, logits, scale=None, height=120, width=120) -> ImageCandidates:
+def _candidates(masks, boxes, logits, scale=None, height=120, width=120) -> HandCandidates:
     n = len(logits)
-    return ImageCandidates(
+    return HandCandidates(
         image_id=1, file_name="a.png", height=height, width=width,
         masks=np.asarray(masks, np.float16), boxes=np.asarray(boxes, np.float32),
         objectness=np.asarray(logits, np.float32),
@@ -76,7 +79,7 @@ def test_masks_of_each_scale_land_on_the_right_pixels(scale):
     tops = torch.tensor([[1, 2], [-2, -1]])  # the second window hangs over the top-left corner
     boxes = window_boxes(tops, m, scale)
     height, width = 90, 110
-    found = masks_to_image(torch.tensor(np.stack([band, band])), boxes, height, width)
+    found = masks_to_image(np.stack([band, band]), boxes.numpy(), height, width)
     centres_y, centres_x = np.arange(height) + 0.5, np.arange(width) + 0.5
     for mask, (y0, x0) in zip(found, tops.tolist(), strict=True):
         # resized pixels: window rows [8·y0, 8·(y0+m)), band columns 8·(x0+2) .. 8·(x0+4)
@@ -88,8 +91,7 @@ def test_masks_of_each_scale_land_on_the_right_pixels(scale):
 def test_resizing_matches_cv2_on_a_pixel_aligned_window():
     rng = np.random.default_rng(0)
     masks = rng.random((3, 21, 21)).astype(np.float32)
-    boxes = torch.tensor([[10.0, 20.0, 178.0, 188.0]] * 3)
-    found = masks_to_image(torch.from_numpy(masks), boxes, 200, 190)
+    found = masks_to_image(masks, np.array([[10.0, 20.0, 178.0, 188.0]] * 3), 200, 190)
     for mask, probs in zip(found, masks, strict=True):
         expected = cv2.resize(probs, (168, 168), interpolation=cv2.INTER_LINEAR) > 0.5
         np.testing.assert_array_equal(mask[20:188, 10:178], expected)
@@ -99,41 +101,32 @@ def test_resizing_matches_cv2_on_a_pixel_aligned_window():
 def test_tight_boxes_and_rles_agree_with_the_full_resolution_masks():
     rng = np.random.default_rng(1)
     n, height, width = 60, 70, 90
-    masks = torch.from_numpy((rng.random((n, 7, 7)) ** 4).astype(np.float32))
+    masks = (rng.random((n, 7, 7)) ** 4).astype(np.float32)
     masks[:5] = 1.0  # full windows, some touching the image's last row and column
     corner = rng.uniform(-30, 80, (n, 2))
     side = rng.uniform(5, 70, (n, 1))
-    boxes = torch.from_numpy(np.concatenate([corner, corner + side], 1))
+    boxes = np.concatenate([corner, corner + side], 1)
     full = masks_to_image(masks, boxes, height, width)
     expected = mask_boxes(full)
     expected[full.reshape(n, -1).sum(1) == 0] = 0
-    np.testing.assert_array_equal(tight_boxes(masks, boxes, height, width).numpy(), expected)
-    rles, final = render_kept(masks, boxes, height, width)
+    np.testing.assert_array_equal(tight_boxes(masks, boxes, height, width), expected)
+    rles, final = render(masks, boxes, height, width)
     decoded = mask_utils.decode([{"size": [height, width], "counts": c} for c in rles])
     np.testing.assert_array_equal(decoded.transpose(2, 0, 1), full)
-    np.testing.assert_array_equal(final.numpy(), expected)
+    np.testing.assert_array_equal(final, expected)
 
 
 def test_run_nms_with_workers_writes_the_same_file_as_one_process(tmp_path):
-    rng = np.random.default_rng(2)
     path = tmp_path / "candidates.h5"
-    attrs = {"config": "{}", "checkpoint_sha256": "0" * 64, "dataset": "val.json",
-             "scales": [100, 200], "k": 3, "m": 5, "shard": "0/1"}  # fmt: skip
-    with CandidateWriter(path, attrs, mask_size=5) as writer:
+    with CandidateWriter(path, candidate_attrs()) as writer:
         for image_id in (4, 2, 9):
-            corner = rng.uniform(-10, 50, (40, 2))
-            record = _candidates(
-                rng.random((40, 5, 5)), np.concatenate([corner, corner + 40], 1),
-                rng.normal(size=40), rng.integers(0, 2, 40), height=60, width=70,
-            )  # fmt: skip
-            record.image_id = image_id
-            writer.add(record)
+            writer.add(score_map_candidates(image_id, 40))
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     run_nms(path, one, top_n=8, workers=1, show_progress=False)
     run_nms(path, two, top_n=8, workers=2, show_progress=False)
     with Proposals(one) as a, Proposals(two) as b:
         assert a.image_ids.tolist() == b.image_ids.tolist() == [4, 2, 9]
-        assert a.attrs["nms_iou"] == 0.8 and a.attrs["scales"] == [100, 200]
+        assert a.attrs["nms_iou"] == 0.8 and a.attrs["scales"] == [100, 150]
         for image_id in (4, 2, 9):
             x, y = a.get(image_id), b.get(image_id)
             assert 0 < len(x) <= 8 and x.rles == y.rles

@@ -1,0 +1,94 @@
+"""Non-maximum suppression of one image's candidate windows (paper §3.3 "Inference", DESIGN §6).
+
+Each candidate's mask is resized to its window box in original-image pixels and binarised
+(`ifcn.proposals.resample`); empty masks are dropped, NMS runs on the tight boxes of the
+binary masks ordered by objectness, and the best N are kept, encoded as COCO RLE at image
+resolution. The proposal score is sigmoid(objectness). `ifcn nms` runs this for every image
+of a candidates file, in a pool of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import nms as box_nms
+
+from ifcn.proposals.candidates import Candidates, ImageCandidates
+from ifcn.proposals.resample import render, tight_boxes
+
+
+def nms_image(
+    record: ImageCandidates, iou: float = 0.8, top_n: int = 1000, threshold: float = 0.5
+) -> dict:
+    """One image's proposals from its candidates: arguments of `ProposalWriter.add`."""
+    height, width = int(record.height), int(record.width)
+    logits = np.asarray(record.objectness, np.float32)
+    finite = np.flatnonzero(np.isfinite(logits))
+    masks = np.asarray(record.masks)[finite]
+    boxes = np.asarray(record.boxes, np.float32)[finite].astype(np.float64)
+    logits = logits[finite]
+    tight = tight_boxes(masks, boxes, height, width, threshold)
+    nonempty = np.flatnonzero((tight[:, 2] > tight[:, 0]) & (tight[:, 3] > tight[:, 1]))
+    order = box_nms(torch.from_numpy(tight[nonempty]), torch.from_numpy(logits[nonempty]), iou)
+    keep = nonempty[order[:top_n].numpy()]
+    rles, final = render(masks[keep], boxes[keep], height, width, threshold)
+    drawn = (final[:, 2] > final[:, 0]) & (final[:, 3] > final[:, 1])
+    keep = keep[drawn]
+    return {
+        "image_id": int(record.image_id),
+        "file_name": str(record.file_name),
+        "height": height,
+        "width": width,
+        "scores": torch.sigmoid(torch.from_numpy(logits[keep])).numpy().astype(np.float32),
+        "boxes": final[drawn],
+        "rles": [counts for counts, on in zip(rles, drawn, strict=True) if on],
+        "scales": np.asarray(record.scale)[finite][keep].astype(np.int8),
+    }
+
+
+_worker: dict = {}
+
+
+def _init_worker(path: str, params: tuple[float, int, float]) -> None:
+    torch.set_num_threads(1)
+    _worker["reader"] = Candidates(path)
+    _worker["params"] = params
+
+
+def _work(index: int) -> dict:
+    return nms_image(_worker["reader"].read(index), *_worker["params"])
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch with `count` threads inside the block (NMS parallelises over processes)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def image_results(
+    candidates: str | Path, count: int, params: tuple[float, int, float], workers: int
+) -> Iterator[Iterator[dict]]:
+    """Every image's `nms_image` result in file order, from a pool of processes or this one."""
+    if workers > 1:
+        with multiprocessing.Pool(workers, _init_worker, (str(candidates), params)) as pool:
+            yield pool.imap(_work, range(count), chunksize=2)
+    else:
+        with Candidates(candidates) as reader:
+            yield (nms_image(reader.read(n), *params) for n in range(count))
