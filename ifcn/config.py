@@ -25,6 +25,7 @@ from ifcn.errors import IfcnError
 # values of these, and the workflow does not retrain for them.
 RESUME_NEUTRAL = ("workers", "log_period", "checkpoint_period", "keep_checkpoints", "tensorboard")
 
+
 def _schema_path() -> Path:
     """The schema file: inside the package when installed from a wheel (pyproject.toml ships
     workflow/schemas as ``ifcn/schemas``), else the workflow's own file beside the package."""

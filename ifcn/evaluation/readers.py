@@ -70,9 +70,10 @@ class ProposalsH5:
     """Proposals from proposals.h5; workers open the file themselves and read their images.
 
     The file is opened and indexed once by `Proposals` (format, version, offsets, unique ids);
-    a worker then reads the rows of its images, checking that scores are finite and
-    non-increasing within each image, as the format requires, and that every RLE text ends a
-    number.
+    a worker then reads the rows of its images and checks each image as every reader of the
+    format does (`ifcn.proposals.format.check_image`: scores finite and non-increasing, boxes
+    inside the image, scale indices valid, RLE text well formed), all but summing each mask's
+    runs, which costs as much as the IoUs.
     """
 
     def __init__(self, path: Path, gt: GroundTruth, workers: int = 1):
@@ -82,6 +83,7 @@ class ProposalsH5:
         with Proposals(path) as proposals:
             ids, heights, widths = proposals.image_ids, proposals.heights, proposals.widths
             offset = np.concatenate([[0], np.cumsum(proposals.counts)])
+            self._num_scales = len(np.atleast_1d(proposals.attrs.get("scales", [])))
         for image_id, h, w in zip(ids.tolist(), heights.tolist(), widths.tolist(), strict=True):
             if image_id in gt.sizes and (h, w) != gt.sizes[image_id]:
                 gh, gw = gt.sizes[image_id]
@@ -91,6 +93,8 @@ class ProposalsH5:
                 )
         self.image_ids = set(ids.tolist())
         self._ids = ids.tolist()
+        self._sizes = dict(zip(self._ids, zip(heights.tolist(), widths.tolist(), strict=True),
+                               strict=True))  # fmt: skip
         self._row = {i: n for n, i in enumerate(self._ids)}
         self._offset = offset
 
@@ -109,28 +113,24 @@ class ProposalsH5:
         lo, hi = int(self._offset[rows[0]]), int(self._offset[rows[-1] + 1])
         import h5py
 
+        from ifcn.proposals.format import check_image
+
         try:
             with h5py.File(self.path, "r") as f:
                 scores = f["proposals/score"][lo:hi]
-                texts, last = _read_rows(f["proposals/rle"], lo, hi)
+                boxes = f["proposals/box"][lo:hi]
+                scales = f["proposals/scale"][lo:hi]
+                texts, _ = _read_rows(f["proposals/rle"], lo, hi)
         except (OSError, zlib.error) as exc:
             raise IfcnError(f"cannot read proposal rows {lo}:{hi} ({exc})", self.path) from None
-        # pycocotools reads RLE text up to a character that ends a number: a text cut short
-        # makes it read past its end
-        cut = np.flatnonzero((last < 48) | (last > 111) | ((last - 48) & 0x20 != 0))
         out = {}
         for n in rows:
             a, b = int(self._offset[n]) - lo, int(self._offset[n + 1]) - lo
             image_id = self._ids[n]
-            bad = cut[(cut >= a) & (cut < b)]
-            if len(bad):
-                message = f"image {image_id}: proposal {bad[0] - a} has empty or cut RLE counts"
-                raise IfcnError(message, self.path)
+            height, width = self._sizes[image_id]
             found = scores[a:b]
-            if not np.isfinite(found).all():
-                raise IfcnError(f"image {image_id}: scores hold NaN or infinity", self.path)
-            if (np.diff(found) > 0).any():
-                raise IfcnError(f"image {image_id}: scores are not in descending order", self.path)
+            check_image(image_id, height, width, found, boxes[a:b], texts[a:b], scales[a:b],
+                        self._num_scales, self.path, runs=False)  # fmt: skip
             out[image_id] = ImageDetections(texts[a:b], found)
         return out
 

@@ -26,7 +26,7 @@ import numpy as np
 
 import ifcn
 from ifcn.errors import IfcnError
-from ifcn.proposals.rle import run_totals
+from ifcn.proposals.rle import run_totals, well_formed
 from ifcn.proposals.table import Column, TableReader, TableWriter
 
 FORMAT = "ifcn-proposals"
@@ -80,7 +80,8 @@ def check_image(
 ) -> None:
     """Raise an IfcnError naming `path` and the image unless its proposals follow the format.
 
-    `runs=False` skips only summing every mask's runs (see `Proposals`)."""
+    `runs=False` skips summing every mask's runs (see `Proposals`), checking only that each
+    text is well formed."""
     where = f"image {image_id}"
     if len(boxes) != len(scores) or len(rles) != len(scores) or len(scales) != len(scores):
         raise IfcnError(
@@ -113,6 +114,13 @@ def check_image(
     if any(not isinstance(counts, bytes) for counts in rles):
         raise IfcnError(f"{where}: RLE counts must be bytes (COCO compressed RLE)", path)
     if not runs:
+        broken = np.flatnonzero(~well_formed(rles))
+        if len(broken):
+            raise IfcnError(
+                f"{where}: the mask of row {int(broken[0])} is not COCO compressed RLE text "
+                "(empty, a character outside '0'..'o', or its last count cut off)",
+                path,
+            )
         return
     covered = run_totals(rles, height, width)
     wrong = np.flatnonzero(covered != height * width)

@@ -73,14 +73,16 @@ def _value(chars: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray
     return value
 
 
-def run_totals(texts: Sequence[bytes], height: int, width: int) -> np.ndarray:
-    """Pixels covered by the runs of each compressed RLE text, or -1 where the text is not
-    well formed (empty, a character outside '0'..'o', the last count cut off). A mask of a
-    height × width image must cover exactly height × width.
+def well_formed(texts: Sequence[bytes]) -> np.ndarray:
+    """Whether each text is well formed: not empty, only characters '0'..'o', the last count
+    complete. Cheap (one pass over the bytes); what pycocotools needs not to read past a text.
     """
-    n = len(texts)
-    out = np.full(n, -1, dtype=np.int64)
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+    return _well_formed(texts)[0]
+
+
+def _well_formed(texts: Sequence[bytes]) -> tuple[np.ndarray, ...]:
+    """`well_formed` and the joined characters, start, stop and length of each text."""
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
     chars = np.frombuffer(b"".join(texts), dtype=np.uint8)
     stop = np.cumsum(lengths)
     start = stop - lengths
@@ -90,6 +92,17 @@ def run_totals(texts: Sequence[bytes], height: int, width: int) -> np.ndarray:
     bad = (chars < _FIRST) | (chars >= _LAST)
     if bad.any():
         good &= np.add.reduceat(bad, np.minimum(start, len(chars) - 1)) == 0
+    return good, chars, start, stop, lengths
+
+
+def run_totals(texts: Sequence[bytes], height: int, width: int) -> np.ndarray:
+    """Pixels covered by the runs of each compressed RLE text, or -1 where the text is not
+    well formed (empty, a character outside '0'..'o', the last count cut off). A mask of a
+    height × width image must cover exactly height × width.
+    """
+    n = len(texts)
+    out = np.full(n, -1, dtype=np.int64)
+    good, chars, start, stop, lengths = _well_formed(texts)
     keep = np.flatnonzero(good)
     if not len(keep):
         return out
