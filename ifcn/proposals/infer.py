@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ifcn.config import config_json, load_config
 from ifcn.data.cocojson import read_image_table
@@ -30,6 +29,7 @@ from ifcn.data.folder import image_table_from_folder
 from ifcn.distributed import resolve_device
 from ifcn.errors import IfcnError
 from ifcn.model import load_model
+from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import CandidateWriter, ImageCandidates
 from ifcn.proposals.inference import ScaledImages, infer_scaled, mask_size, single
 from ifcn.proposals.sharding import parse_shard, shard_ids
@@ -83,7 +83,7 @@ def run_inference(
     waited, start = 0.0, time.perf_counter()
     with CandidateWriter(out, {**attrs, "mask_size": mask_size(model, m)}) as writer:
         batches = iter(loader)
-        for _ in tqdm(range(len(ids)), desc="infer", disable=not show_progress):
+        for _ in progress_bar(range(len(ids)), desc="infer", disable=not show_progress):
             before = time.perf_counter()
             index, inputs, error = next(batches)
             waited += time.perf_counter() - before

@@ -10,9 +10,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ifcn.errors import IfcnError
+from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import SHARED_ATTRS, Candidates, CandidateWriter
 from ifcn.proposals.sharding import parse_shard
 
@@ -75,7 +74,7 @@ def merge_candidates(
                  if key not in ("format", "format_version", "objectness", "storage")}  # fmt: skip
         attrs["shard"] = "0/1" if not missing else ",".join(map(str, sorted(shards))) + f"/{count}"
         with CandidateWriter(out, attrs) as writer:
-            for reader in tqdm(ordered, desc="merge", unit="shard", dynamic_ncols=True):
+            for reader in progress_bar(ordered, desc="merge", unit="shard", dynamic_ncols=True):
                 for record in reader:  # read and written, so checked twice
                     writer.add(record)
         return len(seen)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ifcn.errors import IfcnError
+from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import Candidates
 from ifcn.proposals.format import ProposalWriter
 from ifcn.proposals.suppression import default_workers, image_results, torch_threads
@@ -50,7 +49,7 @@ def run_nms(
     with (
         torch_threads(1),
         image_results(candidates, count, params, workers) as results,
-        tqdm(total=count, desc="nms", unit="image", disable=not show_progress) as progress,
+        progress_bar(total=count, desc="nms", unit="image", disable=not show_progress) as progress,
         ProposalWriter(out, proposal_attrs) as writer,
     ):
         for result in results:

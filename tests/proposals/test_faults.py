@@ -30,9 +30,15 @@ ATTRS = {"config": {}, "checkpoint_sha256": "0" * 64, "dataset": "gt.json", "sca
 H, W = 30, 40
 
 
+PROGRESS = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+: ")  # ifcn.progress lines in logs
+
+
 def _messages(err: str) -> list[str]:
-    """stderr without tqdm's progress lines."""
-    return [line for line in re.split(r"[\r\n]", err) if line.strip() and "%|" not in line]
+    """stderr without progress lines (tqdm's bar on a terminal, timestamped lines otherwise)."""
+    lines = re.split(r"[\r\n]", err)
+    return [
+        line for line in lines if line.strip() and "%|" not in line and not PROGRESS.match(line)
+    ]
 
 
 def _one_line_failure(capsys, code: int, *names: object) -> str:
