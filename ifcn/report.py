@@ -23,11 +23,13 @@ import pandas as pd
 from ifcn import atomic, paper
 from ifcn.config import load_config
 from ifcn.errors import IfcnError
+from ifcn.provenance import run_provenance
 from ifcn.summaries import (
     Picture,
     fraction_text,
     read_ablation_table,
     read_ar,
+    read_benchmarks,
     read_figures_index,
     read_segm_eval,
     read_training_log,
@@ -52,6 +54,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--figures", help="figures.json of `ifcn viz --pictures`")
     parser.add_argument("--train-log", help="train_log.csv of `ifcn train` (the loss curve)")
     parser.add_argument("--loss-plot", help="PNG of the loss curve to write (with --train-log)")
+    parser.add_argument(
+        "--benchmarks", help="folder of the run's Snakemake benchmark files (stage times)"
+    )
     parser.add_argument("--ar-table", help="CSV of this run's AR table to write")
     parser.add_argument("--map-table", help="CSV of this run's mAP table to write")
     parser.add_argument("--out", required=True, help="report.md to write")
@@ -293,14 +298,37 @@ def _pictures_section(pictures: list[Picture], out_dir: Path) -> list[str]:
     return lines
 
 
-def provenance_section() -> list[str]:
-    """Where the run's provenance goes: commit, package versions, run time, input hashes."""
-    return [
+def provenance_section(ar: dict, benchmarks: pd.DataFrame | None = None) -> list[str]:
+    """Which code, packages and inputs made this run, and how long its stages took."""
+    record = run_provenance()
+    versions = ", ".join(f"{name} {version}" for name, version in record["versions"].items())
+    lines = [
         "## Provenance",
         "",
-        "The run's effective settings: `config.yaml` beside this report.",
+        f"Written {record['created']} by ifcn at commit `{record['commit']}` ({versions}). "
+        "The run's effective settings: `config.yaml` beside this report; proposals.h5 records "
+        "its own commit, versions and the SHA-256 of its checkpoint and image list.",
         "",
     ]
+    inputs = ar.get("inputs") or {}
+    if inputs:
+        rows = [[f"`{path}`", f"`{digest}`"] for path, digest in inputs.items()]
+        lines += ["Files the AR was computed from:", ""]
+        lines += _table(["file", "SHA-256"], rows) + [""]
+    if benchmarks is not None and len(benchmarks):
+        total = float(benchmarks["seconds"].sum())
+        shown = benchmarks.head(8)
+        rows = [
+            [f"`{job}`", f"{seconds / 60:.1f}"] for job, seconds in shown.itertuples(index=False)
+        ]
+        lines += [
+            f"Run time: {total / 60:.1f} min of jobs ({len(benchmarks)} jobs; Snakemake's "
+            "benchmark files, wall time per job, summed over jobs that ran in parallel too). "
+            "The longest:",
+            "",
+        ]
+        lines += _table(["job", "minutes"], rows) + [""]
+    return lines
 
 
 def _published_rows(reference: dict[str, tuple]) -> list[list[str]]:
@@ -342,6 +370,7 @@ def build_report(
     figures: str | Path | None = None,
     train_log: str | Path | None = None,
     loss_plot: str | Path | None = None,
+    benchmarks: str | Path | None = None,
 ) -> str:
     """The Markdown text of the report (links relative to ``out``; ``loss_plot`` is linked,
     `plot_loss` draws it)."""
@@ -376,7 +405,9 @@ def build_report(
     lines += _parameters_section(config["model"])
     if figures:
         lines += _pictures_section(read_figures_index(figures), out_dir)
-    lines += provenance_section()
+    lines += provenance_section(
+        read_ar(ar_path), read_benchmarks(benchmarks) if benchmarks else None
+    )
     lines += published_section()
     return "\n".join(lines)
 
@@ -397,6 +428,7 @@ def main(args: argparse.Namespace) -> int:
         args.figures,
         args.train_log,
         args.loss_plot,
+        args.benchmarks,
     )
     if args.loss_plot:
         plot_loss(read_training_log(args.train_log), args.loss_plot)

@@ -38,6 +38,8 @@ AR_SCHEMA = {
             "type": "array", "items": _FRACTION}},
         "num_images": _COUNT,
         "num_gt": {"anyOf": [_COUNT, {"type": "object", "additionalProperties": _COUNT}]},
+        "inputs": {"type": "object", "additionalProperties": {
+            "type": "string", "pattern": "^[0-9a-f]{64}$"}},
     },
 }  # fmt: skip
 
@@ -229,3 +231,23 @@ def read_training_log(path: str | Path) -> pd.DataFrame:
             )
         frame[column] = values
     return frame[columns]
+
+
+def read_benchmarks(folder: str | Path) -> pd.DataFrame:
+    """The Snakemake benchmark files (``<rule>.tsv``) of a run: one row per job, its wall
+    seconds (column ``s``), sorted by time spent."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IfcnError("not a folder of Snakemake benchmark files", folder)
+    rows = []
+    for path in sorted(folder.glob("*.tsv")):
+        try:
+            frame = pd.read_csv(path, sep="\t")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise IfcnError(f"not a readable TSV ({' '.join(str(exc).split())})", path) from None
+        seconds = pd.to_numeric(frame.get("s"), errors="coerce")
+        if seconds is None or not len(seconds) or not seconds.map(math.isfinite).all():
+            raise IfcnError("a Snakemake benchmark file needs finite seconds in column s", path)
+        rows.append({"job": path.stem, "seconds": float(seconds.mean())})
+    frame = pd.DataFrame(rows, columns=["job", "seconds"])
+    return frame.sort_values("seconds", ascending=False, ignore_index=True)

@@ -224,3 +224,28 @@ def test_report_prints_the_counted_parameters(run_dir):
     assert f"{512 * 14 * 14 * 512 + 512 * 56**2:,}" in text
     assert f"{512 * 3 * 3 * 25:,}" in text
     assert "Mask-prediction parameters (§4): ~DeepMask fc layers 53M" in text
+
+
+def test_report_states_provenance_input_hashes_and_stage_times(run_dir):
+    digest = "ab" * 32
+    ar = {**AR, "inputs": {"resources/demo/val.json": digest}}
+    (run_dir / "val" / "ar.json").write_text(json.dumps(ar))
+    times = run_dir / "benchmarks"
+    times.mkdir()
+    header = "s\th:m:s\tmax_rss\n"
+    (times / "train.tsv").write_text(header + "240.5\t0:04:00\t900\n")
+    (times / "nms_val.tsv").write_text(header + "30.0\t0:00:30\t400\n")
+    text = _report(run_dir, benchmarks=times)
+    section = text[text.index("## Provenance") :]
+    assert "at commit `" in section and "torch " in section
+    assert f"`{digest}`" in section and "resources/demo/val.json" in section
+    assert "4.5 min of jobs (2 jobs" in section
+    assert section.index("`train`") < section.index("`nms_val`")  # longest first
+
+
+def test_report_refuses_a_benchmark_file_without_seconds(run_dir):
+    times = run_dir / "benchmarks"
+    times.mkdir()
+    (times / "train.tsv").write_text("s\th:m:s\nnan\t0:00:00\n")
+    with pytest.raises(IfcnError, match="finite seconds"):
+        _report(run_dir, benchmarks=times)

@@ -55,8 +55,8 @@ SCORE_MAPS, MASKS = "score_maps", "masks"
 # Attributes the producer supplies; the writer adds format, format_version and objectness.
 REQUIRED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "k", "m", "head", "shard")
 # Attributes that every shard of one inference job shares (all but the shard itself).
-SHARED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "max_size", "k", "m", "head",
-                "storage", "mask_size")  # fmt: skip
+SHARED_ATTRS = ("config", "checkpoint_sha256", "dataset", "dataset_sha256", "scales", "max_size",
+                "k", "m", "head", "storage", "mask_size")  # fmt: skip
 MAX_MAP_SIDE = 1 << 14  # feature cells per side; more is damage, not an image
 
 

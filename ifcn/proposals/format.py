@@ -16,9 +16,9 @@ imports it and its start-up time counts).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,12 @@ import ifcn
 from ifcn.errors import IfcnError
 from ifcn.proposals.rle import run_totals, well_formed
 from ifcn.proposals.table import Column, TableReader, TableWriter
+from ifcn.provenance import run_provenance
 
 FORMAT = "ifcn-proposals"
 FORMAT_VERSION = 1
-# Root attributes the producer must supply; the writer adds format, version, ifcn_version, created.
+# Root attributes the producer must supply; the writer adds format, format_version and the
+# provenance: ifcn_version, commit, versions (JSON), created.
 REQUIRED_ATTRS = ("config", "checkpoint_sha256", "dataset", "scales", "k", "m")
 COLUMNS = {
     "proposals": {
@@ -151,11 +153,14 @@ class ProposalWriter:
         if none:
             raise IfcnError(f"proposal file attributes are None: {', '.join(none)}", self.path)
         self._num_scales = len(np.atleast_1d(attrs["scales"]))
+        provenance = run_provenance()
         self._table = TableWriter(
             self.path,
             {
                 "ifcn_version": ifcn.__version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "commit": provenance["commit"],
+                "versions": json.dumps(provenance["versions"], sort_keys=True),
+                "created": provenance["created"],
                 **attrs,
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,

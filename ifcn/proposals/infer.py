@@ -15,6 +15,8 @@ examples:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,9 +152,11 @@ def main(args: argparse.Namespace) -> int:
             args.image_dir,
             args.image_dir,
         )
+        digest = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
     else:
         table, dataset = read_image_table(args.images), args.images
         image_root = args.image_root or config["data"]["val_images"]
+        digest = file_sha256(args.images)
     chosen = {i: table[i] for i in shard_ids(table, index, count)}
     model = load_model(config, args.checkpoint, device)
     infer_cfg = config["infer"]
@@ -160,6 +164,8 @@ def main(args: argparse.Namespace) -> int:
         "config": config_json(config),
         "checkpoint_sha256": file_sha256(args.checkpoint),
         "dataset": str(dataset),
+        # the images JSON's bytes, or the folder's image list: which images these proposals are of
+        "dataset_sha256": digest,
         "scales": [int(s) for s in infer_cfg["scales"]],
         "max_size": int(infer_cfg["max_size"] or 0),
         "k": int(model.k),

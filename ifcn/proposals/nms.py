@@ -36,6 +36,7 @@ def run_nms(
         "config": attrs["config"],
         "checkpoint_sha256": attrs["checkpoint_sha256"],
         "dataset": attrs["dataset"],
+        "dataset_sha256": attrs.get("dataset_sha256", ""),
         "scales": attrs["scales"],
         "k": attrs["k"],
         "m": attrs["m"],

@@ -3,6 +3,8 @@ before assembling, shards, and the CLI's refusals."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from ifcn.proposals.inference import infer_image
 from ifcn.proposals.nms import run_nms
 from ifcn.proposals.sharding import shard_ids
 from ifcn.proposals.suppression import nms_image
+from ifcn.provenance import file_sha256
 from ifcn.windows import STRIDE, rank_windows, window_boxes
 from tests.proposals.hand import HandCandidates, OracleFCN
 from tests.proposals.runs import small_config, write_images
@@ -172,7 +175,11 @@ def test_cli_infer_writes_shards_that_merge_and_pass_nms(tmp_path, small_run):
     with Proposals(proposals) as read:
         assert read.image_ids.tolist() == [2, 5, 11]
         assert all(0 < n <= 5 for n in read.counts)
-        assert read.attrs["dataset"] == str(json_path) and read.attrs["k"] == 3
+        attrs = read.attrs
+    assert attrs["dataset"] == str(json_path) and attrs["k"] == 3
+    # provenance: which code, which packages, which images
+    assert attrs["dataset_sha256"] == file_sha256(json_path)
+    assert attrs["commit"] and json.loads(attrs["versions"])["torch"]
 
 
 @pytest.mark.parametrize("change", [{"k": 5}, {"backbone": "resnet18"}])

@@ -79,9 +79,11 @@ rule report:
         runtime=10,
     params:
         ablations=report_ablation_options,
+        benchmarks=result("benchmarks"),
         settings=run_settings,
     shell:
         "ifcn report --config {input.config} --ar {input.ar} --segm-eval {input.segm_eval}"
         " --figures {input.figures} --train-log {input.train_log} --loss-plot {output.loss}"
         " --ar-table {output.ar_table} --map-table {output.map_table} {params.ablations}"
+        " --benchmarks {params.benchmarks}"
         " --out {output.report} > {log} 2>&1"
