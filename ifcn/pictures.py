@@ -3,7 +3,8 @@
 Drawing functions return RGB uint8 arrays; `save_png` writes them atomically. `draw_pictures`
 draws the report's pictures of the first validation images and indexes them in figures.json
 (`ifcn viz --pictures`, the workflow's `figures` rule); `draw_image` draws one image's top
-proposals and score maps (`ifcn viz --image-id`).
+proposals and score maps (`ifcn viz --image-id`); `draw_folder` the top proposals of every
+image of a proposals file, for photos without annotations (`ifcn viz --each`).
 """
 
 from __future__ import annotations
@@ -347,6 +348,28 @@ def draw_image(
     scale = scale or _nearest_scale(config, image)
     picture = score_map_picture(model, image, scale, config["infer"]["max_size"], windows, device)
     written.append(save_png(picture, out_dir / f"image{image_id}_score_maps.png"))
+    return written
+
+
+def draw_folder(proposals: Path, image_root: Path, out_dir: Path, top_n: int = 10) -> list[Path]:
+    """Every image of ``proposals`` with its top ``top_n`` proposals, for images without
+    annotations (`ifcn infer --image-dir`): out_dir/<file_name>.png, folders kept."""
+    written = []
+    with Proposals(proposals) as reader:
+        for image_id in reader.image_ids.tolist():
+            name = reader.file_name(image_id)
+            image = load_image(image_root / name)
+            if image.shape[:2] != reader.size(image_id):
+                h, w = reader.size(image_id)
+                raise IfcnError(
+                    f"image {image_id} is {h}x{w} in {proposals}, the file "
+                    f"{image.shape[0]}x{image.shape[1]}: proposals of other images",
+                    image_root / name,
+                )
+            picture = draw_proposals(
+                image, reader.masks(image_id, top_n), reader.scores(image_id, top_n)
+            )
+            written.append(save_png(picture, (out_dir / name).with_suffix(".png")))
     return written
 
 

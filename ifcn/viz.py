@@ -4,7 +4,9 @@
 (the workflow's `figures` rule): each object's best proposal with the missed objects outlined
 (the paper's Fig. 8) and the k² score maps with the instances assembled from them (Fig. 5),
 indexed with their captions in figures.json. `--image-id ID` draws one image: its top proposals
-each in its own colour with its score, and its score maps.
+each in its own colour with its score, and its score maps. `--each` draws the top proposals of
+every image of --proposals (images without annotations, e.g. of `ifcn infer --image-dir`),
+needing neither the model nor a COCO JSON.
 
 Example: ifcn viz --config results/synthetic/config.yaml --checkpoint
 results/synthetic/train/model_final.pt --images resources/synthetic/val.json --proposals
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from ifcn.config import load_config
 from ifcn.errors import IfcnError
-from ifcn.pictures import draw_image, draw_pictures
+from ifcn.pictures import draw_folder, draw_image, draw_pictures
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -28,17 +30,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, help="run configuration (YAML)")
-    parser.add_argument("--checkpoint", required=True, help="model_final.pt of `ifcn train`")
-    parser.add_argument("--images", required=True, help="COCO JSON listing the images")
+    parser.add_argument("--config", help="run configuration (YAML; not for --each)")
+    parser.add_argument("--checkpoint", help="model_final.pt of `ifcn train` (not for --each)")
+    parser.add_argument("--images", help="COCO JSON listing the images (not for --each)")
     parser.add_argument("--image-root", help="folder of the images (default: data.val_images)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--image-id", type=int, help="draw this image")
     which.add_argument(
         "--pictures", type=int, help="draw the report's pictures of the first N images"
     )
+    which.add_argument(
+        "--each", action="store_true", help="draw the top proposals of every image of --proposals"
+    )
     parser.add_argument("--proposals", help="proposals.h5 of the images (needed by --pictures)")
-    parser.add_argument("--top-n", type=int, default=10, help="proposals drawn (--image-id)")
+    parser.add_argument(
+        "--top-n", type=int, default=10, help="proposals drawn (--image-id, --each)"
+    )
     parser.add_argument(
         "--scale", type=int, help="shorter side for the score maps (--image-id; default: the "
         "infer.scales entry nearest the image's own)",
@@ -50,6 +57,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.top_n < 1:
+        raise IfcnError(f"--top-n must be 1 or more, not {args.top_n}")
+    if args.each:
+        if not (args.proposals and args.image_root):
+            raise IfcnError("--each needs --proposals and --image-root (the images' folder)")
+        for path in draw_folder(Path(args.proposals), Path(args.image_root), Path(args.out),
+                                args.top_n):  # fmt: skip
+            print(path)
+        return 0
+    missing = [
+        f"--{name}" for name in ("config", "checkpoint", "images") if not getattr(args, name)
+    ]
+    if missing:
+        raise IfcnError(f"--pictures and --image-id need {', '.join(missing)}")
     config = load_config(args.config)
     image_root = Path(args.image_root or config["data"]["val_images"])
     out_dir = Path(args.out)

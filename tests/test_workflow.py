@@ -18,8 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from ifcn.config import load_config
+from ifcn.proposals.format import Proposals
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -335,6 +337,31 @@ def test_tiny_pipeline_end_to_end_then_a_change_reruns_only_what_it_touches(tiny
         work, lambda c: (c["classify"].pop("nms_iou"), c.update(report={"pictures": 2}))
     )
     assert changed == {"figures": 1, "report": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_predict_target_gives_proposals_and_pictures_of_a_photo_folder(tiny_run, tmp_path):
+    work = _copy(tiny_run, tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in sorted((work / "resources" / "tiny" / "images").iterdir())[:2]:
+        Image.open(name).convert("RGB").save(photos / f"{name.stem}.jpg")
+    given = f"predict={{images: {photos}, pictures: 3}}"
+    plan = planned_jobs(
+        snakemake("-n", "predict", "--configfile", "run.yaml", "--config", given, cwd=work).stdout
+    )
+    assert plan == {"predict_infer": 1, "predict_nms": 1, "predict_pictures": 1, "predict": 1}
+    snakemake("--cores", "2", "predict", "--configfile", "run.yaml", "--config", given, cwd=work)
+    out = work / "results" / "tiny" / "predict"
+    with Proposals(out / "proposals.h5") as read:
+        assert sorted(read.file_name(i) for i in read.image_ids) == sorted(
+            p.name for p in photos.iterdir()
+        )
+    assert sorted(p.name for p in (out / "pictures").glob("*.png")) == sorted(
+        f"{p.stem}.png" for p in photos.iterdir()
+    )
+    missing = snakemake("-n", "predict", "--configfile", "run.yaml", cwd=work, check=False)
+    assert missing.returncode != 0 and "predict.images" in missing.stdout + missing.stderr
 
 
 @pytest.mark.slow

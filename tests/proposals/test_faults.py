@@ -410,6 +410,17 @@ def test_infer_on_a_folder_of_jpegs_writes_a_valid_proposal_file(tmp_path, capsy
         assert [read.size(i) for i in (1, 2, 3)] == [sizes[n] for n in names]
         assert all(len(read.get(i)) > 0 for i in (1, 2, 3))
         assert read.attrs["dataset"] == str(folder)
+    # pictures of every photo: no model, no annotations
+    pictures = tmp_path / "pictures"
+    code = cli.main(["viz", "--each", "--proposals", str(proposals), "--image-root", str(folder),
+                     "--top-n", "3", "--out", str(pictures)])  # fmt: skip
+    assert code == 0
+    drawn = sorted(str(p.relative_to(pictures)) for p in pictures.rglob("*.png"))
+    assert drawn == ["a.png", "b/c.png", "b/z.png"]
+    assert np.asarray(Image.open(pictures / "b" / "z.png")).shape == (50, 70, 3)
+    code = cli.main(["viz", "--each", "--proposals", str(proposals), "--image-root",
+                     str(tmp_path), "--out", str(pictures)])  # fmt: skip
+    _one_line_failure(capsys, code, tmp_path / "a.jpeg")
     capsys.readouterr()
     (folder / "b" / "c.jpg").write_bytes(b"\xff\xd8 broken")
     code = cli.main([*base, "--image-dir", str(folder), "--out", str(tmp_path / "x.h5")])

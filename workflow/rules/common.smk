@@ -257,6 +257,31 @@ def picture_files():
     ]
 
 
+def predict_images(wildcards):
+    """The `predict` target's photo folder (predict.images), required by its rules."""
+    images = config["predict"]["images"]
+    if not images:
+        raise IfcnError(
+            "the predict target needs the folder of your photos: "
+            "--config predict='{images: DIR}' (or predict.images in the config file)",
+            CONFIG_FILES[-1],
+        )
+    if not os.path.isdir(images):
+        raise IfcnError("predict.images is not a folder", images)
+    return images
+
+
+def predict_checkpoint(wildcards):
+    """predict.checkpoint, or the run's own trained model."""
+    return config["predict"]["checkpoint"] or result("train/model_final.pt")
+
+
+def predict_outputs(wildcards):
+    predict_images(wildcards)
+    pictures = [result("predict/pictures")] if config["predict"]["pictures"] else []
+    return [result("predict/proposals.h5"), *pictures]
+
+
 def all_outputs():
     return [result("report.md"), result("val/segm_eval.json")]
 
