@@ -92,7 +92,7 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
         "    --proposals results/synthetic/val/proposals.h5 --out results/synthetic/val/ar.json",
     ),
     ("viz",): (
-        "draw proposals and score maps (one image, the report's, or every photo of a folder)",
+        "draw proposals and score maps (one image, a run, a folder)",
         "ifcn viz --config config/config.yaml \\\n"
         "    --checkpoint results/synthetic/train/model_final.pt \\\n"
         "    --images resources/synthetic/val.json --image-id 1 \\\n"
