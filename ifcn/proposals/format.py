@@ -113,10 +113,12 @@ def check_image(
         raise IfcnError(
             f"{where}: scale index outside 0..{num_scales - 1} (the scales attribute)", path
         )
-    if any(not isinstance(counts, bytes) for counts in rles):
-        raise IfcnError(f"{where}: RLE counts must be bytes (COCO compressed RLE)", path)
+    try:
+        formed = well_formed(rles)  # joins the texts: anything but bytes is a TypeError
+    except TypeError:
+        raise IfcnError(f"{where}: RLE counts must be bytes (COCO compressed RLE)", path) from None
     if not runs:
-        broken = np.flatnonzero(~well_formed(rles))
+        broken = np.flatnonzero(~formed)
         if len(broken):
             raise IfcnError(
                 f"{where}: the mask of row {int(broken[0])} is not COCO compressed RLE text "

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import tempfile
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from isal import isal_zlib
 
 from ifcn.atomic import temporary_path, write_error
 from ifcn.errors import IfcnError
@@ -229,9 +229,10 @@ class TableWriter:
     def _write_text(self, group: h5py.Group, key: str, name: str) -> None:
         """Copy a text column from its scratch file into a fixed-width column.
 
-        Each chunk is padded and deflated here, in threads (zlib releases the GIL), and stored
-        with `write_direct_chunk`: the bytes HDF5's gzip filter would store, at a fraction of
-        the wall time, since compressing the padded text dominates writing.
+        Each chunk is padded and deflated here, in threads (ISA-L's deflate, a zlib stream as
+        HDF5's gzip filter stores it, releases the GIL), and stored with `write_direct_chunk`:
+        compressing the padded text dominates writing, and ISA-L does it several times faster
+        than zlib.
         """
         lengths = self._text_lengths[key]
         lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
@@ -246,7 +247,7 @@ class TableWriter:
         def deflate(lens: np.ndarray, text: bytes) -> bytes:
             padded = np.zeros((rows, width), dtype=np.uint8)  # HDF5 stores edge chunks whole
             padded[: len(lens)][positions < lens[:, None]] = np.frombuffer(text, dtype=np.uint8)
-            return zlib.compress(padded, _GZIP)
+            return isal_zlib.compress(padded, 1)  # ISA-L level 1: smaller than zlib 1, 5x faster
 
         scratch = self._scratch[key]
         scratch.seek(0)
