@@ -31,6 +31,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("classify", "evaluate"): "ifcn.classify.evaluate",
     ("report",): "ifcn.report",
     ("ablation",): "ifcn.ablation",
+    ("weights", "fetch"): "ifcn.weights",
 }
 
 

@@ -75,7 +75,9 @@ def load_classifier(path: str | Path, device: torch.device) -> tuple[ProposalCla
     state = checkpoint.load(path)
     if state.get("kind") != KIND:
         raise IfcnError("not a classifier checkpoint (written by `ifcn classify train`)", path)
-    model = build_classifier(state["config"], len(state["categories"]), pretrained=False)
+    model = build_classifier(
+        state["config"], len(state["categories"]), pretrained=False, imagenet_fc=False
+    )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -117,7 +119,7 @@ def classify_image(
     if not rles:
         return np.zeros((0, model.num_classes + 1), np.float32)
     resized, scale = resize_image(image, test_scale, max_size)
-    rois, grids = roi_inputs(rles, boxes, scale, resized.shape[1], False, model.pool_size)
+    rois, grids = roi_inputs(rles, boxes, scale, resized.shape[1], False, model.grid_size)
     logits = model(image_tensor(resized, device), rois.to(device), grids.to(device))
     return torch.softmax(logits.float(), 1).cpu().numpy()
 
