@@ -198,6 +198,21 @@ def load_imagenet_fc(model: ProposalClassifier, backbone: str, weights: str | No
     return path
 
 
+def classifier_summary(config: dict) -> str:
+    """One line naming the classifier a config trains (for logs and the workflow's messages)."""
+    model_cfg, cfg = config["model"], config["classify"]
+    fc_init = "ImageNet fc6/fc7" if cfg.get("pretrained_fc") else "Gaussian init"
+    scales = "/".join(str(s) for s in cfg["scales"])
+    return (
+        f"classifier: {model_cfg['backbone']} backbone, 2 paths x 2 fc {cfg['fc_dim']}-d "
+        f"({fc_init}), RoI {mask_grid_size(cfg['pool_size'])}x{mask_grid_size(cfg['pool_size'])}"
+        f" -> {cfg['pool_size']}x{cfg['pool_size']}, shorter side {scales} px (test "
+        f"{cfg['test_scale']}, max {cfg['max_size']}), {cfg['iters']} iterations at lr "
+        f"{cfg['lr']}, {cfg['rois_per_image']} RoIs/image, top {cfg['top_n']} proposals, "
+        f"AP {cfg.get('ap', 'coco')}"
+    )
+
+
 def load_backbone_from(model: ProposalClassifier, path: str, config: dict) -> None:
     """Copy the backbone of an `ifcn train` checkpoint (the proposal model) into `model`."""
     state = load_checkpoint(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,12 +16,13 @@ from ifcn.checkpoint import save_atomic
 from ifcn.classify.model import (
     ProposalClassifier,
     build_classifier,
+    classifier_summary,
     load_backbone_from,
     mask_grid_size,
     mask_grids,
     roi_inputs,
 )
-from ifcn.config import validate_config
+from ifcn.config import load_config, validate_config
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from ifcn.model.backbone import TinyBackbone
@@ -144,3 +147,13 @@ def test_pretrained_fc_needs_vgg16_and_its_fc_sizes(tmp_path):
     with pytest.raises(IfcnError, match=r"classifier.0.weight is shape \(4096, 25088\)") as info:
         build_classifier(narrow, 2)
     assert info.value.path == path and "\n" not in str(info.value)
+
+
+def test_the_summary_of_the_voc2012_config_names_mncs_settings():
+    root = Path(__file__).resolve().parents[2]
+    summary = classifier_summary(load_config(root / "config" / "voc2012.yaml"))
+    assert summary == (
+        "classifier: vgg16 backbone, 2 paths x 2 fc 4096-d (ImageNet fc6/fc7), RoI 14x14 -> 7x7,"
+        " shorter side 600 px (test 600, max 1000), 40000 iterations at lr 0.001, 64 RoIs/image,"
+        " top 300 proposals, AP voc"
+    )
