@@ -100,10 +100,23 @@ def _fc_path(in_dim: int, fc_dim: int) -> nn.Sequential:
 
 
 class ProposalClassifier(nn.Module):
-    """Backbone → RoIAlign on each proposal's box → box path and RoI-masked path → C+1 logits."""
+    """Backbone → RoIAlign on each proposal's box → box path and RoI-masked path → C+1 logits.
+
+    With ``roi_norm`` each path standardises every channel of its pooled features
+    (BatchNorm2d) before its fc layers: fc layers trained from scratch on features whose
+    channels differ in scale and mean (the tiny backbone's: means 0 to 5) barely learn by SGD
+    in a CPU-sized schedule without it. MNC's ImageNet fc6 expects VGG's raw pool5 features,
+    so the paper configs leave it off. Hidden fc layers start Kaiming-normal (fc6/fc7 come
+    from ImageNet at paper settings), the class layer N(0, 0.01) as MNC's.
+    """
 
     def __init__(
-        self, backbone: nn.Module, num_classes: int, pool_size: int = 7, fc_dim: int = 256
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        pool_size: int = 7,
+        fc_dim: int = 256,
+        roi_norm: bool = False,
     ) -> None:
         super().__init__()
         if backbone.stride != STRIDE:
@@ -119,8 +132,14 @@ class ProposalClassifier(nn.Module):
         self.box_path = _fc_path(in_dim, fc_dim)
         self.mask_path = _fc_path(in_dim, fc_dim)
         self.cls_score = nn.Linear(2 * fc_dim, num_classes + 1)
-        for head in (self.box_path, self.mask_path, self.cls_score):
-            init_new_layers(head)
+        channels = backbone.out_channels
+        self.box_norm = nn.BatchNorm2d(channels) if roi_norm else nn.Identity()
+        self.mask_norm = nn.BatchNorm2d(channels) if roi_norm else nn.Identity()
+        for fc in (*self.box_path, *self.mask_path):
+            if isinstance(fc, nn.Linear):
+                nn.init.kaiming_normal_(fc.weight, nonlinearity="relu")
+                nn.init.zeros_(fc.bias)
+        init_new_layers(self.cls_score)
 
     def roi_features(self, features: Tensor, rois: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
         """Features [n, C, P, P] of the boxes, and the same zeroed outside the masks first.
@@ -138,7 +157,9 @@ class ProposalClassifier(nn.Module):
         mask grids [n, P, P] → class logits [n, C+1]."""
         features = self.backbone(images)
         boxed, masked = self.roi_features(features, rois.to(features.dtype), grids)
-        joint = torch.cat([self.box_path(boxed), self.mask_path(masked)], 1)
+        joint = torch.cat(
+            [self.box_path(self.box_norm(boxed)), self.mask_path(self.mask_norm(masked))], 1
+        )
         return self.cls_score(joint)
 
 
@@ -157,7 +178,9 @@ def build_classifier(
     model_cfg, cfg = config["model"], config["classify"]
     use_imagenet = model_cfg["pretrained"] if pretrained is None else pretrained
     backbone = build_backbone(model_cfg["backbone"], use_imagenet, model_cfg["weights"])
-    model = ProposalClassifier(backbone, num_classes, cfg["pool_size"], cfg["fc_dim"])
+    model = ProposalClassifier(
+        backbone, num_classes, cfg["pool_size"], cfg["fc_dim"], cfg["roi_norm"]
+    )
     fc_from_imagenet = cfg.get("pretrained_fc", False) if imagenet_fc is None else imagenet_fc
     if fc_from_imagenet:
         load_imagenet_fc(model, model_cfg["backbone"], model_cfg["weights"])

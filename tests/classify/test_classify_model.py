@@ -157,3 +157,17 @@ def test_the_summary_of_the_voc2012_config_names_mncs_settings():
         " shorter side 600 px (test 600, max 1000), 40000 iterations at lr 0.001, 64 RoIs/image,"
         " top 300 proposals, AP voc"
     )
+
+
+def test_roi_norm_standardises_each_channel_of_both_paths_before_the_fc_layers():
+    model = build_classifier(_config(pool_size=2), num_classes=3).train()
+    assert isinstance(model.box_norm, torch.nn.BatchNorm2d)
+    assert isinstance(model.mask_norm, torch.nn.BatchNorm2d)
+    features = torch.rand(1, 96, 10, 12) * torch.linspace(0.1, 50, 96)[None, :, None, None]
+    rois = torch.tensor([[0.0, 0.0, 0.0, 40.0, 30.0], [0.0, 8.0, 16.0, 96.0, 80.0]] * 4)
+    boxed, _ = model.roi_features(features, rois, torch.ones(8, 4, 4))
+    normed = model.box_norm(boxed)
+    torch.testing.assert_close(normed.mean((0, 2, 3)), torch.zeros(96), atol=1e-4, rtol=0)
+    plain = build_classifier(_config(roi_norm=False), num_classes=3)
+    assert isinstance(plain.box_norm, torch.nn.Identity)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
