@@ -38,6 +38,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("classify", "evaluate"): "ifcn.classify.evaluate",
     ("report",): "ifcn.report",
     ("ablation",): "ifcn.ablation",
+    ("weights", "fetch"): "ifcn.weights",
 }
 
 # command -> (one-line summary, example): `ifcn --help` lists the summaries, `ifcn <command>

@@ -7,11 +7,13 @@ image with :mod:`ifcn.windows`, samples up to ``windows_per_image`` of them at u
 window. Each term is a mean (over sampled windows; over the positives' in-image pixels), so the
 two are on the same footing whatever the number of windows.
 
-The ~DeepMask baseline (paper Table 2) is trained by the same criterion with one change: its
+The ~DeepMask baseline (paper Table 2) is trained by the same criterion with two changes: its
 positives' masks come from the model's fc mask head (``mask_head.forward_windows`` on the
 backbone features) at the head's own resolution (56×56), against targets cut from the same
-window box by the same :func:`ifcn.windows.mask_targets`. Labels, sampling and the objectness
-term are shared, so both heads are trained on equal terms.
+window box by the same :func:`ifcn.windows.mask_targets`; and with DeepMask's fc scoring
+branch the sampled windows are scored one by one (``objectness_branch.forward_windows``)
+rather than read off a dense map, as DeepMask trains on crops. Labels, sampling and the
+objectness term are shared, so both heads are trained on equal terms.
 """
 
 from __future__ import annotations
@@ -50,9 +52,8 @@ class InstanceFCNCriterion(nn.Module):
         ``target`` holds ``boxes`` [N, 4], ``masks`` [N, H, W] and ``iscrowd`` [N] at the
         resolution the network saw.
         """
-        objectness = outputs["objectness"][0, 0]
-        height, width = objectness.shape
-        device = objectness.device
+        height, width = outputs["features"].shape[-2:]
+        device = outputs["features"].device
         m = self.rule.m
         tops = top_left_of_cell(cell_grid(height, width, device), m)
         labels, matched = label_windows(
@@ -60,12 +61,12 @@ class InstanceFCNCriterion(nn.Module):
         )
         pos, neg = sample_windows(labels, self.windows_per_image, self.positive_fraction, generator)
         sampled = torch.cat([pos, neg])
-        logits = objectness.reshape(-1)[sampled]
+        logits = self._objectness(outputs, tops, sampled)
         obj_targets = (labels[sampled] == POSITIVE).to(logits.dtype)
         if len(sampled):
             loss_objectness = F.binary_cross_entropy_with_logits(logits, obj_targets)
         else:
-            loss_objectness = objectness.sum() * 0.0
+            loss_objectness = logits.sum() * 0.0
         loss_mask = self._mask_loss(outputs, target, tops[pos], matched[pos])
         return {
             "loss": loss_objectness + loss_mask,
@@ -74,6 +75,10 @@ class InstanceFCNCriterion(nn.Module):
             "num_pos": torch.tensor(float(len(pos)), device=device),
             "num_neg": torch.tensor(float(len(neg)), device=device),
         }
+
+    def _objectness(self, outputs: dict[str, Tensor], tops: Tensor, sampled: Tensor) -> Tensor:
+        """Objectness logits [len(sampled)] of the sampled window positions."""
+        return outputs["objectness"][0, 0].reshape(-1)[sampled]
 
     def _mask_loss(self, outputs: dict[str, Tensor], target: dict, tops: Tensor, instance: Tensor):
         scores = outputs["scores"][0]
@@ -89,8 +94,9 @@ class InstanceFCNCriterion(nn.Module):
 class DeepMaskCriterion(InstanceFCNCriterion):
     """Eq. (1) for the ~DeepMask head: the mask term reads the fc head's mask_size² logits.
 
-    The criterion holds the model's ``mask_head`` (not a copy): its forward runs here, on the
-    ``features`` output, because only the criterion knows which windows are positive.
+    The criterion holds the model's ``mask_head`` and, with DeepMask's fc scoring, its
+    ``scoring`` branch (not copies): their forward runs here, on the ``features`` output,
+    because only the criterion knows which windows are sampled and which are positive.
     """
 
     def __init__(
@@ -99,10 +105,23 @@ class DeepMaskCriterion(InstanceFCNCriterion):
         mask_head: nn.Module,
         windows_per_image: int = 256,
         positive_fraction: float = 0.5,
+        scoring: nn.Module | None = None,
     ):
         super().__init__(rule, windows_per_image, positive_fraction)
-        # not registered as a submodule: the model owns, saves and optimises it
+        # not registered as submodules: the model owns, saves and optimises them
         object.__setattr__(self, "mask_head", mask_head)
+        object.__setattr__(self, "scoring", scoring)
+
+    def _objectness(self, outputs: dict[str, Tensor], tops: Tensor, sampled: Tensor) -> Tensor:
+        if "objectness" in outputs or self.scoring is None:
+            return super()._objectness(outputs, tops, sampled)
+        features = outputs["features"]
+        if not len(sampled):
+            # empty, yet touching every scoring weight, so DDP sees all of them take a gradient
+            touch = sum(p.sum() for p in self.scoring.parameters()) * 0.0
+            return features.new_zeros(0) + touch
+        batch_index = torch.zeros(len(sampled), dtype=torch.long, device=features.device)
+        return self.scoring.forward_windows(features, batch_index, tops[sampled]).float()
 
     def _mask_loss(self, outputs: dict[str, Tensor], target: dict, tops: Tensor, instance: Tensor):
         features = outputs["features"]
@@ -125,11 +144,15 @@ def build_criterion(config: dict, model: nn.Module | None = None) -> InstanceFCN
     train = config["train"]
     rule = LabelRule.from_config(config)
     if config["model"]["head"] == "deepmask":
-        head = getattr(getattr(model, "module", model), "mask_head", None)  # DDP or bare
+        bare = getattr(model, "module", model)  # DDP or bare
+        head = getattr(bare, "mask_head", None)
         if head is None:
             raise IfcnError(
                 "model.head is deepmask: build_criterion needs the model, whose mask_head "
                 "computes the positives' masks"
             )
-        return DeepMaskCriterion(rule, head, train["windows_per_image"], train["positive_fraction"])
+        scoring = bare.objectness_branch if bare.sparse_objectness else None
+        return DeepMaskCriterion(
+            rule, head, train["windows_per_image"], train["positive_fraction"], scoring
+        )
     return InstanceFCNCriterion(rule, train["windows_per_image"], train["positive_fraction"])

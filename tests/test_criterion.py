@@ -23,8 +23,9 @@ from ifcn.windows import (
 M = 9  # windows of 72 px; objects of about 41 px are positives
 
 
-def _config(head: str) -> dict:
-    return validate_config({"model": {"head": head, "m": M, "head_channels": 8}})
+def _config(head: str, m: int = M, scoring: str = "conv") -> dict:
+    model = {"head": head, "m": m, "head_channels": 8, "deepmask_scoring": scoring}
+    return validate_config({"model": model})
 
 
 def _target(height: int = 96, width: int = 120) -> dict:
@@ -121,3 +122,35 @@ def test_without_positives_every_head_weight_still_gets_a_zero_gradient(deepmask
     losses["loss"].backward()
     for p in model.mask_head.parameters():
         assert p.grad is not None and not p.grad.any()
+
+
+def test_deepmask_fc_scoring_trains_on_the_sampled_windows_what_inference_reads_densely():
+    torch.manual_seed(0)
+    config = _config("deepmask", m=7, scoring="fc")  # windows of 56 px: objects of ~32 px
+    model = build_model(config["model"])
+    criterion = build_criterion(config, model)
+    assert criterion.scoring is model.objectness_branch
+    masks = torch.zeros(2, 96, 120, dtype=torch.uint8)
+    masks[0, 20:52, 24:54] = 1
+    masks[1, 50:82, 70:100] = 1
+    target = {
+        "masks": masks,
+        "boxes": torch.from_numpy(mask_boxes(masks.numpy())),
+        "iscrowd": torch.zeros(2, dtype=torch.bool),
+    }
+    images = torch.randn(1, 3, 96, 120)
+    outputs = model.train()(images)
+    assert "objectness" not in outputs
+    losses = criterion(outputs, target, torch.Generator().manual_seed(2))
+    assert losses["num_pos"] > 0 and losses["num_neg"] > 0
+
+    tops = top_left_of_cell(cell_grid(12, 15), 7)
+    labels, _ = label_windows(tops, target["boxes"], target["iscrowd"], criterion.rule)
+    pos, neg = sample_windows(labels, 256, 0.5, torch.Generator().manual_seed(2))
+    sampled = torch.cat([pos, neg])
+    dense = model.eval()(images)["objectness"][0, 0].reshape(-1)[sampled]
+    expected = F.binary_cross_entropy_with_logits(dense, (labels[sampled] == POSITIVE).float())
+    torch.testing.assert_close(losses["loss_objectness"], expected, rtol=1e-4, atol=1e-5)
+    losses["loss_objectness"].backward()
+    for name, param in model.objectness_branch.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name

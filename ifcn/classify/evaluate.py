@@ -1,10 +1,11 @@
 """`ifcn classify evaluate`: mAP@0.5 and mAP@0.7 of instance segmentation (paper Table 4).
 
-pycocotools' COCOeval with iouType 'segm' and `params.iouThrs = [0.5, 0.7]`, the mask-level
-IoU thresholds of SDS, Hypercolumn, CFM and MNC that the paper compares with; AP per category
-is the mean of COCOeval's interpolated precision over its 101 recall points (area 'all', the
-last maxDets), mAP the mean over the categories that have GT objects. The results are checked
-first: an image or category the GT does not know is an error, not a silent drop as in COCOeval.
+At the mask-level IoU thresholds 0.5 and 0.7 of SDS, Hypercolumn, CFM and MNC that the paper
+compares with, under one of two protocols (`--ap`, config classify.ap): `voc`, SDS's region AP
+(AP^r: VOC's area under the precision-recall curve, what the paper's VOC figures are), or
+`coco`, pycocotools' COCOeval. mAP is the mean AP over the categories that have GT objects.
+The output names the protocol. The results are checked first: an image or category the GT
+does not know is an error, not a silent drop as in COCOeval.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 import ifcn
+from ifcn.classify.metrics import DESCRIPTION, PROTOCOLS, average_precisions
 from ifcn.data.cocojson import load_json, require_coco_shape, write_json_atomic
 from ifcn.errors import IfcnError
 
@@ -81,27 +82,18 @@ def check_results(results: Any, gt: COCO, path: Path, gt_path: Path) -> list[dic
     return results
 
 
-def _detections(gt: COCO, results: list[dict]) -> COCO:
-    """COCO.loadRes, which cannot take an empty list: then an empty result set."""
-    if results:
-        with _quiet():
-            return gt.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in results])
-    empty = COCO()
-    empty.dataset = {"images": list(gt.dataset["images"]), "annotations": []}
-    empty.dataset["categories"] = list(gt.dataset["categories"])
-    with _quiet():
-        empty.createIndex()
-    return empty
-
-
 def evaluate_segm(
     gt_path: str | Path,
     results_path: str | Path,
     max_dets: int = 100,
     first_n: int | None = None,
+    ap: str = "coco",
 ) -> dict[str, Any]:
-    """mAP@0.5, mAP@0.7 and AP per category (None where a category has no GT object)."""
+    """mAP@0.5, mAP@0.7 and AP per category (None where a category has no GT object) under
+    the protocol ``ap`` (``voc``: SDS region AP; ``coco``: COCOeval)."""
     gt_path, results_path = Path(gt_path), Path(results_path)
+    if ap not in PROTOCOLS:
+        raise IfcnError(f"unknown AP protocol {ap!r}; choose one of {', '.join(PROTOCOLS)}")
     if max_dets < 1:
         raise IfcnError("--max-dets must be positive")
     gt = load_gt(gt_path)
@@ -111,22 +103,14 @@ def evaluate_segm(
         if first_n < 1:
             raise IfcnError("--first-n must be positive")
         image_ids = image_ids[:first_n]
-    evaluator = COCOeval(gt, _detections(gt, results), iouType="segm")
-    evaluator.params.iouThrs = np.array(IOU_THRESHOLDS)
-    evaluator.params.maxDets = [max_dets]
-    evaluator.params.imgIds = image_ids
-    with _quiet():
-        evaluator.evaluate()
-        evaluator.accumulate()
-    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+    aps = average_precisions(ap, gt, results, image_ids, IOU_THRESHOLDS, max_dets)
     per_category = []
-    for k, category_id in enumerate(int(c) for c in evaluator.params.catIds):
+    for category_id in sorted(aps):
         entry: dict[str, Any] = {"category_id": category_id, "name": gt.cats[category_id]["name"]}
-        for t, threshold in enumerate(IOU_THRESHOLDS):
-            curve = precision[t, :, k, 0, -1]
-            entry[f"AP@{threshold}"] = float(curve.mean()) if (curve > -1).all() else None
+        for threshold, value in zip(IOU_THRESHOLDS, aps[category_id], strict=True):
+            entry[f"AP@{threshold}"] = value
         per_category.append(entry)
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"ap": ap, "ap_protocol": DESCRIPTION[ap]}
     for threshold in IOU_THRESHOLDS:
         values = [e[f"AP@{threshold}"] for e in per_category if e[f"AP@{threshold}"] is not None]
         summary[f"mAP@{threshold}"] = float(np.mean(values)) if values else None
@@ -152,7 +136,7 @@ def format_table(summary: dict[str, Any]) -> str:
     heads = "".join(f"{'AP@' + str(t):>9}" for t in IOU_THRESHOLDS)
     lines = [
         f"ifcn classify evaluate: {summary['num_images']} images, {summary['num_gt']} GT objects, "
-        f"{summary['num_results']} results (AP in %)",
+        f"{summary['num_results']} results; AP in % = {summary['ap_protocol']}",
         "",
         f"{'category':<20}{heads}",
     ]
@@ -178,12 +162,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--first-n", type=int, metavar="K", help="only the first K image ids in sorted order"
     )
+    parser.add_argument(
+        "--ap",
+        choices=PROTOCOLS,
+        default="coco",
+        help="voc: SDS region AP (AP^r, VOC area under the PR curve, the paper's VOC "
+        "protocol); coco: pycocotools COCOeval (default coco; config key classify.ap)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="segm_eval.json to write")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = evaluate_segm(args.gt, args.results, args.max_dets, args.first_n)
+    summary = evaluate_segm(args.gt, args.results, args.max_dets, args.first_n, args.ap)
     summary.update(gt=str(args.gt), results=str(args.results), ifcn_version=ifcn.__version__)
     write_json_atomic(summary, args.out)
     print(format_table(summary))

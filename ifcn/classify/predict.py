@@ -7,16 +7,22 @@ and the best `detections_per_image` over all classes are kept. The output is a C
 results JSON: `image_id`, `category_id`, `segmentation` (compressed RLE, counts as str) and
 `score`, with no `bbox` key (`COCO.loadRes` would then take the box path and overwrite each
 result's area with its box's). Settings come from the checkpoint's config unless overridden.
+Images are decoded and resized, and the proposals' masks resized to the RoI grids, in
+DataLoader workers (`--workers`, classify.workers; pinned memory on CUDA), so the network does
+not wait for them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ifcn import checkpoint
@@ -28,7 +34,14 @@ from ifcn.distributed import resolve_device
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals
 
-OVERRIDABLE = ("top_n", "test_scale", "score_threshold", "nms_iou", "detections_per_image")
+OVERRIDABLE = (
+    "top_n",
+    "test_scale",
+    "score_threshold",
+    "nms_iou",
+    "detections_per_image",
+    "workers",
+)
 
 
 def mask_nms(rles: list[dict], scores: np.ndarray, iou: float) -> np.ndarray:
@@ -75,7 +88,9 @@ def load_classifier(path: str | Path, device: torch.device) -> tuple[ProposalCla
     state = checkpoint.load(path)
     if state.get("kind") != KIND:
         raise IfcnError("not a classifier checkpoint (written by `ifcn classify train`)", path)
-    model = build_classifier(state["config"], len(state["categories"]), pretrained=False)
+    model = build_classifier(
+        state["config"], len(state["categories"]), pretrained=False, imagenet_fc=False
+    )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -103,23 +118,70 @@ def check_categories(categories: list[dict], json_path: str | Path, checkpoint_p
         )
 
 
-@torch.no_grad()
-def classify_image(
-    model: ProposalClassifier,
-    image: np.ndarray,
-    rles: list[dict],
-    boxes: np.ndarray,
-    test_scale: int,
-    max_size: int | None,
-    device: torch.device,
-) -> np.ndarray:
-    """Class probabilities [n, C+1] of one image's proposals."""
-    if not rles:
-        return np.zeros((0, model.num_classes + 1), np.float32)
-    resized, scale = resize_image(image, test_scale, max_size)
-    rois, grids = roi_inputs(rles, boxes, scale, resized.shape[1], False, model.pool_size)
-    logits = model(image_tensor(resized, device), rois.to(device), grids.to(device))
-    return torch.softmax(logits.float(), 1).cpu().numpy()
+class PredictionInputs(Dataset):
+    """What the network reads for image i of the sorted ids: the resized, normalised image,
+    its best `top_n` proposals as RoIs and mask grids, and their RLEs.
+
+    Runs in DataLoader workers; the proposal file is opened once per process (h5py handles do
+    not survive a fork). Bad input comes back as an ``error`` entry, raised by the caller as
+    one line (an exception in a worker would reach it as a traceback).
+    """
+
+    def __init__(
+        self,
+        table: Mapping[int, dict],
+        root: Path,
+        proposals_path: Path,
+        images_json: Path,
+        cfg: Mapping,
+        grid_size: int,
+    ) -> None:
+        self.ids = sorted(table)
+        self.table, self.root = table, root
+        self.proposals_path, self.images_json = proposals_path, images_json
+        self.cfg, self.grid_size = cfg, grid_size
+        self._opened: tuple[int, Proposals] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def close(self) -> None:
+        """Close this process's handle of the proposal file."""
+        if self._opened is not None:
+            self._opened[1].close()
+            self._opened = None
+
+    def _proposals(self) -> Proposals:
+        if self._opened is None or self._opened[0] != os.getpid():
+            self._opened = (os.getpid(), Proposals(self.proposals_path))
+        return self._opened[1]
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        entry = self.table[image_id]
+        path = self.root / entry["file_name"]
+        try:
+            image = load_image(path)
+        except IfcnError as exc:
+            return {"image_id": image_id, "error": exc}
+        if image.shape[:2] != (entry["height"], entry["width"]):
+            message = (
+                f"decoded size {image.shape[0]}x{image.shape[1]} differs from "
+                f"{entry['height']}x{entry['width']} in {self.images_json}"
+            )
+            return {"image_id": image_id, "error": IfcnError(message, path)}
+        found = self._proposals().get(image_id, top_n=int(self.cfg["top_n"]))
+        rles = found.coco_rles()
+        resized, scale = resize_image(image, int(self.cfg["test_scale"]), self.cfg["max_size"])
+        rois, grids = roi_inputs(rles, found.boxes, scale, resized.shape[1], False, self.grid_size)
+        return {
+            "image_id": image_id,
+            "image": image_tensor(resized)[0],
+            "rois": rois,
+            "grids": grids,
+            "rles": rles,
+            "counts": [counts.decode("ascii") for counts in found.rles],
+        }
 
 
 def run_prediction(
@@ -142,47 +204,60 @@ def run_prediction(
     for key in ("top_n", "test_scale", "detections_per_image"):
         if int(cfg[key]) < 1:
             raise IfcnError(f"{key} must be positive, not {cfg[key]}")
+    if int(cfg["workers"]) < 0:
+        raise IfcnError(f"workers must be 0 or more, not {cfg['workers']}")
     if not 0 <= cfg["nms_iou"] <= 1:
         raise IfcnError(f"nms_iou must lie in [0, 1], not {cfg['nms_iou']}")
     categories = state["categories"]
     table = read_image_table(images_json)
     check_categories(categories, images_json, checkpoint_path)
     root = Path(image_root or state["config"]["data"]["val_images"])
-    results = []
     with Proposals(proposals_path) as proposals:
         check_image_sets(proposals, table, images_json)
-        for image_id in tqdm(sorted(table), desc="classify", disable=not show_progress):
-            entry = table[image_id]
-            path = root / entry["file_name"]
-            image = load_image(path)
-            if image.shape[:2] != (entry["height"], entry["width"]):
-                raise IfcnError(
-                    f"decoded size {image.shape[0]}x{image.shape[1]} differs from "
-                    f"{entry['height']}x{entry['width']} in {images_json}",
-                    path,
+    inputs = PredictionInputs(
+        table, root, Path(proposals_path), Path(images_json), cfg, model.grid_size
+    )
+    loader = DataLoader(
+        inputs,
+        batch_size=None,
+        num_workers=int(cfg["workers"]),
+        pin_memory=device.type == "cuda",
+    )
+    results = []
+    try:
+        for sample in tqdm(loader, desc="classify", disable=not show_progress):
+            if "error" in sample:
+                raise sample["error"]
+            if not sample["rles"]:
+                continue
+            with torch.no_grad():
+                logits = model(
+                    sample["image"][None].to(device, non_blocking=True),
+                    sample["rois"].to(device, non_blocking=True),
+                    sample["grids"].to(device, non_blocking=True),
                 )
-            found = proposals.get(image_id, top_n=int(cfg["top_n"]))
-            rles = found.coco_rles()
-            probs = classify_image(
-                model, image, rles, found.boxes, int(cfg["test_scale"]), cfg["max_size"], device
-            )
+            probs = torch.softmax(logits.float(), 1).cpu().numpy()
             kept = select_detections(
                 probs,
-                rles,
+                sample["rles"],
                 float(cfg["score_threshold"]),
                 float(cfg["nms_iou"]),
                 int(cfg["detections_per_image"]),
             )
+            image_id = sample["image_id"]
+            entry = table[image_id]
             size = [entry["height"], entry["width"]]
             results += [
                 {
                     "image_id": image_id,
                     "category_id": categories[c - 1]["id"],
-                    "segmentation": {"size": size, "counts": found.rles[i].decode("ascii")},
+                    "segmentation": {"size": size, "counts": sample["counts"][i]},
                     "score": round(score, 6),
                 }
                 for i, c, score in kept
             ]
+    finally:
+        inputs.close()
     write_json_atomic(results, out)
     return len(results)
 
@@ -203,6 +278,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--score-threshold", type=float, help="lowest class score kept")
     parser.add_argument("--nms-iou", type=float, help="mask IoU above which NMS suppresses")
     parser.add_argument("--detections-per-image", type=int, help="results kept per image")
+    parser.add_argument(
+        "--workers", type=int, help="DataLoader processes decoding images (classify.workers)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--out", required=True, help="COCO segm results JSON to write")
     return parser

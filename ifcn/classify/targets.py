@@ -19,7 +19,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from ifcn.classify.model import roi_inputs
+from ifcn.classify.model import mask_grid_size, roi_inputs
 from ifcn.data.coco import CocoInstances
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals
@@ -180,7 +180,7 @@ class RoiSamples(Dataset):
             sample["scale"],
             sample["size"][1],
             sample["flipped"],
-            self.cfg["pool_size"],
+            mask_grid_size(self.cfg["pool_size"]),
         )
         return {
             "image": sample["image"],

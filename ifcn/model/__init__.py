@@ -17,9 +17,11 @@ from ifcn import checkpoint
 from ifcn.config import load_schema
 from ifcn.errors import IfcnError
 from ifcn.model.backbone import build_backbone
-from ifcn.model.heads import DeepMaskHead, InstanceBranch, ObjectnessBranch
+from ifcn.model.heads import DeepMaskHead, DeepMaskScoring, InstanceBranch, ObjectnessBranch
+from ifcn.windows import STRIDE
 
 HEADS = ("instancefcn", "deepmask")
+DEEPMASK_SCORING = ("fc", "conv")
 
 
 def model_defaults() -> dict:
@@ -28,15 +30,51 @@ def model_defaults() -> dict:
     return {key: spec["default"] for key, spec in properties.items()}
 
 
+def check_model_config(model_cfg: dict) -> dict:
+    """The ``model`` section with schema defaults filled in; IfcnError (one line) if it cannot
+    describe a network: unknown keys or head, or a window of m cells that cannot hold k×k
+    relative positions (m < k). Builds nothing, so a workflow can call it before any job."""
+    defaults = model_defaults()
+    unknown = sorted(set(model_cfg) - set(defaults))
+    if unknown:
+        raise IfcnError(f"unknown model config keys: {', '.join(unknown)}")
+    cfg = {**defaults, **model_cfg}
+    if cfg["head"] not in HEADS:
+        raise IfcnError(f"unknown head {cfg['head']!r}; choose one of {', '.join(HEADS)}")
+    if cfg["deepmask_scoring"] not in DEEPMASK_SCORING:
+        raise IfcnError(
+            f"unknown model.deepmask_scoring {cfg['deepmask_scoring']!r}; "
+            f"choose one of {', '.join(DEEPMASK_SCORING)}"
+        )
+    if cfg["m"] < cfg["k"]:
+        raise IfcnError(
+            f"model.m = {cfg['m']} is smaller than model.k = {cfg['k']}: a window of m cells "
+            "cannot hold k relative positions per side; choose m >= k"
+        )
+    if cfg["head"] == "deepmask" and cfg["deepmask_scoring"] == "fc":
+        grid = DeepMaskScoring.grid
+        if cfg["m"] % grid:
+            raise IfcnError(
+                f"model.m = {cfg['m']}: DeepMask's scoring branch pools the window into "
+                f"{grid}x{grid} blocks, so m must be a multiple of {grid} "
+                "(or set model.deepmask_scoring: conv)"
+            )
+    return cfg
+
+
 class InstanceFCN(nn.Module):
     """Backbone + instance branch (k² score maps) or ~DeepMask head, + objectness branch.
 
     With ``head="deepmask"`` the instance branch is replaced by ``mask_head``
     (:class:`~ifcn.model.heads.DeepMaskHead`), whose masks come from
-    ``mask_head.forward_windows(features, batch_index, tops)``.
+    ``mask_head.forward_windows(features, batch_index, tops)``, and the objectness comes from
+    DeepMask's fc scoring branch (:class:`~ifcn.model.heads.DeepMaskScoring`) unless
+    ``deepmask_scoring="conv"`` keeps InstanceFCN's conv branch. In training mode the fc
+    scoring branch is not run densely: the criterion scores only its sampled windows with
+    ``objectness_branch.forward_windows``, and ``forward`` returns no ``objectness``.
     """
 
-    stride = 8
+    stride = STRIDE
 
     def __init__(
         self,
@@ -45,10 +83,18 @@ class InstanceFCN(nn.Module):
         k: int = 5,
         m: int = 21,
         head_channels: int = 512,
+        deepmask_scoring: str = "fc",
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise IfcnError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+        if m < k:
+            raise IfcnError(f"model.m = {m} is smaller than model.k = {k}; choose m >= k")
+        if backbone.stride != STRIDE:
+            raise IfcnError(
+                f"backbone has stride {backbone.stride}; the window geometry "
+                f"(ifcn.windows.STRIDE) needs {STRIDE}"
+            )
         self.backbone = backbone
         self.head, self.k, self.m = head, k, m
         channels = backbone.out_channels
@@ -56,14 +102,24 @@ class InstanceFCN(nn.Module):
             self.instance_branch = InstanceBranch(channels, k, hidden=head_channels)
         else:
             self.mask_head = DeepMaskHead(channels, m=m, hidden=head_channels)
-        self.objectness_branch = ObjectnessBranch(channels, hidden=head_channels)
+        if head == "deepmask" and deepmask_scoring == "fc":
+            self.objectness_branch = DeepMaskScoring(channels, m=m, hidden=head_channels)
+        else:
+            self.objectness_branch = ObjectnessBranch(channels, hidden=head_channels)
+
+    @property
+    def sparse_objectness(self) -> bool:
+        """Whether training scores sampled windows only (DeepMask's fc scoring branch)."""
+        return isinstance(self.objectness_branch, DeepMaskScoring)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """[B, 3, H, W] images → features [B, C, h, w], objectness logits [B, 1, h, w] and,
-        for the instancefcn head, instance-sensitive score logits ``scores`` [B, k², h, w];
-        h, w = ceil(H/8), ceil(W/8)."""
+        """[B, 3, H, W] images → features [B, C, h, w], objectness logits [B, 1, h, w] (not
+        in training mode with DeepMask's fc scoring) and, for the instancefcn head,
+        instance-sensitive score logits ``scores`` [B, k², h, w]; h, w = ceil(H/8), ceil(W/8)."""
         features = self.backbone(images)
-        out = {"features": features, "objectness": self.objectness_branch(features)}
+        out = {"features": features}
+        if not (self.training and self.sparse_objectness):
+            out["objectness"] = self.objectness_branch(features)
         if self.head == "instancefcn":
             out["scores"] = self.instance_branch(features)
         return out
@@ -71,16 +127,15 @@ class InstanceFCN(nn.Module):
 
 def build_model(model_cfg: dict) -> InstanceFCN:
     """The network described by the config's ``model`` section (missing keys: schema defaults)."""
-    defaults = model_defaults()
-    unknown = sorted(set(model_cfg) - set(defaults))
-    if unknown:
-        raise IfcnError(f"unknown model config keys: {', '.join(unknown)}")
-    cfg = {**defaults, **model_cfg}
-    if cfg["head"] not in HEADS:
-        raise IfcnError(f"unknown head {cfg['head']!r}; choose one of {', '.join(HEADS)}")
+    cfg = check_model_config(model_cfg)
     backbone = build_backbone(cfg["backbone"], cfg["pretrained"], cfg["weights"])
     return InstanceFCN(
-        backbone, head=cfg["head"], k=cfg["k"], m=cfg["m"], head_channels=cfg["head_channels"]
+        backbone,
+        head=cfg["head"],
+        k=cfg["k"],
+        m=cfg["m"],
+        head_channels=cfg["head_channels"],
+        deepmask_scoring=cfg["deepmask_scoring"],
     )
 
 

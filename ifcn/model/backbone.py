@@ -7,6 +7,13 @@ the ImageNet networks run at stride 8 by the "hole algorithm": the stride is rem
 later 3×3 filter is dilated by the stride it lost, so the network computes the ImageNet
 network's features densely (tested against the undilated network).
 
+Feature cell (y, x) is centred on pixel (8y + 3.5, 8x + 3.5), where the window geometry
+(``ifcn.windows``) puts it, to within half a pixel (tested). VGG's 2×2/s2 pools centre each
+output between its inputs, so VGG only needs a centred pool4 at stride 1 (DeepLab's 3×3/s1/p1).
+A 3×3/s2 convolution centres output i on input 2i, which puts the ResNet and tiny cells at
+8y; those read the map before their last stride-2 stage one cell up-left (``shift_up_left``),
+which centres their cells on 8y + 4.
+
 ImageNet weights are read from a local file or torchvision's hub cache, never downloaded.
 """
 
@@ -15,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
@@ -22,6 +30,7 @@ from torchvision.models import vgg as tv_vgg
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ifcn.errors import IfcnError
+from ifcn.windows import STRIDE
 
 BACKBONES = ("tiny", "vgg16", "resnet18", "resnet50")
 
@@ -42,37 +51,33 @@ _VGG16_CONV5 = (24, 26, 28)
 _VGG16_POOL5 = 30
 
 
-class _SameSizeMaxPool2x2(nn.Module):
-    """pool4 at stride 1: the 2×2 max of each cell and its right/lower neighbours.
+def shift_up_left(x: Tensor) -> Tensor:
+    """The map moved one cell up and left, zeros entering at the bottom and right.
 
-    At even positions this equals the original stride-2 pool4, which is what makes conv5's
-    dilation exact. The input is post-ReLU (non-negative), so zero padding acts as -inf.
+    A 3×3/s2 convolution (or 1×1/s2 projection) after it centres output i on input 2i + 1
+    instead of 2i; the output keeps its size.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
-        self.pool = nn.MaxPool2d(kernel_size=2, stride=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.pad(x))
+    return F.pad(x, (-1, 1, -1, 1))
 
 
 class VGG16Backbone(nn.Module):
-    """VGG-16 conv1_1..conv5_3 (+ReLU), pool4 at stride 1, conv5 dilated by 2; no pool5.
+    """VGG-16 conv1_1..conv5_3 (+ReLU), pool4 3×3 at stride 1, conv5 dilated by 2; no pool5.
 
+    pool4 is DeepLab's 3×3/s1/p1 max pool: centred on its cell, where torchvision's 2×2/s2
+    pool4 at stride 1 would reach one cell right and down only (half a cell, 4 px, off the
+    window geometry). conv5 thus densely computes VGG-16 with a 3×3/s2/p1 pool4 (tested).
     ``features`` keeps torchvision's layer indices, so its state-dict keys are torchvision's.
     """
 
     out_channels = 512
-    stride = 8
+    stride = STRIDE
 
     def __init__(self) -> None:
         super().__init__()
         features = tv_vgg.make_layers(tv_vgg.cfgs["D"], batch_norm=False)
         for i in _VGG16_POOLS:
             features[i].ceil_mode = True
-        features[_VGG16_POOL4] = _SameSizeMaxPool2x2()
+        features[_VGG16_POOL4] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
         for i in _VGG16_CONV5:
             features[i].dilation = (2, 2)
             features[i].padding = (2, 2)
@@ -106,10 +111,12 @@ class ResNetBackbone(nn.Module):
     """A torchvision ResNet up to layer4 at stride 8, FrozenBatchNorm2d as in detection.
 
     The module names are torchvision's (``conv1``, ``bn1``, ``layer1``..``layer4``), so its
-    state-dict keys are those of the torchvision ImageNet file minus ``fc``.
+    state-dict keys are those of the torchvision ImageNet file minus ``fc``. layer2, the last
+    stride-2 stage, reads layer1's map shifted one cell up-left (``shift_up_left``), so
+    cell y is centred on pixel 8y + 4 rather than 8y.
     """
 
-    stride = 8
+    stride = STRIDE
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -134,8 +141,8 @@ class ResNetBackbone(nn.Module):
         )
 
     def forward(self, images: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(images)))))
+        return self.layer4(self.layer3(self.layer2(shift_up_left(x))))
 
 
 def _conv_gn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -162,10 +169,12 @@ class TinyBackbone(nn.Module):
     """A small CNN for CPU runs: three stride-2 3×3 convs, then dilated residual 3×3 convs.
 
     Dilations 1, 2, 4, 8 at stride 8 give a receptive field of 255 px, wider than the 168-px
-    window (21 cells), so each cell sees where it lies within an instance.
+    window (21 cells), so each cell sees where it lies within an instance. The third stride-2
+    conv reads its input shifted one cell up-left (``shift_up_left``), so cell y is centred on
+    pixel 8y + 4 rather than 8y.
     """
 
-    stride = 8
+    stride = STRIDE
     dilations = (1, 2, 4, 8)
 
     def __init__(self, width: int = 96) -> None:
@@ -182,13 +191,25 @@ class TinyBackbone(nn.Module):
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.context(self.stem(images))
+        x = self.stem[1](self.stem[0](images))
+        return self.context(self.stem[2](shift_up_left(x)))
+
+
+def imagenet_weight_urls(name: str) -> list[str]:
+    """torchvision's download URLs of the ImageNet weights of backbone ``name``, preferred first.
+
+    The file names carry the first hex digits of each file's SHA-256 (torch.hub checks them).
+    """
+    if name not in _IMAGENET_WEIGHTS:
+        choices = ", ".join(_IMAGENET_WEIGHTS)
+        raise IfcnError(f"backbone {name!r} has no ImageNet weights; choose one of {choices}")
+    return [w.url for w in _IMAGENET_WEIGHTS[name]]
 
 
 def imagenet_weight_paths(name: str) -> list[Path]:
     """Where torchvision's hub cache would hold the ImageNet weights of backbone ``name``."""
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    return [cache / Path(w.url).name for w in _IMAGENET_WEIGHTS[name]]
+    return [cache / Path(url).name for url in imagenet_weight_urls(name)]
 
 
 def find_pretrained_weights(name: str, weights: str | None) -> Path:
@@ -211,9 +232,10 @@ def find_pretrained_weights(name: str, weights: str | None) -> Path:
             return path
     looked = ", ".join(str(p) for p in candidates)
     raise IfcnError(
-        f"pretrained weights for {name} not found: looked in {looked}; place the file "
-        f"{candidates[0].name} (from {_IMAGENET_WEIGHTS[name][0].url}) there, set "
-        "model.weights to a local copy, or set model.pretrained: false"
+        f"pretrained weights for {name} not found: looked in {looked}; run `ifcn weights "
+        f"fetch --backbone {name}`, or place the file {candidates[0].name} (from "
+        f"{imagenet_weight_urls(name)[0]}) there, set model.weights to a local copy, or set "
+        "model.pretrained: false"
     )
 
 
@@ -251,9 +273,10 @@ def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = 
 def build_backbone(name: str, pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """The feature extractor ``name`` (tiny, vgg16, resnet18, resnet50) at stride 8.
 
-    The module has ``out_channels`` and ``stride`` (8); its output for an H×W image is
-    [B, out_channels, ceil(H/8), ceil(W/8)]. With ``pretrained`` the ImageNet weights come from
-    ``weights`` (a torchvision state dict) or torchvision's hub cache; absent, an IfcnError.
+    The module has ``out_channels`` and ``stride`` (``ifcn.windows.STRIDE``, 8); its output
+    for an H×W image is [B, out_channels, ceil(H/8), ceil(W/8)]. With ``pretrained`` the
+    ImageNet weights come from ``weights`` (a torchvision state dict) or torchvision's hub
+    cache; absent, an IfcnError.
     """
     if name not in BACKBONES:
         raise IfcnError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

@@ -87,3 +87,39 @@ def test_a_checkpoint_that_is_not_a_classifier_is_refused(
     args = _predict(path, oracle_data, out)
     _fails(capsys, args, path)
     assert not out.exists()
+
+
+def test_worker_processes_give_the_same_results(tmp_path, oracle_data, classifier):
+    alone, workers = tmp_path / "alone.json", tmp_path / "workers.json"
+    assert cli_main(_predict(classifier, oracle_data, alone, "--workers", "0")) == 0
+    assert cli_main(_predict(classifier, oracle_data, workers, "--workers", "2")) == 0
+    assert json.loads(alone.read_text()) == json.loads(workers.read_text())
+
+
+def test_an_undecodable_image_in_a_worker_is_one_line_naming_it(
+    tmp_path, oracle_data, classifier, capsys
+):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in (oracle_data / "images").iterdir():
+        (images / path.name).symlink_to(path)
+    name = json.loads((oracle_data / "val.json").read_text())["images"][1]["file_name"]
+    (images / name).unlink()
+    (images / name).write_bytes(b"not an image")
+    out = tmp_path / "segm.json"
+    args = _predict(classifier, oracle_data, out, "--workers", "1")
+    args[args.index("--image-root") + 1] = str(images)
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err  # after the progress bar, one line
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and str(images / name) in errors[0], err
+    assert "cannot decode image" in errors[0] and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_negative_worker_count_is_refused(tmp_path, oracle_data, classifier, capsys):
+    out = tmp_path / "segm.json"
+    assert cli_main(_predict(classifier, oracle_data, out, "--workers", "-1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "workers must be 0 or more" in err
+    assert not out.exists()

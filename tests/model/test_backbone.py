@@ -8,7 +8,8 @@ from torchvision.models import vgg as tv_vgg
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ifcn.errors import IfcnError
-from ifcn.model.backbone import build_backbone, imagenet_weight_paths
+from ifcn.model.backbone import build_backbone, imagenet_weight_paths, shift_up_left
+from ifcn.windows import STRIDE
 
 SIZES = {
     "tiny": [(64, 64), (57, 43), (100, 33), (17, 9)],
@@ -42,20 +43,22 @@ def test_out_channels(backbones):
     }
 
 
-def test_vgg16_has_13_convs_pool4_stride_1_and_conv5_dilated_by_2(backbones):
+def test_vgg16_has_13_convs_pool4_3x3_stride_1_and_conv5_dilated_by_2(backbones):
     layers = list(backbones["vgg16"].features)
     convs = [layer for layer in layers if isinstance(layer, nn.Conv2d)]
     assert len(convs) == 13
     assert [c.dilation for c in convs] == [(1, 1)] * 10 + [(2, 2)] * 3
     assert [c.padding for c in convs] == [(1, 1)] * 10 + [(2, 2)] * 3
     pools = [m for m in backbones["vgg16"].modules() if isinstance(m, nn.MaxPool2d)]
-    assert [p.stride for p in pools] == [2, 2, 2, 1]
+    assert [(p.kernel_size, p.stride, p.padding) for p in pools] == [(2, 2, 0)] * 3 + [(3, 1, 1)]
     assert isinstance(layers[-1], nn.ReLU)
 
 
-def test_vgg16_computes_the_undilated_conv5_densely(backbones):
+def test_vgg16_computes_conv5_of_a_3x3_pool4_vgg_densely(backbones):
     backbone = backbones["vgg16"]
-    reference = nn.Sequential(*list(tv_vgg.make_layers(tv_vgg.cfgs["D"]))[:30]).eval()
+    layers = list(tv_vgg.make_layers(tv_vgg.cfgs["D"]))[:30]
+    layers[23] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    reference = nn.Sequential(*layers).eval()
     reference.load_state_dict(backbone.features.state_dict())
     x = torch.randn(1, 3, 32, 48)
     with torch.no_grad():
@@ -81,10 +84,11 @@ def test_resnet18_computes_the_undilated_layer4_densely(backbones):
     backbone = backbones["resnet18"]
     reference = torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d).eval()
     reference.load_state_dict(backbone.state_dict(), strict=False)
-    stem = nn.Sequential(*list(reference.children())[:-2])
+    stem = nn.Sequential(*list(reference.children())[:5])
+    rest = nn.Sequential(*list(reference.children())[5:-2])
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        dense, strided = backbone(x), stem(x)
+        dense, strided = backbone(x), rest(shift_up_left(stem(x)))
     assert strided.shape[-2:] == (2, 2)
     torch.testing.assert_close(dense[..., ::4, ::4], strided, rtol=1e-4, atol=1e-4)
 
@@ -100,6 +104,61 @@ def test_resnets_use_frozen_batchnorm(backbones, name):
     modules = list(backbones[name].modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in modules)
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in modules) > 0
+
+
+def _equal_taps(module: nn.Module) -> nn.Module:
+    """The backbone with every tap weighted alike: its input gradient is its footprint.
+
+    Random or trained kernels are lopsided, which moves a cell's gradient centroid by a few
+    pixels from one draw to the next; with equal taps only padding, pooling and strides can.
+    A max pool sends its gradient to each element of its window equally often on random
+    input, so it reads as the mean of that window; GroupNorm's statistics span the image.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.MaxPool2d):
+            pool = nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode)
+            setattr(module, name, pool)
+        elif isinstance(child, nn.GroupNorm):
+            setattr(module, name, nn.Identity())
+        elif isinstance(child, nn.Conv2d):
+            nn.init.constant_(child.weight, 1.0 / child.weight[0].numel())
+            if child.bias is not None:
+                nn.init.zeros_(child.bias)
+        else:
+            _equal_taps(child)
+    return module.requires_grad_(False)
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_feature_cell_is_centred_where_the_window_geometry_puts_it(name):
+    """DESIGN §5: cell (y, x) is centred on pixel (8y + 3.5, 8x + 3.5), within 1 px.
+
+    The cell in the middle of an 88-px image (n = 11 cells, an odd number) is measured, so the
+    image border cuts its footprint alike on both sides. Before the fix this read +2.3 px for
+    vgg16 (a one-sided pool4) and about -3 px for the others (3×3/s2 convs centre on 2i).
+    """
+    cells = 11
+    backbone = _equal_taps(build_backbone(name).eval())
+    image = torch.ones(1, 3, cells * STRIDE, cells * STRIDE, requires_grad=True)
+    middle = cells // 2
+    backbone(image)[0, :, middle, middle].sum().backward()
+    footprint = image.grad[0].abs().sum(0).double()
+    pixels = torch.arange(cells * STRIDE, dtype=torch.float64)
+    centre_y = float((footprint.sum(1) * pixels).sum() / footprint.sum())
+    centre_x = float((footprint.sum(0) * pixels).sum() / footprint.sum())
+    expected = STRIDE * middle + (STRIDE - 1) / 2
+    assert abs(centre_y - expected) <= 1.0 and abs(centre_x - expected) <= 1.0, (
+        centre_y - expected,
+        centre_x - expected,
+    )
+
+
+def test_shift_up_left_moves_the_map_one_cell_and_keeps_its_size():
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    shifted = shift_up_left(x)
+    assert shifted.shape == x.shape
+    torch.testing.assert_close(shifted[0, 0, :2, :3], x[0, 0, 1:, 1:])
+    assert not shifted[0, 0, 2].any() and not shifted[0, 0, :, 3].any()
 
 
 def test_tiny_receptive_field_covers_a_21_cell_window(backbones):

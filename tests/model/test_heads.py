@@ -1,9 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from ifcn.model.heads import DeepMaskHead, InstanceBranch, ObjectnessBranch
+from ifcn.errors import IfcnError
+from ifcn.model.heads import DeepMaskHead, DeepMaskScoring, InstanceBranch, ObjectnessBranch
 
 
 def _new_layers(module):
@@ -45,8 +46,9 @@ def test_objectness_branch_is_3x3_then_1x1():
         lambda: InstanceBranch(96, k=5, hidden=512),
         lambda: ObjectnessBranch(96, hidden=512),
         lambda: DeepMaskHead(96, m=21, pooled=7, hidden=64, mask_size=24),
+        lambda: DeepMaskScoring(16, m=21, hidden=256),
     ],
-    ids=["instance", "objectness", "deepmask"],
+    ids=["instance", "objectness", "deepmask", "deepmask-scoring"],
 )
 def test_new_layers_are_gaussian_std_001_with_zero_bias(head):
     torch.manual_seed(0)
@@ -121,3 +123,52 @@ def test_deepmask_batch_index_picks_the_image(small_head):
     both = small_head.forward_windows(features, torch.tensor([1]), tops)
     alone = small_head.forward_windows(features[1:], torch.tensor([0]), tops)
     torch.testing.assert_close(both, alone)
+
+
+def test_deepmask_scoring_is_2x2_pool_fc_hidden_fc_2hidden_fc_1_by_the_formula():
+    scoring = DeepMaskScoring(512, m=21, hidden=512)
+    shapes = [tuple(p.shape) for p in scoring.parameters()]
+    assert shapes == [(512, 512 * 7 * 7), (512,), (1024, 512), (1024,), (1, 1024), (1,)]
+    count = sum(p.numel() for p in scoring.parameters())
+    assert count == 512 * 7 * 7 * 512 + 512 + 512 * 1024 + 1024 + 1024 + 1  # DeepMask's
+    assert scoring.block == 3  # 21 cells of 8 px: 7 blocks of 24 px (DeepMask: 14 -> 7 of 32)
+
+
+def test_deepmask_scoring_needs_a_window_of_7_blocks():
+    with pytest.raises(IfcnError, match="m = 20.*multiple of 7.*deepmask_scoring: conv"):
+        DeepMaskScoring(8, m=20)
+
+
+def _window_logit(scoring: DeepMaskScoring, features: Tensor, image: int, top) -> Tensor:
+    """The fc layers on one window's crop: its m×m cells (zeros outside), 7×7 block maxima."""
+    m, pad = scoring.m, 64
+    padded = F.pad(features[image], (pad, pad, pad, pad))
+    y0, x0 = top[0] + pad, top[1] + pad
+    crop = padded[:, y0 : y0 + m, x0 : x0 + m]
+    pooled = F.max_pool2d(crop[None], scoring.block).flatten(1)
+    hidden = F.relu(scoring.fc2(F.relu(scoring.fc1(pooled))))
+    return scoring.score(hidden)[0, 0]
+
+
+@pytest.mark.parametrize("m", [7, 14, 21])
+def test_sliding_fc_equals_the_fc_layers_on_each_windows_crop(m):
+    torch.manual_seed(m)
+    scoring = DeepMaskScoring(6, m=m, hidden=5)
+    with torch.no_grad():
+        for param in scoring.parameters():
+            param.normal_()  # large weights and biases, so any misplaced cell shows
+    features = torch.randn(2, 6, 9, 12)
+    dense = scoring(features)
+    assert dense.shape == (2, 1, 9, 12)
+    for image in range(2):
+        for y, x in [(0, 0), (4, 5), (8, 11), (2, 10)]:
+            top = (y - m // 2, x - m // 2)  # the window centred on cell (y, x)
+            expected = _window_logit(scoring, features, image, top)
+            torch.testing.assert_close(dense[image, 0, y, x], expected, rtol=1e-4, atol=1e-4)
+    tops = torch.tensor([[-5, 3], [0, 0], [6, -9], [20, 4]])  # any windows, off the map too
+    batch = torch.tensor([1, 0, 1, 0])
+    sparse = scoring.forward_windows(features, batch, tops)
+    pairs = zip(batch.tolist(), tops.tolist(), strict=True)
+    expected = torch.stack([_window_logit(scoring, features, b, t) for b, t in pairs])
+    torch.testing.assert_close(sparse, expected, rtol=1e-4, atol=1e-4)
+    assert scoring.forward_windows(features, torch.zeros(0), torch.zeros(0, 2)).shape == (0,)

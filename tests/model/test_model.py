@@ -3,8 +3,10 @@ import torch
 
 from ifcn.config import validate_config
 from ifcn.errors import IfcnError
-from ifcn.model import InstanceFCN, build_model
-from ifcn.model.heads import DeepMaskHead
+from ifcn.model import InstanceFCN, build_model, check_model_config
+from ifcn.model.backbone import TinyBackbone
+from ifcn.model.heads import DeepMaskHead, DeepMaskScoring, ObjectnessBranch
+from ifcn.windows import STRIDE
 
 
 def test_forward_gives_k2_scores_and_objectness_at_stride_8():
@@ -13,18 +15,61 @@ def test_forward_gives_k2_scores_and_objectness_at_stride_8():
     assert out["features"].shape == (2, 96, 9, 6)
     assert out["scores"].shape == (2, 9, 9, 6)
     assert out["objectness"].shape == (2, 1, 9, 6)
-    assert (model.k, model.m, model.stride, model.head) == (3, 21, 8, "instancefcn")
+    assert (model.k, model.m, model.stride, model.head) == (3, 21, STRIDE, "instancefcn")
 
 
 def test_deepmask_model_has_a_mask_head_and_no_score_maps():
-    model = build_model({"head": "deepmask", "head_channels": 16, "m": 7})
+    model = build_model({"head": "deepmask", "head_channels": 16, "m": 7}).eval()
     out = model(torch.randn(1, 3, 64, 64))
     assert set(out) == {"features", "objectness"}
     assert isinstance(model.mask_head, DeepMaskHead) and not hasattr(model, "instance_branch")
+    assert isinstance(model.objectness_branch, DeepMaskScoring)
     tops = torch.tensor([[-3, -3], [2, 1]])
     masks = model.mask_head.forward_windows(out["features"], torch.tensor([0, 0]), tops)
     assert masks.shape == (2, 56, 56)
     assert model.mask_head.m == 7
+
+
+def test_deepmask_scoring_fc_is_dense_in_eval_and_left_to_the_criterion_in_training():
+    model = build_model({"head": "deepmask", "head_channels": 8, "m": 7})
+    assert model.sparse_objectness
+    assert "objectness" not in model.train()(torch.randn(1, 3, 40, 48))
+    assert model.eval()(torch.randn(1, 3, 40, 48))["objectness"].shape == (1, 1, 5, 6)
+
+
+def test_deepmask_scoring_conv_keeps_the_instancefcn_objectness_branch():
+    model = build_model({"head": "deepmask", "deepmask_scoring": "conv", "m": 9})
+    assert type(model.objectness_branch) is ObjectnessBranch and not model.sparse_objectness
+    assert model.train()(torch.randn(1, 3, 40, 48))["objectness"].shape == (1, 1, 5, 6)
+    instancefcn = build_model({"deepmask_scoring": "fc", "head_channels": 8})
+    assert type(instancefcn.objectness_branch) is ObjectnessBranch
+
+
+def test_a_window_smaller_than_k_is_refused_before_anything_is_built():
+    """Issue 16 D7: m < k cannot hold k relative positions per side."""
+    for build in (check_model_config, build_model):
+        with pytest.raises(IfcnError, match="model.m = 3 is smaller than model.k = 5") as info:
+            build({"k": 5, "m": 3})
+        assert "\n" not in str(info.value)
+    with pytest.raises(IfcnError, match="smaller than model.k"):
+        InstanceFCN(TinyBackbone(8), k=5, m=4)
+    assert check_model_config({"k": 5, "m": 5})["m"] == 5
+
+
+def test_deepmask_fc_scoring_needs_m_in_blocks_of_7_unless_conv():
+    with pytest.raises(IfcnError, match="m = 9: DeepMask's scoring branch"):
+        check_model_config({"head": "deepmask", "m": 9})
+    assert check_model_config({"head": "deepmask", "m": 9, "deepmask_scoring": "conv"})
+    assert check_model_config({"m": 9})  # the instancefcn head has no such branch
+    with pytest.raises(IfcnError, match="unknown model.deepmask_scoring 'mlp'"):
+        check_model_config({"deepmask_scoring": "mlp"})
+
+
+def test_a_backbone_at_another_stride_is_refused():
+    backbone = TinyBackbone(8)
+    backbone.stride = 16
+    with pytest.raises(IfcnError, match="stride 16.*STRIDE"):
+        InstanceFCN(backbone)
 
 
 def test_build_model_reads_every_key_of_the_model_section():
@@ -34,6 +79,7 @@ def test_build_model_reads_every_key_of_the_model_section():
             "pretrained": False,
             "weights": None,
             "head": "instancefcn",
+            "deepmask_scoring": "conv",
             "k": 3,
             "m": 15,
             "head_channels": 24,
@@ -73,7 +119,7 @@ def test_build_model_refuses_pretrained_tiny():
 @pytest.mark.parametrize("head", ["instancefcn", "deepmask"])
 def test_gradients_reach_every_backbone_parameter(head):
     torch.manual_seed(0)
-    model = build_model({"head": head, "head_channels": 16, "m": 5})
+    model = build_model({"head": head, "head_channels": 16, "m": 7}).eval()
     out = model(torch.randn(1, 3, 48, 40))
     loss = out["objectness"].sum()
     if head == "instancefcn":
