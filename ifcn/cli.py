@@ -119,6 +119,10 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
         "    --results results/synthetic/val/segm.json \\\n"
         "    --out results/synthetic/val/segm_eval.json",
     ),
+    ("weights", "fetch"): (
+        "download a backbone's ImageNet weights",
+        "ifcn weights fetch --backbone vgg16",
+    ),
     ("report",): (
         "write a run's report.md: tables, curves, pictures",
         "ifcn report --config config/config.yaml --ar results/synthetic/val/ar.json \\\n"

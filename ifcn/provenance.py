@@ -62,5 +62,5 @@ def run_provenance() -> dict[str, object]:
     return {
         "commit": git_commit(),
         "versions": package_versions(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

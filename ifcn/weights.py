@@ -5,10 +5,6 @@ prefix in its name, and written atomically into torchvision's hub cache
 (`<torch hub dir>/checkpoints`), where `model.pretrained: true` finds it with no other setting;
 with `--out DIR` it lands in DIR instead, and `model.weights` must name it. Offline, the error
 names the URL and the file to place where by hand.
-
-example:
-  ifcn weights fetch --backbone vgg16
-  ifcn weights fetch --backbone resnet50 --out /shared/weights
 """
 
 from __future__ import annotations

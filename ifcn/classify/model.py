@@ -22,13 +22,13 @@ from pycocotools import mask as mask_utils
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ifcn.checkpoint import load as load_checkpoint
+from ifcn import checkpoint
 from ifcn.errors import IfcnError
 from ifcn.model.backbone import build_backbone, find_pretrained_weights
 from ifcn.model.heads import init_new_layers
 from ifcn.windows import STRIDE
 
-KIND = "ifcn-classifier"  # the `kind` entry of the classifier's checkpoints
+KIND = checkpoint.CLASSIFIER  # the `kind` entry of the classifier's checkpoints
 _DECODE_CHUNK = 64  # masks decoded at once at full image size
 _MARGIN = 2  # pixels around a box that bilinear sampling may read
 # torchvision's VGG-16 classifier: fc6 (25088 = 512·7·7 → 4096) and fc7 (4096 → 4096)
@@ -179,7 +179,11 @@ def build_classifier(
     use_imagenet = model_cfg["pretrained"] if pretrained is None else pretrained
     backbone = build_backbone(model_cfg["backbone"], use_imagenet, model_cfg["weights"])
     model = ProposalClassifier(
-        backbone, num_classes, cfg["pool_size"], cfg["fc_dim"], cfg["roi_norm"]
+        backbone,
+        num_classes,
+        cfg["pool_size"],
+        cfg["fc_dim"],
+        cfg.get("roi_norm", False),  # checkpoints from before the key had no norm
     )
     fc_from_imagenet = cfg.get("pretrained_fc", False) if imagenet_fc is None else imagenet_fc
     if fc_from_imagenet:
@@ -238,7 +242,7 @@ def classifier_summary(config: dict) -> str:
 
 def load_backbone_from(model: ProposalClassifier, path: str, config: dict) -> None:
     """Copy the backbone of an `ifcn train` checkpoint (the proposal model) into `model`."""
-    state = load_checkpoint(path)
+    state = checkpoint.load(path, kind=checkpoint.PROPOSAL_MODEL)
     theirs = state["config"].get("model", {}).get("backbone")
     ours = config["model"]["backbone"]
     if theirs != ours:

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ifcn import checkpoint
 from ifcn.classify.model import KIND, ProposalClassifier, build_classifier, roi_inputs
@@ -32,6 +31,7 @@ from ifcn.data.cocojson import load_json, read_image_table, write_json_atomic
 from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.distributed import resolve_device
 from ifcn.errors import IfcnError
+from ifcn.progress import progress_bar
 from ifcn.proposals.format import Proposals
 
 OVERRIDABLE = (
@@ -85,9 +85,7 @@ def select_detections(
 
 def load_classifier(path: str | Path, device: torch.device) -> tuple[ProposalClassifier, dict]:
     """The trained classifier and its checkpoint (config, categories)."""
-    state = checkpoint.load(path)
-    if state.get("kind") != KIND:
-        raise IfcnError("not a classifier checkpoint (written by `ifcn classify train`)", path)
+    state = checkpoint.load(path, kind=KIND)
     model = build_classifier(
         state["config"], len(state["categories"]), pretrained=False, imagenet_fc=False
     )
@@ -225,7 +223,7 @@ def run_prediction(
     )
     results = []
     try:
-        for sample in tqdm(loader, desc="classify", disable=not show_progress):
+        for sample in progress_bar(loader, desc="classify", disable=not show_progress):
             if "error" in sample:
                 raise sample["error"]
             if not sample["rles"]:

@@ -86,7 +86,12 @@ def check_resumable(
     if state.get("kind") != KIND:
         raise IfcnError("not a classifier checkpoint (written by `ifcn classify train`)", path)
     saved = state["config"]
-    architecture = [("model", "backbone"), ("classify", "pool_size"), ("classify", "fc_dim")]
+    architecture = [
+        ("model", "backbone"),
+        ("classify", "pool_size"),
+        ("classify", "fc_dim"),
+        ("classify", "roi_norm"),
+    ]
     for section, key in architecture:
         theirs, ours = saved.get(section, {}).get(key), config[section].get(key)
         if theirs != ours:
