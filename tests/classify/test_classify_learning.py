@@ -50,7 +50,7 @@ def chance_map(gt_json, proposals_path, out, draws: int = 5) -> float:
 @pytest.mark.slow
 def test_classifier_learns_the_synthetic_categories(tmp_path, oracle_data):
     config = classify_config(
-        tmp_path, oracle_data, iters=500, lr=0.005, lr_step=0.6, log_period=50,
+        tmp_path, oracle_data, iters=500, lr=0.01, lr_step=0.6, log_period=50,
         checkpoint_period=250,
     )  # fmt: skip
     run, data = tmp_path / "run", oracle_data
