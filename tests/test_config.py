@@ -35,6 +35,7 @@ def test_defaults_are_the_papers_settings(tmp_path):
         "pretrained": False,
         "weights": None,
         "head": "instancefcn",
+        "deepmask_scoring": "fc",
         "k": 5,
         "m": 21,
         "head_channels": 512,

@@ -129,10 +129,11 @@ def test_report_names_a_missing_table(run_dir):
 def test_report_says_which_head_ran_and_how_deepmask_scored(run_dir):
     assert "head `instancefcn`" in _report(run_dir)
     config = _config(head="deepmask")
-    assert "head `deepmask` (~DeepMask)" in _report(run_dir, config)
-    config["model"]["deepmask_scoring"] = "fc"  # the key that selects DeepMask's scoring branch
+    text = _report(run_dir, config)
+    assert "head `deepmask` (~DeepMask; objectness scored by its `fc` branch" in text
+    config["model"]["deepmask_scoring"] = "conv"  # InstanceFCN's conv branch instead
     text = "\n".join(report._describe_run(config))
-    assert "scored by its `fc` branch, model.deepmask_scoring" in text
+    assert "scored by its `conv` branch, model.deepmask_scoring" in text
 
 
 def test_cli_report_draws_the_loss_curve_and_writes_the_tables(run_dir, tmp_path, capsys):

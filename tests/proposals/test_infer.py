@@ -113,9 +113,9 @@ def test_ranking_before_assembling_equals_dense_assembling_then_selection():
 
 def test_the_deepmask_head_stores_its_own_mask_side():
     torch.manual_seed(0)
-    model = build_model({"backbone": "tiny", "head": "deepmask", "m": 9, "head_channels": 8})
+    model = build_model({"backbone": "tiny", "head": "deepmask", "m": 7, "head_channels": 8})
     image = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
-    found = infer_image(model.eval(), image, [40], m=9, pre_nms_topk=4)
+    found = infer_image(model.eval(), image, [40], m=7, pre_nms_topk=4)
     assert found["stored_masks"].shape == (4, 56, 56) and "maps" not in found
     result = nms_image(ImageCandidates(1, "a", 40, 48, **found), top_n=2)
     assert len(result["rles"]) <= 2
