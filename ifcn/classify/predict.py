@@ -15,7 +15,6 @@ not wait for them.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.distributed import resolve_device
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
-from ifcn.proposals.format import Proposals
+from ifcn.proposals.format import Proposals, ProposalsPerProcess
 
 OVERRIDABLE = (
     "top_n",
@@ -138,21 +137,14 @@ class PredictionInputs(Dataset):
         self.table, self.root = table, root
         self.proposals_path, self.images_json = proposals_path, images_json
         self.cfg, self.grid_size = cfg, grid_size
-        self._opened: tuple[int, Proposals] | None = None
+        self._file = ProposalsPerProcess(proposals_path)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def close(self) -> None:
         """Close this process's handle of the proposal file."""
-        if self._opened is not None:
-            self._opened[1].close()
-            self._opened = None
-
-    def _proposals(self) -> Proposals:
-        if self._opened is None or self._opened[0] != os.getpid():
-            self._opened = (os.getpid(), Proposals(self.proposals_path))
-        return self._opened[1]
+        self._file.close()
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
@@ -168,7 +160,7 @@ class PredictionInputs(Dataset):
                 f"{entry['height']}x{entry['width']} in {self.images_json}"
             )
             return {"image_id": image_id, "error": IfcnError(message, path)}
-        found = self._proposals().get(image_id, top_n=int(self.cfg["top_n"]))
+        found = self._file.get(image_id, top_n=int(self.cfg["top_n"]))
         rles = found.coco_rles()
         resized, scale = resize_image(image, int(self.cfg["test_scale"]), self.cfg["max_size"])
         rois, grids = roi_inputs(rles, found.boxes, scale, resized.shape[1], False, self.grid_size)

@@ -10,7 +10,6 @@ function of (image index, step seed), so resumed runs see the very same RoIs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from torch.utils.data import Dataset
 from ifcn.classify.model import mask_grid_size, roi_inputs
 from ifcn.data.coco import CocoInstances
 from ifcn.errors import IfcnError
-from ifcn.proposals.format import Proposals
+from ifcn.proposals.format import Proposals, ProposalsPerProcess
 
 IGNORE = -1  # label of RoIs that are neither foreground nor background
 _CROWD_IOA = 0.5  # share of a RoI inside a crowd region that keeps it from being background
@@ -141,27 +140,20 @@ class RoiSamples(Dataset):
         self.proposals_path = Path(proposals_path)
         self.class_of = {c["id"]: k + 1 for k, c in enumerate(categories)}
         self.cfg = dict(cfg)
-        self._opened: tuple[int, Proposals] | None = None
+        self._file = ProposalsPerProcess(proposals_path)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def close(self) -> None:
         """Close this process's handle of the proposal file."""
-        if self._opened is not None:
-            self._opened[1].close()
-            self._opened = None
-
-    def _proposals(self) -> Proposals:
-        if self._opened is None or self._opened[0] != os.getpid():
-            self._opened = (os.getpid(), Proposals(self.proposals_path))
-        return self._opened[1]
+        self._file.close()
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = int(key[0]), int(key[1])
         sample = self.images[(index, seed)]
         image_id = sample["image_id"]
-        found = self._proposals().get(image_id, top_n=self.cfg["top_n"])
+        found = self._file.get(image_id, top_n=self.cfg["top_n"])
         anns = self.images.coco.imgToAnns.get(image_id, [])
         gts = [a for a in anns if not a["iscrowd"]]
         gt_rles = [a["segmentation"] for a in gts]

@@ -17,6 +17,7 @@ imports it and its start-up time counts).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,3 +382,26 @@ class Proposals:
 
     def __iter__(self) -> Iterator[ImageProposals]:
         return self.iter_images()
+
+
+class ProposalsPerProcess:
+    """A proposals.h5 opened lazily once in each process that reads it.
+
+    DataLoader workers read the same file as the main process, and an h5py handle does not
+    survive a fork: each process opens its own on first use.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._opened: tuple[int, Proposals] | None = None
+
+    def get(self, image_id: int, top_n: int | None = None) -> ImageProposals:
+        if self._opened is None or self._opened[0] != os.getpid():
+            self._opened = (os.getpid(), Proposals(self.path))
+        return self._opened[1].get(image_id, top_n=top_n)
+
+    def close(self) -> None:
+        """Close this process's handle."""
+        if self._opened is not None:
+            self._opened[1].close()
+            self._opened = None
