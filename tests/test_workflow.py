@@ -136,6 +136,9 @@ def test_dry_run_plans_the_whole_pipeline(tmp_path, configfile, first_rules):
     jobs = planned_jobs(result.stdout)
     assert first_rules <= jobs.keys()
     assert {"train", "infer", "merge", "nms", "evaluate", "figures", "report", "all"} <= jobs.keys()
+    if configfile == "config/voc2012.yaml":  # MNC's stage 3, as Table 4 trained it
+        mnc = "classifier: vgg16 backbone, 2 paths x 2 fc 4096-d (ImageNet fc6/fc7)"
+        assert f"run voc2012: {mnc}" in result.stderr
     # a dry run writes nothing but the config files of the run and its ablation variants
     run = load_config(configfile if Path(configfile).is_absolute() else ROOT / configfile)["run"]
     assert _config_files_only(tmp_path, run)

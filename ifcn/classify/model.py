@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from ifcn import checkpoint
+from ifcn.classify.settings import mask_grid_size
 from ifcn.errors import IfcnError
 from ifcn.model.backbone import build_backbone, find_pretrained_weights
 from ifcn.model.heads import init_new_layers
@@ -33,11 +34,6 @@ _DECODE_CHUNK = 64  # masks decoded at once at full image size
 _MARGIN = 2  # pixels around a box that bilinear sampling may read
 # torchvision's VGG-16 classifier: fc6 (25088 = 512·7·7 → 4096) and fc7 (4096 → 4096)
 _VGG16_FC = {"1": "classifier.0", "3": "classifier.3"}
-
-
-def mask_grid_size(pool_size: int) -> int:
-    """Side of the grid a proposal's mask is resized to: twice the fc grid (MNC's 14 for 7)."""
-    return 2 * pool_size
 
 
 def mask_grids(rles: Sequence[dict], boxes: np.ndarray, size: int) -> Tensor:
@@ -223,21 +219,6 @@ def load_imagenet_fc(model: ProposalClassifier, backbone: str, weights: str | No
                 with torch.no_grad():
                     ours.copy_(value)
     return path
-
-
-def classifier_summary(config: dict) -> str:
-    """One line naming the classifier a config trains (for logs and the workflow's messages)."""
-    model_cfg, cfg = config["model"], config["classify"]
-    fc_init = "ImageNet fc6/fc7" if cfg.get("pretrained_fc") else "Gaussian init"
-    scales = "/".join(str(s) for s in cfg["scales"])
-    return (
-        f"classifier: {model_cfg['backbone']} backbone, 2 paths x 2 fc {cfg['fc_dim']}-d "
-        f"({fc_init}), RoI {mask_grid_size(cfg['pool_size'])}x{mask_grid_size(cfg['pool_size'])}"
-        f" -> {cfg['pool_size']}x{cfg['pool_size']}, shorter side {scales} px (test "
-        f"{cfg['test_scale']}, max {cfg['max_size']}), {cfg['iters']} iterations at lr "
-        f"{cfg['lr']}, {cfg['rois_per_image']} RoIs/image, top {cfg['top_n']} proposals, "
-        f"AP {cfg.get('ap', 'coco')}"
-    )
 
 
 def load_backbone_from(model: ProposalClassifier, path: str, config: dict) -> None:

@@ -18,7 +18,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from ifcn.classify.model import mask_grid_size, roi_inputs
+from ifcn.classify.model import roi_inputs
+from ifcn.classify.settings import mask_grid_size
 from ifcn.data.coco import CocoInstances
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals, ProposalsPerProcess

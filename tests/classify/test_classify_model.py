@@ -16,12 +16,11 @@ from ifcn.checkpoint import save_atomic
 from ifcn.classify.model import (
     ProposalClassifier,
     build_classifier,
-    classifier_summary,
     load_backbone_from,
-    mask_grid_size,
     mask_grids,
     roi_inputs,
 )
+from ifcn.classify.settings import classifier_summary, mask_grid_size
 from ifcn.config import load_config, validate_config
 from ifcn.errors import IfcnError
 from ifcn.model import build_model

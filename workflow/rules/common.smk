@@ -16,6 +16,7 @@ shell.prefix(
     'ifcn() {{ python -m ifcn "$@"; }}; '  # the prefix is formatted too: braces doubled
 )
 
+from ifcn.classify.settings import classifier_summary
 from ifcn.config import RESUME_NEUTRAL, run_config, write_config
 from ifcn.errors import IfcnError
 from ifcn.variants import TABLES, VARIANTS, variant_config
@@ -32,6 +33,8 @@ config.clear()
 config.update(run_config(CONFIG_FILES, workflow.config_settings.config))
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
+# what the run's Table 4 will mean, said before anything runs (also in a dry run)
+print(f"run {RUN}: {classifier_summary(config)}", file=sys.stderr)
 DATA = config["data"]
 SPLITS = {
     "train": (DATA["train_json"], DATA["train_images"]),
