@@ -144,9 +144,6 @@ class LogProgress:
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self.postfix = str(s)
 
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        self.desc = desc or ""
-
     def refresh(self) -> None:
         """A no-op: lines are written on their period (tqdm redraws here)."""
 

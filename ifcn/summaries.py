@@ -135,15 +135,21 @@ def read_segm_eval(path: str | Path) -> dict:
     return segm
 
 
-def read_ablation_table(path: str | Path) -> pd.DataFrame:
-    """ablation_<table>.csv of `ifcn ablation table`: a variant column and AR@N fractions."""
-    path = Path(path)
+def _read_table(path: Path, sep: str = ",") -> pd.DataFrame:
+    """A CSV (or TSV) file as a frame; a missing or unparsable file is one IfcnError."""
+    kind = "TSV" if sep == "\t" else "CSV"
     try:
-        frame = pd.read_csv(path)
+        return pd.read_csv(path, sep=sep)
     except FileNotFoundError:
         raise IfcnError("file not found", path) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise IfcnError(f"not a readable CSV ({' '.join(str(exc).split())})", path) from None
+        raise IfcnError(f"not a readable {kind} ({' '.join(str(exc).split())})", path) from None
+
+
+def read_ablation_table(path: str | Path) -> pd.DataFrame:
+    """ablation_<table>.csv of `ifcn ablation table`: a variant column and AR@N fractions."""
+    path = Path(path)
+    frame = _read_table(path)
     columns = [c for c in frame.columns if str(c).startswith("AR@")]
     if "variant" not in frame.columns or not columns:
         raise IfcnError("an ablation table needs a variant column and AR@N columns", path)
@@ -211,12 +217,7 @@ def fraction_text(value: float | None) -> str:
 def read_training_log(path: str | Path) -> pd.DataFrame:
     """train_log.csv of `ifcn train`: one row per logged step, iteration and loss columns."""
     path = Path(path)
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise IfcnError("file not found", path) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise IfcnError(f"not a readable CSV ({' '.join(str(exc).split())})", path) from None
+    frame = _read_table(path)
     columns = ["iteration"] + [c for c in frame.columns if str(c).startswith("loss")]
     if "iteration" not in frame.columns or "loss" not in frame.columns:
         raise IfcnError("a training log needs iteration and loss columns", path)
@@ -241,10 +242,7 @@ def read_benchmarks(folder: str | Path) -> pd.DataFrame:
         raise IfcnError("not a folder of Snakemake benchmark files", folder)
     rows = []
     for path in sorted(folder.glob("*.tsv")):
-        try:
-            frame = pd.read_csv(path, sep="\t")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise IfcnError(f"not a readable TSV ({' '.join(str(exc).split())})", path) from None
+        frame = _read_table(path, sep="\t")
         seconds = pd.to_numeric(frame.get("s"), errors="coerce")
         if seconds is None or not len(seconds) or not seconds.map(math.isfinite).all():
             raise IfcnError("a Snakemake benchmark file needs finite seconds in column s", path)

@@ -80,11 +80,10 @@ def classification_loss(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
 def check_resumable(
     state: dict, config: dict, categories: list[dict], path: Path, auto: bool = False
 ) -> None:
-    """Refuse a checkpoint of another classifier (kind, backbone, head sizes, categories) and,
+    """Refuse a checkpoint of another classifier (backbone, head sizes, categories; its kind is
+    checked where it is loaded) and,
     for `--resume auto`, one written under other training settings (a config edited between
     two runs of the workflow); the message names what differs."""
-    if state.get("kind") != KIND:
-        raise IfcnError("not a classifier checkpoint (written by `ifcn classify train`)", path)
     saved = state["config"]
     architecture = [
         ("model", "backbone"),

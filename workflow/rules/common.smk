@@ -33,8 +33,10 @@ config.clear()
 config.update(run_config(CONFIG_FILES, workflow.config_settings.config))
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
-# what the run's Table 4 will mean, said before anything runs (also in a dry run)
-print(f"run {RUN}: {classifier_summary(config)}", file=sys.stderr)
+# what the run's Table 4 will mean, said before anything runs (also in a dry run); once, not
+# again in each cluster job that re-reads the workflow
+if workflow.is_main_process:
+    print(f"run {RUN}: {classifier_summary(config)}", file=sys.stderr)
 DATA = config["data"]
 SPLITS = {
     "train": (DATA["train_json"], DATA["train_images"]),
