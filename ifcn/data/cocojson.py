@@ -16,6 +16,7 @@ temporary file and `os.replace`, so a crash never leaves a JSON that looks compl
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import hashlib
@@ -512,16 +513,33 @@ def _bbox_fault(bbox: Any, height: int, width: int) -> str | None:
     return None
 
 
+RLE_BATCH_CHARS = 1 << 15  # decoded at once: their arrays stay in cache and off fresh pages
+
+
 def rle_text_faults(texts: list[str | bytes], pixels: np.ndarray) -> list[str | None]:
     """Why each compressed RLE text is not a mask of `pixels[i]` pixels, or None if it is.
 
-    Decodes all texts at once, vectorised, exactly as pycocotools' rleFrString reads them
-    (5 bits per character from '0', a continuation bit, a sign bit on the last character, runs
-    after the third stored as differences to the run two before), and requires characters in
-    '0'..'o', no number cut off or longer than MAX_RLE_CHARS, no negative run, and runs that add
-    up to the image's pixel count.
+    Decodes the texts vectorised, in batches of about RLE_BATCH_CHARS characters, exactly as
+    pycocotools' rleFrString reads them (5 bits per character from '0', a continuation bit, a
+    sign bit on the last character, runs after the third stored as differences to the run two
+    before), and requires characters in '0'..'o', no number cut off or longer than
+    MAX_RLE_CHARS, no negative run, and runs that add up to the image's pixel count.
     """
     raw = [t.encode() if isinstance(t, str) else bytes(t) for t in texts]
+    pixels = np.asarray(pixels)
+    ends = np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw))).tolist()
+    faults: list[str | None] = []
+    start = 0
+    while start < len(raw):
+        limit = (ends[start - 1] if start else 0) + RLE_BATCH_CHARS
+        stop = max(start + 1, bisect.bisect_right(ends, limit, lo=start))
+        faults += _rle_text_faults(raw[start:stop], pixels[start:stop])
+        start = stop
+    return faults
+
+
+def _rle_text_faults(raw: list[bytes], pixels: np.ndarray) -> list[str | None]:
+    """`rle_text_faults` of one batch of texts (as bytes)."""
     lengths = np.fromiter(map(len, raw), np.int64, len(raw))
     starts = np.concatenate([[0], np.cumsum(lengths)])
     faults: list[str | None] = [None] * len(raw)

@@ -120,7 +120,7 @@ class ProposalsH5:
                 scores = f["proposals/score"][lo:hi]
                 boxes = f["proposals/box"][lo:hi]
                 scales = f["proposals/scale"][lo:hi]
-                texts, _ = _read_rows(f["proposals/rle"], lo, hi)
+                texts = _read_rows(f["proposals/rle"], lo, hi)
         except (OSError, isal_zlib.error) as exc:
             raise IfcnError(f"cannot read proposal rows {lo}:{hi} ({exc})", self.path) from None
         out = {}
@@ -135,9 +135,8 @@ class ProposalsH5:
         return out
 
 
-def _read_rows(column: h5py.Dataset, lo: int, hi: int) -> tuple[list[bytes], np.ndarray]:
-    """Rows lo:hi of a fixed-width byte-string column, as bytes without the NUL padding, and
-    the last character of each (0 for an empty one).
+def _read_rows(column: h5py.Dataset, lo: int, hi: int) -> list[bytes]:
+    """Rows lo:hi of a fixed-width byte-string column, as bytes without the NUL padding.
 
     A gzip-only chunked column is read chunk by chunk with `read_direct_chunk` and inflated
     here by ISA-L (the same zlib stream, inflated 2-3x faster than zlib does), which also skips
@@ -152,28 +151,18 @@ def _read_rows(column: h5py.Dataset, lo: int, hi: int) -> tuple[list[bytes], np.
         and len(column.shape) == 1
     )
     if not direct or hi <= lo:
-        return _texts(column[lo:hi])
+        return column[lo:hi].tolist()  # NumPy strips the NUL padding
     rows = column.chunks[0]
     width = column.dtype.itemsize
     texts: list[bytes] = []
-    last = []
     for start in range(lo - lo % rows, hi, rows):
         mask, data = column.id.read_direct_chunk((start,))
         data = isal_zlib.decompress(data, bufsize=rows * width)  # one buffer, no copies
         if mask or len(data) != rows * width:
-            return _texts(column[lo:hi])
+            return column[lo:hi].tolist()
         block = np.frombuffer(data, dtype=column.dtype)
-        some, ends = _texts(block[max(lo - start, 0) : min(hi - start, rows)])
-        texts += some
-        last.append(ends)
-    return texts, np.concatenate(last)
-
-
-def _texts(block: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-    texts = block.tolist()  # NumPy strips the NUL padding
-    lengths = np.fromiter(map(len, texts), np.intp, len(texts))
-    characters = block.view(np.uint8).reshape(len(block), block.dtype.itemsize)
-    return texts, characters[np.arange(len(block)), lengths - 1] * (lengths > 0)
+        texts += block[max(lo - start, 0) : min(hi - start, rows)].tolist()
+    return texts
 
 
 def open_proposals(

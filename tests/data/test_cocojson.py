@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ifcn import cli
+from ifcn.data import cocojson
 from ifcn.data.coco import CocoInstances
 from ifcn.data.cocojson import (
     MAX_PIXELS,
@@ -221,6 +222,25 @@ def test_rle_texts_of_valid_masks_of_every_kind_decode_cleanly():
     assert rle_text_faults(texts, np.array(pixels)) == [None] * len(texts)
 
 
+def test_rle_texts_are_judged_the_same_whatever_batch_they_fall_in(monkeypatch):
+    rng = np.random.default_rng(1)
+    texts, pixels = [], []
+    for k in range(60):
+        h, w = (int(v) for v in rng.integers(5, 60, 2))
+        text = encode_mask(rng.random((h, w)) < 0.5)["counts"]
+        if k % 4 == 1:
+            text = text[:-1] + "~"  # a character outside '0'..'o'
+        elif k % 4 == 2:
+            text += "1"  # one run too many
+        texts.append(text)
+        pixels.append(h * w)
+    whole = rle_text_faults(texts, np.array(pixels))
+    assert sum(f is not None for f in whole) == 30
+    for chars in (1, 50, 400):  # one text per batch, texts split across batches, a few batches
+        monkeypatch.setattr(cocojson, "RLE_BATCH_CHARS", chars)
+        assert rle_text_faults(texts, np.array(pixels)) == whole
+
+
 def test_tolerated_quirks_are_counted_not_refused():
     data = dataset()
     data["images"][0]["file_name"] = "sub\\a.png"
@@ -366,7 +386,6 @@ def _results(n: int) -> list[dict]:
     ["spaced", "lines", "compact", "nested"],
 )
 def test_results_parsed_in_parts_equal_the_whole(tmp_path, monkeypatch, layout):
-    from ifcn.data import cocojson
 
     results = _results(40)
     if layout == "nested":  # a seam inside a result: the part is not JSON, the file is read whole
