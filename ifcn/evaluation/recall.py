@@ -115,27 +115,39 @@ def greedy_hits(
     eligible_at = pairs.iou[order][None, :] >= thr[:, None]  # (C, pairs)
     run_start = _starts(rank, image)
     step_start = np.flatnonzero(np.diff(rank, prepend=-1))
-    bounds = np.append(step_start, len(rank)).tolist()
-    singles = (step_start + np.add.reduceat(~shared, step_start)).tolist() if len(rank) else []
-    steps_before = np.searchsorted(rank[step_start], max_dets)  # steps with rank < N
+    bounds = np.append(step_start, len(rank))
+    singles = step_start + np.add.reduceat(~shared, step_start) if len(rank) else step_start
+    # A detection with one pair takes its GT if eligible and free, so whether a GT is taken
+    # after any number of such detections does not depend on their order: those of all the
+    # steps up to a step with other runs (or up to a maxDets boundary) are applied at once.
+    choosing = np.flatnonzero(singles < bounds[1:]).tolist()
+    ends = bounds[np.searchsorted(rank[step_start], max_dets)].tolist()  # pairs of rank < N
 
-    step = 0
-    for m, n_steps in enumerate(steps_before):
-        for s in range(step, n_steps):
-            a, c, b = bounds[s], singles[s], bounds[s + 1]
-            if c > a:  # detections with one pair take it if eligible
-                g = gt[a:c]
-                cond, pair = np.nonzero(free[:, g] & eligible_at[:, a:c])
-                free[cond, g[pair]] = False
-            if b > c:  # the others take their last eligible pair
-                runs = run_start[np.searchsorted(run_start, c) : np.searchsorted(run_start, b)]
-                g = gt[c:b]
-                eligible = free[:, g] & eligible_at[:, c:b]
-                index = np.where(eligible, np.arange(b - c), -1)
-                last = np.maximum.reduceat(index, runs - c, axis=1)
-                cond, run = np.nonzero(last >= 0)
-                free[cond, g[last[cond, run]]] = False
-        step = max(step, n_steps)
+    def take_singles(a: int, c: int) -> None:
+        if c > a:
+            g = gt[a:c]
+            cond, pair = np.nonzero(free[:, g] & eligible_at[:, a:c])
+            free[cond, g[pair]] = False
+
+    done = 0  # pairs before this one are applied
+    next_choosing = 0
+    for m, end in enumerate(ends):
+        while next_choosing < len(choosing) and bounds[choosing[next_choosing]] < end:
+            s = choosing[next_choosing]
+            c, b = int(singles[s]), int(bounds[s + 1])
+            take_singles(done, c)
+            # the others take their last eligible pair
+            runs = run_start[np.searchsorted(run_start, c) : np.searchsorted(run_start, b)]
+            g = gt[c:b]
+            eligible = free[:, g] & eligible_at[:, c:b]
+            index = np.where(eligible, np.arange(b - c), -1)
+            last = np.maximum.reduceat(index, runs - c, axis=1)
+            cond, run = np.nonzero(last >= 0)
+            free[cond, g[last[cond, run]]] = False
+            done = b
+            next_choosing += 1
+        take_singles(done, end)
+        done = max(done, end)
         hits[:, m] = (counted & ~free).sum(axis=1)
     return hits, regular.sum(axis=1)
 
