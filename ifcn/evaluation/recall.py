@@ -147,7 +147,7 @@ def greedy_hits(
             done = b
             next_choosing += 1
         take_singles(done, end)
-        done = max(done, end)
+        done = end
         hits[:, m] = (counted & ~free).sum(axis=1)
     return hits, regular.sum(axis=1)
 
