@@ -11,8 +11,6 @@ does not know is an error, not a silent drop as in COCOeval.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -22,15 +20,11 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 import ifcn
-from ifcn.classify.metrics import DESCRIPTION, PROTOCOLS, average_precisions
+from ifcn.classify.metrics import DESCRIPTION, PROTOCOLS, average_precisions, quiet
 from ifcn.data.cocojson import load_json, require_coco_shape, write_json_atomic
 from ifcn.errors import IfcnError
 
 IOU_THRESHOLDS = (0.5, 0.7)
-
-
-def _quiet() -> contextlib.AbstractContextManager:
-    return contextlib.redirect_stdout(io.StringIO())
 
 
 def load_gt(path: Path) -> COCO:
@@ -39,7 +33,7 @@ def load_gt(path: Path) -> COCO:
     coco = COCO()
     coco.dataset = data
     try:
-        with _quiet():
+        with quiet():
             coco.createIndex()
         for ann in data["annotations"]:  # COCOeval reads both keys unconditionally
             ann["iscrowd"] = int(bool(ann.get("iscrowd", 0)))

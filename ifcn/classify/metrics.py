@@ -36,6 +36,11 @@ DESCRIPTION = {
 }
 
 
+def quiet() -> contextlib.AbstractContextManager:
+    """pycocotools prints progress on stdout; stdout is the CLI's table."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     """Area under the precision-recall curve with precision made non-increasing (VOCap)."""
     mrec = np.concatenate(([0.0], recall, [1.0]))
@@ -85,9 +90,10 @@ def region_ap(
         if not masks:
             outcome.append(0)
             continue
-        ious = np.asarray(mask_utils.iou([result["segmentation"]], masks, [0] * len(masks)))
-        best = int(ious.reshape(-1).argmax())
-        if ious.reshape(-1)[best] < threshold:
+        ious = mask_utils.iou([result["segmentation"]], masks, [0] * len(masks))
+        ious = np.asarray(ious).reshape(-1)
+        best = int(ious.argmax())
+        if ious[best] < threshold:
             outcome.append(0)
         elif best >= len(positives[image_id]):
             continue  # a crowd ("difficult") mask: neither true nor false
@@ -121,12 +127,12 @@ def voc_region_aps(
 def _detections(gt: COCO, results: list[dict]) -> COCO:
     """COCO.loadRes, which cannot take an empty list: then an empty result set."""
     if results:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet():
             return gt.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in results])
     empty = COCO()
     empty.dataset = {"images": list(gt.dataset["images"]), "annotations": []}
     empty.dataset["categories"] = list(gt.dataset["categories"])
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet():
         empty.createIndex()
     return empty
 
@@ -143,7 +149,7 @@ def coco_aps(
     evaluator.params.iouThrs = np.array(thresholds, dtype=np.float64)
     evaluator.params.maxDets = [max_dets]
     evaluator.params.imgIds = list(image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet():
         evaluator.evaluate()
         evaluator.accumulate()
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]

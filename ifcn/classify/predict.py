@@ -135,7 +135,7 @@ class PredictionInputs(Dataset):
     ) -> None:
         self.ids = sorted(table)
         self.table, self.root = table, root
-        self.proposals_path, self.images_json = proposals_path, images_json
+        self.images_json = images_json
         self.cfg, self.grid_size = cfg, grid_size
         self._file = ProposalsPerProcess(proposals_path)
 

@@ -11,7 +11,7 @@ def mask_grid_size(pool_size: int) -> int:
 def classifier_summary(config: dict) -> str:
     """One line naming the classifier a config trains (for logs and the workflow's messages)."""
     model_cfg, cfg = config["model"], config["classify"]
-    fc_init = "ImageNet fc6/fc7" if cfg.get("pretrained_fc") else "Gaussian init"
+    fc_init = "ImageNet fc6/fc7" if cfg.get("pretrained_fc") else "Kaiming init"
     scales = "/".join(str(s) for s in cfg["scales"])
     grid = mask_grid_size(cfg["pool_size"])
     return (

@@ -81,9 +81,9 @@ def check_resumable(
     state: dict, config: dict, categories: list[dict], path: Path, auto: bool = False
 ) -> None:
     """Refuse a checkpoint of another classifier (backbone, head sizes, categories; its kind is
-    checked where it is loaded) and,
-    for `--resume auto`, one written under other training settings (a config edited between
-    two runs of the workflow); the message names what differs."""
+    checked where it is loaded) and, for `--resume auto`, one written under other training
+    settings (a config edited between two runs of the workflow); the message names what
+    differs."""
     saved = state["config"]
     architecture = [
         ("model", "backbone"),

@@ -30,35 +30,36 @@ def model_defaults() -> dict:
     return {key: spec["default"] for key, spec in properties.items()}
 
 
+def check_network(head: str, k: int, m: int, deepmask_scoring: str) -> None:
+    """IfcnError (one line) unless these settings describe a network: a known head and scoring,
+    a window of m cells that holds k×k relative positions (m >= k), and for DeepMask's fc
+    scoring a window its blocks divide."""
+    if head not in HEADS:
+        raise IfcnError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if deepmask_scoring not in DEEPMASK_SCORING:
+        raise IfcnError(
+            f"unknown model.deepmask_scoring {deepmask_scoring!r}; "
+            f"choose one of {', '.join(DEEPMASK_SCORING)}"
+        )
+    if m < k:
+        raise IfcnError(
+            f"model.m = {m} is smaller than model.k = {k}: a window of m cells "
+            "cannot hold k relative positions per side; choose m >= k"
+        )
+    if head == "deepmask" and deepmask_scoring == "fc":
+        DeepMaskScoring.check_window(m)
+
+
 def check_model_config(model_cfg: dict) -> dict:
-    """The ``model`` section with schema defaults filled in; IfcnError (one line) if it cannot
-    describe a network: unknown keys or head, or a window of m cells that cannot hold k×k
-    relative positions (m < k). Builds nothing, so a workflow can call it before any job."""
+    """The ``model`` section with schema defaults filled in; IfcnError (one line) for unknown
+    keys or settings `check_network` refuses. Builds nothing, so a workflow can call it before
+    any job."""
     defaults = model_defaults()
     unknown = sorted(set(model_cfg) - set(defaults))
     if unknown:
         raise IfcnError(f"unknown model config keys: {', '.join(unknown)}")
     cfg = {**defaults, **model_cfg}
-    if cfg["head"] not in HEADS:
-        raise IfcnError(f"unknown head {cfg['head']!r}; choose one of {', '.join(HEADS)}")
-    if cfg["deepmask_scoring"] not in DEEPMASK_SCORING:
-        raise IfcnError(
-            f"unknown model.deepmask_scoring {cfg['deepmask_scoring']!r}; "
-            f"choose one of {', '.join(DEEPMASK_SCORING)}"
-        )
-    if cfg["m"] < cfg["k"]:
-        raise IfcnError(
-            f"model.m = {cfg['m']} is smaller than model.k = {cfg['k']}: a window of m cells "
-            "cannot hold k relative positions per side; choose m >= k"
-        )
-    if cfg["head"] == "deepmask" and cfg["deepmask_scoring"] == "fc":
-        grid = DeepMaskScoring.grid
-        if cfg["m"] % grid:
-            raise IfcnError(
-                f"model.m = {cfg['m']}: DeepMask's scoring branch pools the window into "
-                f"{grid}x{grid} blocks, so m must be a multiple of {grid} "
-                "(or set model.deepmask_scoring: conv)"
-            )
+    check_network(cfg["head"], cfg["k"], cfg["m"], cfg["deepmask_scoring"])
     return cfg
 
 
@@ -86,10 +87,7 @@ class InstanceFCN(nn.Module):
         deepmask_scoring: str = "fc",
     ) -> None:
         super().__init__()
-        if head not in HEADS:
-            raise IfcnError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-        if m < k:
-            raise IfcnError(f"model.m = {m} is smaller than model.k = {k}; choose m >= k")
+        check_network(head, k, m, deepmask_scoring)
         if backbone.stride != STRIDE:
             raise IfcnError(
                 f"backbone has stride {backbone.stride}; the window geometry "

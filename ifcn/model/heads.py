@@ -129,17 +129,22 @@ class DeepMaskScoring(nn.Module):
 
     def __init__(self, in_channels: int, m: int = 21, hidden: int = 512) -> None:
         super().__init__()
-        if m % self.grid:
-            raise IfcnError(
-                f"model.m = {m}: DeepMask's scoring branch pools the window into "
-                f"{self.grid}x{self.grid} blocks, so m must be a multiple of {self.grid} "
-                "(or set model.deepmask_scoring: conv)"
-            )
+        self.check_window(m)
         self.m, self.block = m, m // self.grid
         self.fc1 = nn.Linear(in_channels * self.grid * self.grid, hidden)
         self.fc2 = nn.Linear(hidden, 2 * hidden)
         self.score = nn.Linear(2 * hidden, 1)
         init_new_layers(self)
+
+    @classmethod
+    def check_window(cls, m: int) -> None:
+        """IfcnError unless a window of m cells splits into grid×grid blocks."""
+        if m % cls.grid:
+            raise IfcnError(
+                f"model.m = {m}: DeepMask's scoring branch pools the window into "
+                f"{cls.grid}x{cls.grid} blocks, so m must be a multiple of {cls.grid} "
+                "(or set model.deepmask_scoring: conv)"
+            )
 
     def forward(self, features: Tensor) -> Tensor:
         """[B, C, h, w] features → [B, 1, h, w]: the logit of the window centred on each cell."""

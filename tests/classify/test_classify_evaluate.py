@@ -4,6 +4,7 @@ NMS before it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,15 +68,21 @@ def _result(category: int, mask: np.ndarray, score: float) -> dict:
     }
 
 
-def test_ap_at_0_5_and_0_7_match_the_hand_computed_values(tmp_path, gt_json, capsys):
+def _hand_results(directory: Path) -> Path:
+    """segm.json of four results against `gt_json`, whose APs the tests work out by hand."""
     results = [
         _result(1, _mask(0, 20), 0.9),  # A: true positive
         _result(1, _mask(20, 35), 0.8),  # matches nothing: false positive
         _result(1, _mask(40, 60), 0.7),  # B: true positive
         _result(2, _mask(70, 90, 42, 55), 0.6),  # C at IoU 13/20: only counts at 0.5
     ]
-    path = tmp_path / "segm.json"
+    path = directory / "segm.json"
     path.write_text(json.dumps(results))
+    return path
+
+
+def test_ap_at_0_5_and_0_7_match_the_hand_computed_values(tmp_path, gt_json, capsys):
+    path = _hand_results(tmp_path)
     out = tmp_path / "eval" / "segm_eval.json"
     assert cli_main(["classify", "evaluate", "--gt", str(gt_json), "--results", str(path),
                      "--out", str(out)]) == 0  # fmt: skip
@@ -141,14 +148,7 @@ def test_each_class_is_suppressed_on_its_own_and_the_best_are_kept():
 
 
 def test_voc_region_ap_is_the_area_under_the_hand_computed_pr_curve(tmp_path, gt_json, capsys):
-    results = [
-        _result(1, _mask(0, 20), 0.9),  # A: true positive
-        _result(1, _mask(20, 35), 0.8),  # matches nothing: false positive
-        _result(1, _mask(40, 60), 0.7),  # B: true positive
-        _result(2, _mask(70, 90, 42, 55), 0.6),  # C at IoU 13/20: only counts at 0.5
-    ]
-    path = tmp_path / "segm.json"
-    path.write_text(json.dumps(results))
+    path = _hand_results(tmp_path)
     out = tmp_path / "segm_eval.json"
     args = ["classify", "evaluate", "--gt", str(gt_json), "--results", str(path), "--out"]
     assert cli_main([*args, str(out), "--ap", "voc"]) == 0
