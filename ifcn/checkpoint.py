@@ -155,6 +155,11 @@ def validate(state: object, path: str | Path, kind: str | None = None, resumable
     iteration = state.get("iteration")
     if iteration is not None and (type(iteration) is not int or iteration < 0):
         raise IfcnError(f"iteration {iteration!r} is not a count of steps", path)
+    log = state.get("log")
+    if log is not None and not (
+        isinstance(log, list) and all(isinstance(r, dict) and "iteration" in r for r in log)
+    ):
+        raise IfcnError("training checkpoint whose 'log' is not a list of log rows", path)
     if resumable:
         if "optimizer" not in state and "lr_scheduler" not in state:
             raise IfcnError(

@@ -136,7 +136,9 @@ class TrainLog:
 
     ``columns`` start with "iteration" and include "lr" (train_log.csv by default; the
     classifier logs its own columns). With ``tensorboard`` (a folder) the same values go to
-    TensorBoard scalars too, tagged by column, at the row's iteration.
+    TensorBoard scalars too, tagged by column, at the row's iteration. Its rows so far go
+    into every checkpoint (`rows`), so that a resumed run has them even when the file is gone:
+    Snakemake deletes a job's outputs before it runs the job again (a retry after preemption).
     """
 
     def __init__(
@@ -153,14 +155,19 @@ class TrainLog:
         self.writer = None
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.rows: list[dict[str, str]] = []
 
-    def start(self, iteration: int) -> None:
-        """Drop the rows a killed run logged after its checkpoint: the resumed run redoes them."""
+    def start(self, iteration: int, saved: list[dict[str, str]] | None = None) -> None:
+        """Begin at ``iteration`` with the rows up to it: those ``saved`` in the checkpoint the
+        run resumes from, else those of the file (a killed run's rows after its checkpoint are
+        dropped: the resumed run redoes them)."""
         if not self.enabled:
             return
         rows = []
         try:
-            if self.path.exists():
+            if saved is not None:
+                rows = [dict(r) for r in saved if int(r["iteration"]) <= iteration]
+            elif self.path.exists():
                 with open(self.path, newline="") as f:
                     rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
             with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
@@ -169,10 +176,11 @@ class TrainLog:
                 writer.writerows(rows)
         except OSError as exc:
             raise IfcnError(f"cannot write the log: {exc.strerror or exc}", self.path) from None
-        except (KeyError, ValueError, csv.Error):
+        except (KeyError, ValueError, TypeError, csv.Error):
             raise IfcnError(
                 "not a training log: a row without an iteration number", self.path
             ) from None
+        self.rows = rows
         if self.tensorboard is not None:
             # imported here: TensorBoard is optional and slow to import
             from torch.utils.tensorboard import SummaryWriter
@@ -203,6 +211,7 @@ class TrainLog:
             try:
                 with open(self.path, "a", newline="") as f:
                     csv.DictWriter(f, self.columns).writerow(row)
+                self.rows.append(row)
             except OSError as exc:
                 raise IfcnError(f"cannot write the log: {exc.strerror or exc}", self.path) from None
             if self.writer is not None:
@@ -395,7 +404,7 @@ def fit(
             (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise IfcnError(f"cannot create the run folder: {exc.strerror}", out_dir) from None
-        log.start(start)
+        log.start(start, resume.state.get("log") if resume is not None else None)
 
     run_on_main(prepare, device)
     last_good = resume.path if resume is not None else None
@@ -419,6 +428,7 @@ def fit(
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "iteration": iteration,
                 "world_size": info.world_size,
+                "log": list(log.rows),
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,

@@ -129,6 +129,27 @@ def test_sigterm_on_a_checkpoint_step_names_that_checkpoint_and_restores_the_han
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_a_resumed_run_whose_log_was_deleted_restores_its_rows_from_the_checkpoint(tmp_path):
+    """Snakemake deletes a job's outputs before it runs it again (a retry, a requeued job):
+    train_log.csv is gone, and the rows up to the checkpoint come back from it."""
+    _fit(tmp_path / "straight")
+    out = tmp_path / "run"
+    _fit(out)
+    checkpoint.checkpoint_path(out, 6).unlink()
+    for name in ("model_final.pt", "train_log.csv"):
+        (out / name).unlink()
+    _fit(out, resume=_resume(checkpoint.checkpoint_path(out, 3)))
+    got, expected = (
+        pd.read_csv(out / "train_log.csv"),
+        pd.read_csv(tmp_path / "straight" / "train_log.csv"),
+    )
+    pd.testing.assert_frame_equal(
+        got[["iteration", "loss", "lr"]], expected[["iteration", "loss", "lr"]]
+    )
+    state = torch.load(checkpoint.checkpoint_path(out, 6), weights_only=True)
+    assert [int(row["iteration"]) for row in state["log"]] == [1, 2, 3, 4, 5, 6]
+
+
 def test_tensorboard_holds_the_csv_values_once_per_step_after_a_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
