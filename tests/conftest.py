@@ -1,13 +1,15 @@
-"""Shared fixtures: a tiny synthetic dataset and configs pointing at it."""
+"""Shared fixtures: a tiny synthetic dataset and configs pointing at it; a SLURM test cluster."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ifcn.data.synth import generate_dataset
+from tests import slurm_cluster as cluster
 from tests.configs import ROOT, write_config
 
 
@@ -29,3 +31,27 @@ def tiny_config(tmp_path, tiny_data) -> Path:
 def make_config():
     """``write_config`` as a fixture, for tests that need configs of their own."""
     return write_config
+
+
+def slurm_tests_required() -> bool:
+    """In CI (CI set, or .ci/run, which sets IFCN_SLURM_TESTS=required) the SLURM tests run."""
+    return bool(os.environ.get("CI")) or os.environ.get("IFCN_SLURM_TESTS") == "required"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """One SLURM cluster on this machine for every test that needs one (tests/slurm_cluster.py),
+    stopped at the end of the session whatever the tests did; skipped, saying what to install,
+    where the OS packages are missing, except in CI, where that is a failure."""
+    missing = cluster.missing_commands()
+    if missing:
+        problem = (
+            f"SLURM tests need {', '.join(missing)}: "
+            f"apt-get install {cluster.PACKAGES} (Debian, as root)"
+        )
+        if slurm_tests_required():
+            pytest.fail(problem)
+        pytest.skip(problem)
+    running = cluster.start()
+    yield running
+    cluster.stop(running)
