@@ -8,7 +8,10 @@ The same code runs three ways:
   (on one node they default to 127.0.0.1 and a port derived from the job id).
 The step's task count is read rather than SLURM_NTASKS because a batch script also carries
 SLURM_NTASKS (the job's) while it runs a single process: reading it there would wait forever
-for ranks that never start. NCCL on CUDA, gloo on CPU. Only rank 0 writes files and prints.
+for ranks that never start. Under srun each process computes with one thread unless
+OMP_NUM_THREADS says otherwise, as torchrun's processes do: without it every task takes all the
+node's cores (oversubscribed several times over) and its sums come out in another order than
+under torchrun. NCCL on CUDA, gloo on CPU. Only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
@@ -175,6 +178,8 @@ def init_distributed_mode(device_name: str = "auto") -> tuple[DistInfo, torch.de
         return info, device
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if info.launcher == "slurm" and not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(1)  # torchrun's default for its processes
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         extra: dict[str, Any] = {}

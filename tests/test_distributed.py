@@ -24,6 +24,7 @@ from ifcn.engine import IterationSampler, build_lr_lambda, step_seed
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from tests.configs import ROOT, write_config
+from tests.slurm_cluster import Cluster
 
 WORLD = 2
 ITERS = 8
@@ -297,3 +298,72 @@ def test_sigterm_to_one_srun_task_stops_all_at_one_checkpoint_and_resumes_exactl
         pd.read_csv(out / "train_log.csv")[columns],
         pd.read_csv(torchrun_run / "train_log.csv")[columns],
     )
+
+
+def _slurm_env(cluster: Cluster) -> dict[str, str]:
+    """The test's environment for the cluster, without OMP_NUM_THREADS: ifcn itself must give
+    each srun task one thread, as torchrun does (else the weights differ from torchrun's)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = cluster.env(clean_env(PYTHONPATH=str(ROOT), PATH=path))
+    del env["OMP_NUM_THREADS"]
+    return env
+
+
+def _equal_to_torchrun(out: Path, torchrun_run: Path) -> None:
+    a, b = weights(torchrun_run / "model_final.pt"), weights(out / "model_final.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    columns = ["iteration", "loss", "loss_objectness", "loss_mask", "num_pos", "num_neg"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "train_log.csv")[columns],
+        pd.read_csv(torchrun_run / "train_log.csv")[columns],
+    )
+
+
+def test_srun_two_tasks_take_rank_world_and_address_from_slurm_and_train_as_torchrun(
+    slurm_cluster, ddp_config, torchrun_run, tmp_path
+):
+    """`srun --ntasks 2` on a real cluster, no MASTER_ADDR: the tasks find each other at
+    127.0.0.1 on the port of their job id and train the torchrun run's weights, bit for bit."""
+    out = tmp_path / "run"
+    command = ["srun", "--ntasks", str(WORLD), "--overcommit", "--kill-on-bad-exit=1"]
+    command += [sys.executable, "-m", "ifcn", "train", "--config", str(ddp_config)]
+    command += ["--out", str(out), "--device", "cpu"]
+    done = subprocess.run(
+        command, env=_slurm_env(slurm_cluster), cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"ifcn train: {WORLD} process(es) x 1 image per step" in done.stderr
+    _equal_to_torchrun(out, torchrun_run)
+
+
+def test_the_documented_srun_recipe_runs_as_a_batch_job_and_trains_as_torchrun(
+    slurm_cluster, ddp_config, torchrun_run, tmp_path
+):
+    """docs/slurm.md's recipe without torchrun (MASTER_ADDR from the job's node list, the
+    port from its id), as a batch job of one node and two CPU tasks instead of four GPUs."""
+    recipe = re.search(
+        r"```\n(export MASTER_ADDR=.*?)```", (ROOT / "docs/slurm.md").read_text(), re.S
+    )
+    assert recipe, "docs/slurm.md lost its srun recipe"
+    script = recipe.group(1)
+    ours = f"--config {ddp_config} --out {tmp_path / 'run'}"
+    for doc, here in (
+        ("--ntasks-per-node 4 --gpus-per-task 1", f"--ntasks-per-node {WORLD}"),
+        ("--config config/coco.yaml --out results/coco/train", ours),
+    ):
+        assert doc in script, doc
+        script = script.replace(doc, here)
+    (tmp_path / "job.sh").write_text("#!/bin/bash\nset -euo pipefail\n" + script)
+    command = ["sbatch", "--wait", "--nodes", "1", "--ntasks-per-node", str(WORLD)]
+    command += ["--overcommit", "--output", str(tmp_path / "job.log"), str(tmp_path / "job.sh")]
+    done = subprocess.run(
+        command, env=_slurm_env(slurm_cluster), cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    log = (tmp_path / "job.log").read_text()
+    assert done.returncode == 0, done.stderr + log[-3000:]
+    assert f"ifcn train: {WORLD} process(es) x 1 image per step" in log
+    _equal_to_torchrun(tmp_path / "run", torchrun_run)
