@@ -18,7 +18,7 @@ CORES ?= all
 # Commands run against this checkout even if the shared venv was last pointed at another clone.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: venv run test lint bench clean-results
+.PHONY: venv run test lint bench clean-results slurm-up slurm-down
 
 $(VENV_DIR)/.complete:
 	@echo "creating $(VENV_DIR) (first time: a few minutes)"
@@ -60,3 +60,13 @@ bench: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/postprocess.py --out results/bench/postprocess.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/inference.py --out results/bench/inference.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/train.py --out results/bench/train.json
+
+# A one-node SLURM cluster on this machine (tests/slurm_cluster.py; Debian: apt-get install
+# slurm-wlm munge), to try the slurm profile by hand: `eval "$$(make -s slurm-up)"` points this
+# shell at it, `make slurm-down` stops it and removes its folder. The tests start their own.
+SLURM_TEST_DIR ?= /tmp/ifcn-slurm
+slurm-up:
+	@$(PYTHON) -m tests.slurm_cluster up $(SLURM_TEST_DIR)
+
+slurm-down:
+	@$(PYTHON) -m tests.slurm_cluster down $(SLURM_TEST_DIR)

@@ -1,6 +1,6 @@
 """A one-node SLURM cluster on this machine, for the tests and by hand.
 
-    python -m tests.slurm_cluster up /tmp/ifcn-slurm     # prints: export SLURM_CONF=...
+    python -m tests.slurm_cluster up /tmp/ifcn-slurm     # prints: export SLURM_CONF=… PATH=…
     python -m tests.slurm_cluster down /tmp/ifcn-slurm   # (make slurm-up / make slurm-down)
 
 munged, slurmctld and slurmd run in the foreground as children of the process that starts them,
@@ -275,21 +275,22 @@ def alive(pid: int) -> bool:
 
 
 def stray_processes(folder: Path) -> list[int]:
-    """PIDs of processes that still use the cluster in ``folder``: its daemons, or job
-    processes (every job's environment names the cluster's slurm.conf)."""
-    marker = str(folder).encode()
+    """PIDs of the processes of the cluster in ``folder``'s jobs: slurmstepd and what it runs
+    (their environment names the cluster's slurm.conf and, for job processes, a job id). Not
+    a shell or a make that merely points at the cluster."""
+    conf = f"SLURM_CONF={folder / 'slurm.conf'}".encode()
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if (
-                marker in (proc / "cmdline").read_bytes()
-                or marker in (proc / "environ").read_bytes()
-            ):
-                found.append(int(proc.name))
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            name = (proc / "comm").read_bytes().strip()
         except OSError:
             continue
+        job = any(value.startswith(b"SLURM_JOB_ID=") for value in environ)
+        if conf in environ and (job or name == b"slurmstepd"):
+            found.append(int(proc.name))
     return [pid for pid in found if alive(pid)]
 
 
@@ -374,7 +375,7 @@ def main(argv: list[str]) -> int:
             + ", ".join(f"{name} {pid}" for name, pid in cluster.pids.items()),
             file=sys.stderr,
         )
-        print(f"export SLURM_CONF={cluster.conf}")
+        print(f"export SLURM_CONF={cluster.conf} PATH={folder / 'bin'}:$PATH")
         return 0
     if not (folder / "pids.json").is_file():
         print(f"no test cluster in {folder}", file=sys.stderr)
