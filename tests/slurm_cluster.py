@@ -151,6 +151,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 ReturnToService=2
 MinJobAge=600
+# jobs are not requeueable unless they ask (sbatch --requeue): the slurm profile must ask
+JobRequeue=0
 KillWait={KILL_WAIT}
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP

@@ -221,6 +221,7 @@ def test_the_tiny_workflow_runs_on_slurm_each_job_with_the_profiles_resources(sl
         assert job["MinMemoryNode"] == f"{asked['mem_mb']}M", (rule, job["MinMemoryNode"])
         assert _minutes(job["TimeLimit"]) == int(asked["runtime"]), (rule, job["TimeLimit"])
         assert job["Partition"] == profile["default-resources"]["slurm_partition"]
+        assert job["Requeue"] == "1"  # the profile's slurm-requeue (the cluster's default is 0)
         # ... and what Snakemake asked for is the profile's, where the profile names the rule
         expected = {"cpus_per_task": profile["default-resources"]["cpus_per_task"]}
         expected |= profile["set-resources"].get(rule, {})
