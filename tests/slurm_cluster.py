@@ -132,7 +132,7 @@ SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={folder}/munge/munge.socket,cred_expire=10
+AuthInfo=socket={folder}/munge/munge.socket,cred_expire=5
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool
 SlurmctldPidFile={folder}/slurmctld.pid
@@ -149,6 +149,9 @@ MpiDefault=none
 SwitchType=switch/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
+# a pending job whose begin time has passed (a requeued one) waits for the next scheduling
+# pass: every 2 s here, not every 30 to 60
+SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
 MinJobAge=600
 # jobs are not requeueable unless they ask (sbatch --requeue): the slurm profile must ask

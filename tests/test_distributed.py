@@ -339,7 +339,7 @@ def test_srun_two_tasks_take_rank_world_and_address_from_slurm_and_train_as_torc
     _equal_to_torchrun(out, torchrun_run)
 
 
-def test_the_documented_srun_recipe_runs_as_a_batch_job_and_trains_as_torchrun(
+def test_the_documented_slurm_recipe_runs_as_a_batch_job_and_trains_as_torchrun(
     slurm_cluster, ddp_config, torchrun_run, tmp_path
 ):
     """docs/slurm.md's recipe without torchrun (MASTER_ADDR from the job's node list, the

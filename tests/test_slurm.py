@@ -153,7 +153,7 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
             running = [
                 job
                 for job in slurm_cluster.jobs()
-                if job["Comment"].startswith("rule_train") and job["JobState"] == "RUNNING"
+                if job.get("Comment", "").startswith("rule_train") and job["JobState"] == "RUNNING"
             ]
             return running[0] if running else None
 
@@ -237,7 +237,7 @@ def test_a_preempted_training_job_comes_back_and_ends_bitwise_as_an_uninterrupte
     slurm_run, tmp_path
 ):
     run = slurm_run.work / "results" / "tiny"
-    train = [job for job in slurm_run.jobs if job["Comment"].startswith("rule_train")]
+    train = [job for job in slurm_run.jobs if job.get("Comment", "").startswith("rule_train")]
     requeued = next(job for job in train if job["JobId"] == slurm_run.requeued)
     retried = [job for job in train if job["JobId"] != slurm_run.requeued]
     # SLURM put the requeued job back on the node under its id; it resumed from the checkpoint
