@@ -17,7 +17,7 @@ SLURM_CONF again when it is missing.
 
 Stopping cancels the jobs, waits for them to end, stops the daemons by their PIDs and removes
 the folder. Under pytest the daemons are also bound to the test process (PR_SET_PDEATHSIG), so
-that even a killed test run leaves none behind.
+that even a killed test run leaves none behind; its folder is removed by the next start.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from pathlib import Path
 PACKAGES = "slurm-wlm munge"
 COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel")
 PARTITION = "debug"
+PREFIX = "ifcn-slurm-"  # of the temporary folders of the tests' clusters
 # SIGTERM to a job's processes, then this long before SIGKILL (SLURM's default): what a
 # preempted or cancelled job has to checkpoint in.
 KILL_WAIT = 30
@@ -183,10 +184,13 @@ def _user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _bind_to_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def bind_to_parent(signum: int = signal.SIGTERM):
+    """A preexec_fn: the child gets ``signum`` when the process that started it dies."""
+
+    def bind() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+    return bind
 
 
 def _start(cluster: Cluster, name: str, args: list[str], bound: bool) -> None:
@@ -198,7 +202,7 @@ def _start(cluster: Cluster, name: str, args: list[str], bound: bool) -> None:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_bind_to_parent if bound else None,
+            preexec_fn=bind_to_parent() if bound else None,
             start_new_session=not bound,
         )
     cluster.processes.append(process)
@@ -225,12 +229,25 @@ def _wait_until(condition, timeout: float, what: str, cluster: Cluster) -> None:
         time.sleep(0.1)
 
 
+def remove_stale_folders() -> None:
+    """Remove the folders of test clusters whose daemons are all gone: a test run killed
+    outright (SIGKILL, a CI timeout) takes its daemons along but cannot remove its folder."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            pids = json.loads((folder / "pids.json").read_text()).values()
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not any(alive(pid) for pid in pids) and not stray_processes(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def start(folder: Path | None = None, bound: bool = True) -> Cluster:
     """Start the cluster in ``folder`` (a new temporary one by default); return once the node
     is idle. ``bound``: the daemons die with this process (tests); unbound they outlive it
     (`make slurm-up`). Anything started is stopped again if the start fails."""
     if folder is None:
-        folder = Path(tempfile.mkdtemp(prefix="ifcn-slurm-"))
+        remove_stale_folders()
+        folder = Path(tempfile.mkdtemp(prefix=PREFIX))
     else:
         folder.mkdir(parents=True)
     folder.chmod(0o755)  # munged wants its socket's folder searchable by every user

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 import yaml
 
 from tests.configs import ROOT
-from tests.slurm_cluster import Cluster, alive, stray_processes
+from tests.slurm_cluster import Cluster, alive, bind_to_parent, stray_processes
 
 BIN = Path(sys.executable).parent
 PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
@@ -146,6 +147,7 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
         process = subprocess.Popen(
             [str(BIN / "snakemake"), "--profile", "profile", "--configfile", "run.yaml"],
             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=bind_to_parent(signal.SIGKILL),  # not left polling a dead cluster
         )  # fmt: skip
     try:
 
@@ -181,9 +183,9 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
         slurm_cluster.command("scancel", "--signal=TERM", "--full", requeued)
         process.wait(timeout=600)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=60)
+        if process.poll() is None:  # a failed check: the cluster's stop cancels its jobs
+            process.kill()
+            process.wait()
     text = (work / "snakemake.log").read_text()
     uuid = re.search(r"SLURM run ID: (\S+)", text).group(1)
     return SlurmRun(
