@@ -38,7 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGES = "slurm-wlm munge"
-COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel")
+COMMANDS = (
+    "munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo",
+)  # fmt: skip
+# The node's name: what `scontrol show hostnames` gives a job (MASTER_ADDR of the srun recipe)
+# must resolve, and a CI container's host name need not.
+NODE = "localhost"
 PARTITION = "debug"
 PREFIX = "ifcn-slurm-"  # of the temporary folders of the tests' clusters
 # SIGTERM to a job's processes, then this long before SIGKILL (SLURM's default): what a
@@ -253,7 +258,7 @@ def start(folder: Path | None = None, bound: bool = True) -> Cluster:
     folder.chmod(0o755)  # munged wants its socket's folder searchable by every user
     for sub in ("munge", "state", "spool", "log", "bin"):
         (folder / sub).mkdir(mode=0o755)
-    node = socket.gethostname().split(".")[0]
+    node = NODE
     cpus, memory_mb = _hardware()
     cluster = Cluster(folder, node, cpus, memory_mb)
     try:
@@ -373,7 +378,7 @@ def stop_folder(folder: Path) -> None:
     """Stop the cluster started (unbound) in ``folder``, from the PIDs it recorded."""
     pids = json.loads((folder / "pids.json").read_text())
     cpus, memory_mb = _hardware()
-    cluster = Cluster(folder, socket.gethostname().split(".")[0], cpus, memory_mb, pids=pids)
+    cluster = Cluster(folder, NODE, cpus, memory_mb, pids=pids)
     stop(cluster)
 
 

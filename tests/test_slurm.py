@@ -78,11 +78,11 @@ def _submitted(log: str) -> dict[str, dict]:
     }
 
 
-def _minutes(limit: str) -> int:
+def _minutes(limit: str) -> float:
     """scontrol's TimeLimit ([D-]HH:MM:SS) in minutes."""
     days, _, clock = limit.rpartition("-")
     hours, minutes, seconds = (int(part) for part in clock.split(":"))
-    return int(days or 0) * 1440 + hours * 60 + minutes + (seconds > 0)
+    return int(days or 0) * 1440 + hours * 60 + minutes + seconds / 60
 
 
 def _text(path: Path) -> str:
