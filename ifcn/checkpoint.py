@@ -157,9 +157,12 @@ def validate(state: object, path: str | Path, kind: str | None = None, resumable
         raise IfcnError(f"iteration {iteration!r} is not a count of steps", path)
     log = state.get("log")
     if log is not None and not (
-        isinstance(log, list) and all(isinstance(r, dict) and "iteration" in r for r in log)
+        isinstance(log, dict)
+        and isinstance(log.get("rows"), list)
+        and all(isinstance(r, dict) and "iteration" in r for r in log["rows"])
+        and isinstance(log.get("periods"), list)
     ):
-        raise IfcnError("training checkpoint whose 'log' is not a list of log rows", path)
+        raise IfcnError("training checkpoint whose 'log' is not the training log's state", path)
     if resumable:
         if "optimizer" not in state and "lr_scheduler" not in state:
             raise IfcnError(

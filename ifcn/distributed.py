@@ -226,6 +226,15 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(value.item() > 0)
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` when not distributed)."""
+    if not is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_object(obj: Any, device: torch.device) -> Any:
     """Rank 0's ``obj`` on every rank (a decision that only rank 0 takes, e.g. which checkpoint)."""
     if not is_initialized():

@@ -26,7 +26,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ifcn import checkpoint
 from ifcn.atomic import atomic_path
-from ifcn.distributed import DistInfo, all_reduce_mean, broadcast_flag, describe, run_on_main
+from ifcn.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_mean,
+    broadcast_flag,
+    describe,
+    run_on_main,
+)
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
 
@@ -136,9 +143,11 @@ class TrainLog:
 
     ``columns`` start with "iteration" and include "lr" (train_log.csv by default; the
     classifier logs its own columns). With ``tensorboard`` (a folder) the same values go to
-    TensorBoard scalars too, tagged by column, at the row's iteration. Its rows so far go
-    into every checkpoint (`rows`), so that a resumed run has them even when the file is gone:
-    Snakemake deletes a job's outputs before it runs the job again (a retry after preemption).
+    TensorBoard scalars too, tagged by column, at the row's iteration. Every checkpoint holds
+    the rows so far and each rank's sums of the period in progress (`state`), so that a resumed
+    run writes the log of an uninterrupted one: the rows even when the file is gone (Snakemake
+    deletes a job's outputs before it runs the job again, a retry after preemption), and the
+    row of the period that the interruption split as the mean of all its steps.
     """
 
     def __init__(
@@ -157,7 +166,20 @@ class TrainLog:
         self.count = 0
         self.rows: list[dict[str, str]] = []
 
-    def start(self, iteration: int, saved: list[dict[str, str]] | None = None) -> None:
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps (a collective: every rank calls it): the rows (rank 0's, the
+        writer's) and every rank's sums of the period in progress."""
+        return {"rows": list(self.rows), "periods": all_gather_object((self.sums, self.count))}
+
+    def resume_period(self, saved: Mapping[str, Any] | None, rank: int, world: int) -> None:
+        """Take this rank's sums of the period in progress from the ``saved`` state (every rank;
+        only when the checkpoint's processes were as many)."""
+        periods = saved.get("periods") if saved is not None else None
+        if periods is not None and len(periods) == world:
+            sums, self.count = periods[rank]
+            self.sums = dict(sums)
+
+    def start(self, iteration: int, saved: Mapping[str, Any] | None = None) -> None:
         """Begin at ``iteration`` with the rows up to it: those ``saved`` in the checkpoint the
         run resumes from, else those of the file (a killed run's rows after its checkpoint are
         dropped: the resumed run redoes them)."""
@@ -166,7 +188,7 @@ class TrainLog:
         rows = []
         try:
             if saved is not None:
-                rows = [dict(r) for r in saved if int(r["iteration"]) <= iteration]
+                rows = [dict(r) for r in saved["rows"] if int(r["iteration"]) <= iteration]
             elif self.path.exists():
                 with open(self.path, newline="") as f:
                     rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
@@ -404,9 +426,11 @@ def fit(
             (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise IfcnError(f"cannot create the run folder: {exc.strerror}", out_dir) from None
-        log.start(start, resume.state.get("log") if resume is not None else None)
+        log.start(start, saved_log)
 
+    saved_log = resume.state.get("log") if resume is not None else None
     run_on_main(prepare, device)
+    log.resume_period(saved_log, info.rank, info.world_size)
     last_good = resume.path if resume is not None else None
     saved_at = start if resume is not None else None
 
@@ -419,6 +443,7 @@ def fit(
                 out_dir,
             )
         path = checkpoint.checkpoint_path(out_dir, iteration)
+        log_state = log.state()
 
         def write() -> None:
             state = {
@@ -428,7 +453,7 @@ def fit(
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "iteration": iteration,
                 "world_size": info.world_size,
-                "log": list(log.rows),
+                "log": log_state,
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,

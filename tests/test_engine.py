@@ -147,7 +147,25 @@ def test_a_resumed_run_whose_log_was_deleted_restores_its_rows_from_the_checkpoi
         got[["iteration", "loss", "lr"]], expected[["iteration", "loss", "lr"]]
     )
     state = torch.load(checkpoint.checkpoint_path(out, 6), weights_only=True)
-    assert [int(row["iteration"]) for row in state["log"]] == [1, 2, 3, 4, 5, 6]
+    assert [int(row["iteration"]) for row in state["log"]["rows"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_log_period_split_by_an_interruption_is_logged_as_the_mean_of_all_its_steps(tmp_path):
+    """Stopped at step 3 of a 2-step logging period: the resumed run's row 4 averages steps 3
+    and 4 (from the sums the checkpoint kept), as the uninterrupted run's does."""
+    settings = SETTINGS | {"log_period": 2}
+    _fit(tmp_path / "straight", settings=settings)
+    out = tmp_path / "run"
+    _fit(out, settings=settings)
+    checkpoint.checkpoint_path(out, 6).unlink()
+    (out / "model_final.pt").unlink()
+    _fit(out, resume=_resume(checkpoint.checkpoint_path(out, 3)), settings=settings)
+    got = pd.read_csv(out / "train_log.csv")
+    expected = pd.read_csv(tmp_path / "straight" / "train_log.csv")
+    assert list(got["iteration"]) == [2, 4, 6]
+    pd.testing.assert_frame_equal(
+        got[["iteration", "loss", "lr"]], expected[["iteration", "loss", "lr"]]
+    )
 
 
 def test_tensorboard_holds_the_csv_values_once_per_step_after_a_resume(tmp_path):
