@@ -45,6 +45,7 @@ COMMANDS = (
 # must resolve, and a CI container's host name need not.
 NODE = "localhost"
 PARTITION = "debug"
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL"}
 PREFIX = "ifcn-slurm-"  # of the temporary folders of the tests' clusters
 # SIGTERM to a job's processes, then this long before SIGKILL (SLURM's default): what a
 # preempted or cancelled job has to checkpoint in.
@@ -95,6 +96,17 @@ class Cluster:
         job` fields; {} before the first job."""
         text = self.command("scontrol", "show", "job", "--oneliner")
         return [_fields(line) for line in text.splitlines() if line.startswith("JobId=")]
+
+    def wait(self, job_id: str, timeout: float = 300) -> dict[str, str]:
+        """The fields of job ``job_id`` once it has ended (polled every 0.2 s; `sbatch --wait`
+        polls at growing intervals, up to half a minute)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = next(j for j in self.jobs() if j["JobId"] == job_id)
+            if job["JobState"] in ENDED:
+                return job
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} still {job['JobState']} after {timeout} s")
 
     def node_state(self) -> str:
         return self.command("sinfo", "--noheader", "--nodes", self.node, "--format", "%T").strip()

@@ -357,13 +357,14 @@ def test_the_documented_slurm_recipe_runs_as_a_batch_job_and_trains_as_torchrun(
         assert doc in script, doc
         script = script.replace(doc, here)
     (tmp_path / "job.sh").write_text("#!/bin/bash\nset -euo pipefail\n" + script)
-    command = ["sbatch", "--wait", "--nodes", "1", "--ntasks-per-node", str(WORLD)]
+    command = ["sbatch", "--parsable", "--nodes", "1", "--ntasks-per-node", str(WORLD)]
     command += ["--overcommit", "--output", str(tmp_path / "job.log"), str(tmp_path / "job.sh")]
-    done = subprocess.run(
+    submitted = subprocess.run(
         command, env=_slurm_env(slurm_cluster), cwd=ROOT, capture_output=True, text=True,
-        timeout=300,
+        check=True,
     )  # fmt: skip
+    job = slurm_cluster.wait(submitted.stdout.strip())
     log = (tmp_path / "job.log").read_text()
-    assert done.returncode == 0, done.stderr + log[-3000:]
+    assert job["JobState"] == "COMPLETED", log[-3000:]
     assert f"ifcn train: {WORLD} process(es) x 1 image per step" in log
     _equal_to_torchrun(tmp_path / "run", torchrun_run)
