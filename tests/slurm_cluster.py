@@ -6,9 +6,10 @@
 munged, slurmctld and slurmd run in the foreground as children of the process that starts them,
 from one folder that holds everything they read and write (slurm.conf, the munge key and
 socket, state, spool, job scripts, logs), on free ports: a machine that is itself a SLURM node,
-or runs another such cluster, is not disturbed. The node is this machine (its CPUs and memory as
-`slurmd -C` reports them) in one default partition; no cgroups (proctrack/linuxproc,
-task/none), no accounting database (squeue answers for finished jobs: MinJobAge=600).
+or runs another such cluster, is not disturbed. The node is this machine, named localhost,
+with its CPUs and memory as `slurmd -C` reports them, in one default partition; no cgroups
+(proctrack/linuxproc, task/none), no accounting database (squeue answers for finished jobs:
+MinJobAge=600).
 The Snakemake jobstep executor (snakemake-executor-plugin-slurm-jobstep 0.6.1) removes every
 SLURM_* variable but the job's id from the environment of the srun it starts inside each job,
 SLURM_CONF included, so that srun looks for /etc/slurm/slurm.conf; a real cluster keeps its
@@ -93,7 +94,7 @@ class Cluster:
 
     def jobs(self) -> list[dict[str, str]]:
         """Every job slurmctld knows, finished ones included (MinJobAge), as `scontrol show
-        job` fields; {} before the first job."""
+        job` fields ([] before the first job)."""
         text = self.command("scontrol", "show", "job", "--oneliner")
         return [_fields(line) for line in text.splitlines() if line.startswith("JobId=")]
 
@@ -349,7 +350,7 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
         time.sleep(0.1)
 
 
-def stop(cluster: Cluster, keep_folder: bool = False) -> None:
+def stop(cluster: Cluster) -> None:
     """Cancel every job, stop the daemons (SIGTERM, then SIGKILL after 20 s), end what is left
     of the jobs and remove the folder."""
     folder = cluster.folder
@@ -373,8 +374,7 @@ def stop(cluster: Cluster, keep_folder: bool = False) -> None:
         _signal(pid, signal.SIGKILL)
     if _wait_gone(strays, 10):
         print(f"slurm test cluster: processes {strays} would not die", file=sys.stderr)
-    if not keep_folder:
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _wait_until_jobs_end(cluster: Cluster, timeout: float) -> None:
