@@ -42,8 +42,7 @@ from ifcn.data.image import image_tensor, resize_image
 from ifcn.model import build_model
 from ifcn.proposals.candidates import Candidates, CandidateWriter, ImageCandidates
 from ifcn.proposals.format import ProposalWriter
-from ifcn.proposals.infer import run_inference
-from ifcn.proposals.inference import infer_image
+from ifcn.proposals.inference import infer_image, run_inference
 from ifcn.proposals.suppression import nms_image, torch_threads
 from ifcn.windows import rank_windows
 

@@ -22,11 +22,11 @@ from pycocotools import mask as mask_utils
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ifcn import checkpoint
 from ifcn.classify.settings import mask_grid_size
 from ifcn.errors import IfcnError
 from ifcn.model.backbone import build_backbone, find_pretrained_weights
 from ifcn.model.heads import init_new_layers
+from ifcn.training import checkpoint
 from ifcn.windows import STRIDE
 
 KIND = checkpoint.CLASSIFIER  # the `kind` entry of the classifier's checkpoints

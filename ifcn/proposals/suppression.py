@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torchvision.ops import nms as box_nms
 
+from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import Candidates, ImageCandidates
+from ifcn.proposals.format import ProposalWriter
 from ifcn.proposals.resample import render, tight_boxes
 
 
@@ -92,3 +94,43 @@ def image_results(
     else:
         with Candidates(candidates) as reader:
             yield (nms_image(reader.read(n), *params) for n in range(count))
+
+
+def run_nms(
+    candidates: str | Path,
+    out: str | Path,
+    iou: float = 0.8,
+    top_n: int = 1000,
+    threshold: float = 0.5,
+    workers: int = 1,
+    show_progress: bool = True,
+) -> int:
+    """Write proposals.h5 from candidates.h5 with `workers` processes (0: one per CPU);
+    returns the number of images. Images without proposals, or none at all, are fine."""
+    with Candidates(candidates) as reader:
+        attrs, count = reader.attrs, len(reader)
+    proposal_attrs = {
+        "config": attrs["config"],
+        "checkpoint_sha256": attrs["checkpoint_sha256"],
+        "dataset": attrs["dataset"],
+        "dataset_sha256": attrs.get("dataset_sha256", ""),
+        "scales": attrs["scales"],
+        "k": attrs["k"],
+        "m": attrs["m"],
+        "head": attrs.get("head", "instancefcn"),
+        "nms_iou": float(iou),
+        "top_n": int(top_n),
+        "mask_threshold": float(threshold),
+    }
+    params = (float(iou), int(top_n), float(threshold))
+    workers = max(1, min(int(workers) or default_workers(), count))
+    with (
+        torch_threads(1),
+        image_results(candidates, count, params, workers) as results,
+        progress_bar(total=count, desc="nms", unit="image", disable=not show_progress) as progress,
+        ProposalWriter(out, proposal_attrs) as writer,
+    ):
+        for result in results:
+            writer.add(**result)
+            progress.update(1)
+    return count

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from oracle import classify_config, write_oracle_proposals
 
-from ifcn.classify.train import run_training
+from ifcn.classify.training import run_training
 from ifcn.config import load_config
 from ifcn.data.synth import generate_dataset
+from tests.classify.oracle import classify_config, write_oracle_proposals
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,90 @@
+"""`ifcn evaluate`: mask Average Recall of proposals (paper §4, DESIGN §8).
+
+Reads a COCO instances JSON and proposals (proposals.h5, or a COCO results JSON so that other
+systems' proposals are scored by the same code) and writes ar.json, recall_iou.csv and
+recall_iou.png, all or none. AR@N equals pycocotools' COCOeval (iouType='segm', useCats=0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ifcn.evaluation.ar import AREA_CHOICES, Plotter, evaluate, format_table, write_outputs
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Mask Average Recall of proposals against COCO ground truth.",
+        add_help=add_help,
+    )
+    parser.add_argument("--gt", required=True, type=Path, help="COCO instances JSON")
+    parser.add_argument(
+        "--proposals", required=True, type=Path, help="proposals.h5 or a COCO results JSON"
+    )
+    parser.add_argument(
+        "--max-dets", type=int, nargs="+", default=[10, 100, 1000], metavar="N",
+        help="numbers of top proposals per image to score (default 10 100 1000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--matching",
+        choices=["coco", "best"],
+        default="coco",
+        help="coco: COCOeval's greedy one-to-one matching; best: each GT's best IoU in the top N",
+    )
+    parser.add_argument(
+        "--first-n", type=int, metavar="K", help="only the first K image ids in sorted order"
+    )
+    parser.add_argument(
+        "--area-ranges", choices=list(AREA_CHOICES), default="coco",
+        help="coco: all/small/medium/large by GT area (COCO limits); all: overall only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="skip proposals of images the GT lacks, and accept GT images the .h5 lacks",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=_default_workers(), metavar="N",
+        help="processes computing mask IoUs (default: the CPUs available)",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, type=Path, help="ar.json (CSV and PNG beside it)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    with Plotter() as plotter:
+        result = evaluate(
+            args.gt,
+            args.proposals,
+            max_dets=args.max_dets,
+            matching=args.matching,
+            first_n=args.first_n,
+            area_ranges=args.area_ranges,
+            allow_missing=args.allow_missing,
+            workers=args.workers,
+        )
+        for note in result.notes:
+            print(note, file=sys.stderr)
+        record = {
+            "options": {
+                "max_dets": result.max_dets,
+                "matching": args.matching,
+                "first_n": args.first_n,
+                "area_ranges": args.area_ranges,
+                "allow_missing": args.allow_missing,
+            },
+            "inputs": result.inputs,
+        }
+        write_outputs(result, args.out, record, plotter)
+    print(format_table(result))
+    return 0
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
