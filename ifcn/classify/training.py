@@ -19,15 +19,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ifcn.classify.model import KIND, build_classifier, load_backbone_from
+from ifcn.classify.model import KIND, build_classifier, proposal_backbone, set_backbone
 from ifcn.classify.targets import RoiSamples, category_table, check_image_sets
 from ifcn.data.coco import CocoInstances
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals
 from ifcn.training import checkpoint, distributed, engine
-from ifcn.training.engine import build_lr_lambda
+from ifcn.training.hooks import lr_scheduler
+from ifcn.training.log import LogFormat
+from ifcn.training.run_folder import output_folder, start_run
+from ifcn.training.sampler import worker_count
 
-LOG_COLUMNS = ["iteration", "loss", "accuracy", "num_fg", "num_bg", "lr", "seconds"]
+# classify_log.csv: the softmax loss, how many sampled RoIs it gets right, and their mix
+LOG = LogFormat(
+    name="classify_log.csv",
+    columns=("iteration", "loss", "accuracy", "num_fg", "num_bg", "lr", "seconds"),
+    desc="classify train",
+    postfix={"loss": "loss", "acc": "accuracy"},
+)
 # classify keys that change neither the weights nor the data order, or only matter at prediction:
 # a run may resume under new values of these.
 RESUME_NEUTRAL = (
@@ -108,9 +117,9 @@ def run_training(
     show_progress: bool = True,
 ) -> Path:
     """Train the classifier; return the path of model_final.pt. IfcnError on bad input."""
-    out_dir = engine.output_folder(out_dir)
+    out_dir = output_folder(out_dir)
     cfg = config["classify"]
-    engine.worker_count(workers, cfg["workers"])
+    settings = cfg | {"workers": worker_count(workers, cfg["workers"])}
     info, device = distributed.init_distributed_mode(device_name)
     images = CocoInstances(
         gt_path,
@@ -122,54 +131,40 @@ def run_training(
     categories = category_table(images)
     with Proposals(proposals_path) as proposals:
         check_image_sets(proposals, images.coco.imgs, gt_path)
+    distributed.run_on_main(images.verify_images, device)
+    backbone = proposal_backbone(init_from, config) if init_from is not None else None
 
-    def check() -> None:
-        images.verify_images()
-        checkpoint.remove_temporaries(out_dir)
-
-    distributed.run_on_main(check, device)
-    resume_from = engine.resolve_resume(
-        resume,
-        out_dir,
-        info,
-        device,
-        kind=KIND,
+    with start_run(
+        out_dir, resume, info, device,
+        kind=KIND, iters=cfg["iters"], show_progress=show_progress,
         check=lambda state, path, auto: check_resumable(state, config, categories, path, auto),
-    )
-
-    torch.manual_seed(cfg["seed"])
-    from_checkpoint = init_from is not None or resume_from is not None
-    model = build_classifier(config, len(categories), pretrained=False if from_checkpoint else None)
-    if init_from is not None and resume_from is None:
-        load_backbone_from(model, str(init_from), config)
-    model.to(device)
-    optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=cfg["lr"],
-        momentum=cfg["momentum"],
-        weight_decay=cfg["weight_decay"],
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_lambda(cfg))
-    samples = RoiSamples(images, proposals_path, categories, cfg)
-    try:
-        return engine.fit(
-            model,
-            functools.partial(_classifier_losses, device=device),
-            optimizer,
-            scheduler,
-            samples,
-            cfg,
-            out_dir,
-            info,
-            device,
-            resume=resume_from,
-            workers=workers,
-            extras={"kind": KIND, "config": config, "categories": categories},
-            log_name="classify_log.csv",
-            log_columns=LOG_COLUMNS,
-            postfix={"loss": "loss", "acc": "accuracy"},
-            desc="classify train",
-            show_progress=show_progress,
+    ) as run:  # fmt: skip
+        torch.manual_seed(cfg["seed"])
+        from_checkpoint = init_from is not None or run.resume is not None
+        model = build_classifier(
+            config, len(categories), pretrained=False if from_checkpoint else None
         )
-    finally:
-        samples.close()
+        if backbone is not None and run.resume is None:
+            set_backbone(model, backbone, init_from)
+        model.to(device)
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg["lr"],
+            momentum=cfg["momentum"],
+            weight_decay=cfg["weight_decay"],
+        )
+        samples = RoiSamples(images, proposals_path, categories, cfg)
+        try:
+            return engine.fit(
+                model,
+                functools.partial(_classifier_losses, device=device),
+                optimizer,
+                lr_scheduler(optimizer, cfg),
+                samples,
+                settings,
+                run,
+                log=LOG,
+                extras={"kind": KIND, "config": config, "categories": categories},
+            )
+        finally:
+            samples.close()

@@ -67,10 +67,7 @@ def main(args: argparse.Namespace) -> int:
         raise IfcnError(f"--workers must be 0 or more, got {workers}")
     if Path(args.out).is_dir():
         raise IfcnError("is a folder; give a file name to write", args.out)
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        raise IfcnError(str(exc)) from None
+    device = resolve_device(args.device)
     if args.image_dir is not None:
         table, image_root, dataset = (
             image_table_from_folder(args.image_dir),

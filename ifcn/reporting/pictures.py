@@ -237,10 +237,7 @@ def draw_recall_picture(
 
 
 def _load_model(config: dict, checkpoint: Path, device_name: str):
-    try:
-        device = resolve_device(device_name)
-    except RuntimeError as exc:
-        raise IfcnError(str(exc)) from None
+    device = resolve_device(device_name)
     return load_model(config, checkpoint, device), device
 
 

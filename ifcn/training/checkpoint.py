@@ -1,8 +1,10 @@
 """Checkpoints: written atomically, found again after a crash, checked against the config.
 
 A checkpoint is a dict (torchvision references' habit): model, optimizer, lr_scheduler,
-iteration, config, RNG states (and the AMP scaler), and ``kind``, the command that wrote it;
-model_final.pt holds only kind, model, config and iteration (and what its trainer adds).
+iteration, config, RNG states (and the AMP scaler), the log's rows, and ``kind``, the command
+that wrote it; model_final.pt holds only kind, model, config and iteration (and what its
+trainer adds). It holds only tensors, numbers, strings, lists and dicts, and every checkpoint
+is read with ``torch.load(weights_only=True)``, so that a file never runs code.
 `validate` is the one check of this file kind, run wherever a checkpoint enters a stage.
 A checkpoint is saved to a temporary name (``.model_0000100.pt.<random>.tmp``, which `PATTERN`
 does not match) and renamed, so a file under its final name is always complete;
@@ -13,7 +15,9 @@ does not match) and renamed, so a file under its final name is always complete;
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -125,13 +129,31 @@ def load(
     return state
 
 
+class UnreadableCheckpoint(IfcnError):
+    """A checkpoint file that cannot be read at all (truncated, empty, not a torch file)."""
+
+
 def _read(path: Path, map_location: str | torch.device) -> object:
+    """``torch.load(weights_only=True)``: a file that holds anything but tensors, numbers,
+    strings, lists and dicts is refused before any of it runs (a pickle can run any code)."""
     if not path.is_file():
         raise IfcnError("checkpoint not found", path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on sparse tensors: refused below
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise IfcnError(
+            "holds Python objects that a safe load refuses (a file of another program, or of "
+            "an ifcn before checkpoints held only tensors, numbers and text): retrain, or "
+            "convert it with torch.load(weights_only=False) only if you trust where it came from",
+            path,
+        ) from None
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise IfcnError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnreadableCheckpoint(
+            f"cannot read checkpoint ({type(exc).__name__}: {first})", path
+        ) from None
 
 
 def validate(state: object, path: str | Path, kind: str | None = None, resumable: bool = False):
@@ -166,13 +188,34 @@ def validate(state: object, path: str | Path, kind: str | None = None, resumable
             if not isinstance(state.get(key), kinds):
                 raise IfcnError(f"training checkpoint without a valid '{key}' entry", path)
         optimizer = state["optimizer"]
-        if not isinstance(optimizer.get("param_groups"), list) or "state" not in optimizer:
+        if not isinstance(optimizer.get("param_groups"), list) or not isinstance(
+            optimizer.get("state"), dict
+        ):
             raise IfcnError("training checkpoint whose optimizer state is malformed", path)
+        # a NaN momentum would turn the first step's weights NaN, and the run would then name
+        # this file as its last good checkpoint
+        for index, values in optimizer["state"].items():
+            for key, value in values.items() if isinstance(values, dict) else ():
+                problem = _tensor_problem(value) if isinstance(value, torch.Tensor) else None
+                if problem is not None:
+                    raise IfcnError(f"optimizer state {key} of parameter {index} {problem}", path)
     for name, tensor in state["model"].items():
         if not isinstance(tensor, torch.Tensor):
             raise IfcnError(f"model entry {name!r} is not a tensor", path)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise IfcnError(f"weights are not finite ({name})", path)
+        problem = _tensor_problem(tensor)
+        if problem is not None:
+            raise IfcnError(f"model entry {name!r} {problem}", path)
+
+
+def _tensor_problem(tensor: torch.Tensor) -> str | None:
+    """What keeps a tensor from being used as values: none (meta), sparse, not finite."""
+    if tensor.is_meta:
+        return "is a meta tensor, which holds no values"
+    if tensor.layout != torch.strided:
+        return f"is a {str(tensor.layout).removeprefix('torch.')} tensor, not a dense one"
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return "is not finite"
+    return None
 
 
 def kind_of(state: dict) -> str:
@@ -195,13 +238,14 @@ def load_latest(
     """The newest checkpoint that can be read, validated, with its contents, or None.
 
     A file that cannot be read (truncated by a full disk or by hand) is passed over for the
-    one before it; a readable one that fails `validate` (another command's checkpoint in this
-    folder) is an error, since going back past it would silently start another run.
+    one before it; one that a safe load refuses (a planted pickle) or that fails `validate`
+    (another command's checkpoint in this folder) is an error, since going back past it would
+    silently start another run.
     """
     for path in reversed(list_checkpoints(out_dir)):
         try:
             state = _read(path, "cpu")
-        except IfcnError:
+        except UnreadableCheckpoint:
             continue
         validate(state, path, kind, resumable)
         return path, state

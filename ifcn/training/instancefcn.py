@@ -28,9 +28,29 @@ from ifcn.data.overlap import require_disjoint
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from ifcn.training import checkpoint, distributed, engine
-from ifcn.training.engine import build_lr_lambda, step_seed
+from ifcn.training.hooks import lr_scheduler
+from ifcn.training.log import LogFormat
+from ifcn.training.run_folder import output_folder, start_run
+from ifcn.training.sampler import step_seed, worker_count
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# train_log.csv: the terms of eq. (1), the windows they were taken on, and timings
+LOG = LogFormat(
+    name="train_log.csv",
+    columns=(
+        "iteration",
+        "loss",
+        "loss_objectness",
+        "loss_mask",
+        "lr",
+        "num_pos",
+        "num_neg",
+        "data_seconds",
+        "seconds",
+    ),
+    desc="train",
+    postfix={"loss": "loss", "pos": "num_pos"},
+)
 
 
 def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
@@ -97,9 +117,9 @@ def run_training(
     cudnn_benchmark: bool = False,
 ) -> Path:
     """Train and return the path of model_final.pt. Raises IfcnError on bad input or faults."""
-    out_dir = engine.output_folder(out_dir)
+    out_dir = output_folder(out_dir)
     train_cfg = config["train"]
-    engine.worker_count(workers, train_cfg["workers"])
+    settings = train_cfg | {"workers": worker_count(workers, train_cfg["workers"])}
     info, device = distributed.init_distributed_mode(device_name)
     amp_dtype = _amp_dtype(amp, device)
 
@@ -108,7 +128,6 @@ def run_training(
     def check() -> None:
         dataset.verify_images()
         require_unseen_val(config["data"])
-        checkpoint.remove_temporaries(out_dir)
 
     distributed.run_on_main(check, device)
 
@@ -118,46 +137,39 @@ def run_training(
         if difference is not None:
             raise checkpoint.other_settings_error(difference, path)
 
-    resume_from = engine.resolve_resume(
-        resume, out_dir, info, device, checkpoint.PROPOSAL_MODEL, check_resumable
-    )
-
-    torch.manual_seed(train_cfg["seed"])
-    model = build_model(config["model"]).to(device)
-    criterion = build_criterion(config, model)
-    optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=train_cfg["lr"],
-        momentum=train_cfg["momentum"],
-        weight_decay=train_cfg["weight_decay"],
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_lambda(train_cfg))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-    loss_fn = functools.partial(
-        _instance_losses,
-        criterion=criterion,
-        device=device,
-        seed=train_cfg["seed"],
-        rank=info.rank,
-        amp_dtype=amp_dtype,
-    )
-    return engine.fit(
-        model,
-        loss_fn,
-        optimizer,
-        scheduler,
-        dataset,
-        train_cfg,
-        out_dir,
-        info,
-        device,
-        resume=resume_from,
-        workers=workers,
-        extras={"kind": checkpoint.PROPOSAL_MODEL, "config": config},
-        postfix={"loss": "loss", "pos": "num_pos"},
-        desc="train",
-        scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
+    with start_run(
+        out_dir, resume, info, device,
+        kind=checkpoint.PROPOSAL_MODEL, check=check_resumable, iters=train_cfg["iters"],
         show_progress=show_progress,
-        tensorboard=train_cfg["tensorboard"],
-    )
+    ) as run:  # fmt: skip
+        torch.manual_seed(train_cfg["seed"])
+        model = build_model(config["model"]).to(device)
+        criterion = build_criterion(config, model)
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=train_cfg["lr"],
+            momentum=train_cfg["momentum"],
+            weight_decay=train_cfg["weight_decay"],
+        )
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+        loss_fn = functools.partial(
+            _instance_losses,
+            criterion=criterion,
+            device=device,
+            seed=train_cfg["seed"],
+            rank=info.rank,
+            amp_dtype=amp_dtype,
+        )
+        return engine.fit(
+            model,
+            loss_fn,
+            optimizer,
+            lr_scheduler(optimizer, train_cfg),
+            dataset,
+            settings,
+            run,
+            log=LOG,
+            extras={"kind": checkpoint.PROPOSAL_MODEL, "config": config},
+            scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
+        )

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
-from ifcn.config import validate_config
+from ifcn.cli import main as cli_main
+from ifcn.config import load_config, validate_config
 from ifcn.errors import IfcnError
 from ifcn.model import build_model, load_model
 from ifcn.training import checkpoint
 from ifcn.training.checkpoint import CLASSIFIER, PROPOSAL_MODEL
+from tests.classify.oracle import write_oracle_proposals
+from tests.configs import write_config
 
 
 def _training_state(**changes) -> dict:
@@ -44,7 +52,15 @@ def _save(tmp_path, state, name="model_0000003.pt"):
         (_training_state(model={"weight": [1.0]}), "model entry 'weight' is not a tensor"),
         (
             _training_state(model={"w": torch.tensor([1.0, float("nan")])}),
-            "weights are not finite (w)",
+            "model entry 'w' is not finite",
+        ),
+        (
+            _training_state(model={"w": torch.empty(2, device="meta")}),
+            "model entry 'w' is a meta tensor, which holds no values",
+        ),
+        (
+            _training_state(model={"w": torch.sparse_coo_tensor([[0]], [1.0], (2,))}),
+            "model entry 'w' is a sparse_coo tensor, not a dense one",
         ),
         (_training_state(kind="ifcn-detector"), "unknown checkpoint kind 'ifcn-detector'"),
         (_training_state(iteration=-1), "iteration -1 is not a count of steps"),
@@ -109,3 +125,78 @@ def test_resume_auto_passes_over_an_unreadable_file_but_not_a_foreign_one(tmp_pa
     _save(tmp_path, _training_state(kind=CLASSIFIER, iteration=9), "model_0000009.pt")
     with pytest.raises(IfcnError, match="model_0000009.pt: a classifier"):
         checkpoint.load_latest(tmp_path, PROPOSAL_MODEL, resumable=True)
+
+
+def test_a_non_finite_optimizer_state_is_refused_before_a_resume(tmp_path):
+    # resumed, its NaN momentum would make the first step's weights NaN, and the run would
+    # then name this very file as its last good checkpoint
+    state = _training_state()
+    state["optimizer"]["state"] = {1: {"momentum_buffer": torch.tensor([float("nan")])}}
+    path = _save(tmp_path, state)
+    assert checkpoint.load(path)["iteration"] == 3  # its weights are fine for inference
+    with pytest.raises(IfcnError) as raised:
+        checkpoint.load(path, resumable=True)
+    assert (
+        str(raised.value) == f"{path}: optimizer state momentum_buffer of parameter 1 is not finite"
+    )
+
+
+class _Payload:
+    """What a hostile checkpoint holds: unpickling it runs a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+REFUSED = "holds Python objects that a safe load refuses"
+
+
+def test_an_old_checkpoint_holding_python_objects_is_refused_with_what_to_do(tmp_path):
+    # e.g. a config holding a pathlib.Path, as a pickle of any object is
+    path = _save(tmp_path, _training_state(config={"model": {}, "root": Path("/data")}))
+    with pytest.raises(IfcnError) as raised:
+        checkpoint.load(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {REFUSED}") and "retrain, or convert it" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("entry", ["infer", "train --resume", "classify --init-from", "auto"])
+def test_a_pickle_payload_in_a_checkpoint_never_runs(entry, tmp_path, tiny_data, capsys):
+    config_path = write_config(tmp_path, tiny_data)
+    config = load_config(config_path)
+    marker = tmp_path / "PAYLOAD_RAN"
+    state = _training_state(
+        model=build_model(config["model"]).state_dict(), config=config, payload=_Payload(marker)
+    )
+    hostile = tmp_path / "model.pt"
+    torch.save(state, hostile)
+    torch.load(hostile, weights_only=False)  # the payload is live: an unsafe load runs it
+    assert marker.exists()
+    marker.unlink()
+
+    out = tmp_path / "run"
+    if entry == "infer":
+        args = ["infer", "--config", str(config_path), "--checkpoint", str(hostile)]
+        args += ["--images", str(tiny_data / "val.json"), "--image-root", str(tiny_data / "images")]
+        args += ["--out", str(tmp_path / "candidates.h5"), "--device", "cpu"]
+    elif entry == "train --resume":
+        args = ["train", "--config", str(config_path), "--out", str(out), "--resume", str(hostile)]
+    elif entry == "classify --init-from":
+        proposals = write_oracle_proposals(tiny_data / "train.json", tmp_path / "p.h5", seed=0)
+        args = ["classify", "train", "--config", str(config_path), "--proposals", str(proposals)]
+        args += ["--gt", str(tiny_data / "train.json"), "--images", str(tiny_data / "images")]
+        args += ["--init-from", str(hostile), "--out", str(out), "--device", "cpu"]
+    else:  # planted in the run folder, found by --resume auto
+        planted = checkpoint.checkpoint_path(out, 1)
+        planted.parent.mkdir(parents=True)
+        hostile = Path(shutil.copy(hostile, planted))
+        args = ["train", "--config", str(config_path), "--out", str(out), "--resume", "auto"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{hostile}: {REFUSED}" in err[0], err
+    assert not marker.exists(), "the checkpoint's payload ran"
+    assert not (out / "model_final.pt").exists() and not (tmp_path / "candidates.h5").exists()

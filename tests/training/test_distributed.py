@@ -22,7 +22,8 @@ from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from ifcn.training import checkpoint, distributed
 from ifcn.training.distributed import DistInfo, assigned_gpus, dist_info_from_env, slurm_init_method
-from ifcn.training.engine import IterationSampler, build_lr_lambda, step_seed
+from ifcn.training.hooks import build_lr_lambda
+from ifcn.training.sampler import IterationSampler, step_seed
 from tests.configs import ROOT, write_config
 
 WORLD = 2

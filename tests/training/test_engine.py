@@ -1,155 +1,63 @@
-"""`engine.fit`, the loop of both trainers, on a toy regression: the cases callers rarely hit."""
+"""The loop of both trainers (`Trainer`, `fit`) on a toy regression: cases callers rarely hit."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 
 import pandas as pd
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ifcn.errors import IfcnError
-from ifcn.training import checkpoint, engine
-from ifcn.training.distributed import DistInfo
-from ifcn.training.engine import Resume, build_lr_lambda
-
-COLUMNS = ["iteration", "loss", "lr", "seconds"]
-SETTINGS = {
-    "iters": 6,
-    "seed": 3,
-    "log_period": 1,
-    "checkpoint_period": 3,
-    "keep_checkpoints": 2,
-    "workers": 0,
-    "lr": 0.05,
-    "lr_step": 0.5,
-    "lr_gamma": 0.1,
-    "warmup_iters": 0,
-}
-
-
-class Points(Dataset):
-    """Eight (x, y) pairs of a noisy line; the step seed adds its own noise, as a flip would."""
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn(8, 4, generator=generator)
-        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, seed = key
-        noise = torch.randn(1, generator=torch.Generator().manual_seed(seed)) * 0.01
-        return {"x": self.x[index], "y": self.y[index] + noise}
-
-
-def squared_error(model: nn.Module, sample: dict, iteration: int) -> dict[str, torch.Tensor]:
-    return {"loss": (model(sample["x"][None])[0, 0] - sample["y"][0]) ** 2}
-
-
-def _fit(out, resume=None, loss_fn=squared_error, settings=SETTINGS, **kwargs):
-    torch.manual_seed(settings["seed"])
-    model = nn.Linear(4, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_lambda(settings))
-    kwargs = {"show_progress": False, **kwargs}
-    return engine.fit(
-        model, loss_fn, optimizer, scheduler, Points(), settings, out, DistInfo(),
-        torch.device("cpu"), resume=resume, extras={"kind": "toy", "config": {"model": {}}},
-        log_columns=COLUMNS, **kwargs,
-    )  # fmt: skip
-
-
-def _resume(path) -> Resume:
-    return Resume(path, torch.load(path, weights_only=False))
+from ifcn.training import checkpoint
+from ifcn.training.engine import Trainer
+from ifcn.training.hooks import HookBase
+from tests.training import toy
 
 
 def test_checkpoints_and_the_final_model_carry_the_trainers_extras(tmp_path):
-    final = _fit(tmp_path / "run")
+    final = toy.fit(tmp_path / "run")
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")] == [
         "model_0000003.pt",
         "model_0000006.pt",
     ]
-    state = torch.load(checkpoint.checkpoint_path(tmp_path / "run", 3), weights_only=False)
+    state = torch.load(checkpoint.checkpoint_path(tmp_path / "run", 3), weights_only=True)
     assert state["kind"] == "toy" and state["iteration"] == 3 and state["config"] == {"model": {}}
-    assert {"model", "optimizer", "lr_scheduler", "rng", "world_size"} <= state.keys()
-    weights = torch.load(final, weights_only=False)
+    assert {"model", "optimizer", "lr_scheduler", "rng", "world_size", "log"} <= state.keys()
+    weights = torch.load(final, weights_only=True)
     assert weights.keys() == {"model", "iteration", "kind", "config"}
     log = pd.read_csv(tmp_path / "run" / "train_log.csv")
-    assert list(log.columns) == COLUMNS and list(log["iteration"]) == [1, 2, 3, 4, 5, 6]
+    assert list(log.columns) == list(toy.COLUMNS) and list(log["iteration"]) == [1, 2, 3, 4, 5, 6]
     assert log["lr"].tolist() == [0.05] * 3 + [0.005] * 3
 
 
 def test_a_resume_at_the_last_iteration_trains_nothing_and_writes_the_final_model(tmp_path):
     out = tmp_path / "run"
-    _fit(out)
+    toy.fit(out)
     last = checkpoint.checkpoint_path(out, 6)
     before = last.stat().st_mtime_ns
     (out / "model_final.pt").unlink()
-    final = _fit(out, resume=_resume(last))
+    final = toy.fit(out, resume=last)
     assert last.stat().st_mtime_ns == before  # not written again
-    saved = torch.load(last, weights_only=False)["model"]
-    for key, value in torch.load(final, weights_only=False)["model"].items():
+    saved = torch.load(last, weights_only=True)["model"]
+    for key, value in torch.load(final, weights_only=True)["model"].items():
         assert torch.equal(value, saved[key]), key
 
 
 def test_a_checkpoint_beyond_the_run_is_refused(tmp_path):
     out = tmp_path / "run"
-    _fit(out)
+    toy.fit(out)
     with pytest.raises(IfcnError, match=r"iteration 6, beyond this run's 4 iterations"):
-        _fit(
+        toy.fit(
             tmp_path / "short",
-            _resume(checkpoint.checkpoint_path(out, 6)),
-            settings=SETTINGS | {"iters": 4},
+            checkpoint.checkpoint_path(out, 6),
+            settings=toy.SETTINGS | {"iters": 4},
         )
 
 
-def test_sigterm_on_a_checkpoint_step_names_that_checkpoint_and_restores_the_handler(tmp_path):
-    def terminated_at_step_3(model, sample, iteration):
-        if iteration == 2:  # the step that ends at iteration 3, a checkpoint step
-            os.kill(os.getpid(), signal.SIGTERM)
-        return squared_error(model, sample, iteration)
-
-    before = signal.getsignal(signal.SIGTERM)
-    out = tmp_path / "run"
-    with pytest.raises(IfcnError) as raised:
-        _fit(out, loss_fn=terminated_at_step_3)
-    assert str(raised.value) == (
-        f"{out}: stopped by SIGTERM at iteration 3; checkpoint "
-        f"{checkpoint.checkpoint_path(out, 3)} written; rerun with --resume auto to continue"
-    )
-    assert checkpoint.list_checkpoints(out) == [checkpoint.checkpoint_path(out, 3)]
-    assert not (out / "model_final.pt").exists()
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
-def test_tensorboard_holds_the_csv_values_once_per_step_after_a_resume(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out = tmp_path / "run"
-    _fit(out, tensorboard=True)
-    # killed after step 5: the events of steps 4-5 are redone by the resumed run
-    checkpoint.checkpoint_path(out, 6).unlink()
-    (out / "model_final.pt").unlink()
-    _fit(out, resume=_resume(checkpoint.checkpoint_path(out, 3)), tensorboard=True)
-    events = EventAccumulator(str(out / "tensorboard"))
-    events.Reload()
-    log = pd.read_csv(out / "train_log.csv")
-    assert sorted(events.Tags()["scalars"]) == ["loss", "lr", "seconds"]
-    for tag in ("loss", "lr"):
-        scalars = events.Scalars(tag)
-        assert [s.step for s in scalars] == [1, 2, 3, 4, 5, 6], tag
-        assert [s.value for s in scalars] == pytest.approx(log[tag].tolist(), rel=1e-5), tag
-
-
 def test_progress_in_a_log_is_whole_lines(tmp_path, capsys):
-    _fit(tmp_path / "run", show_progress=True)
+    toy.fit(tmp_path / "run", show_progress=True)
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.splitlines()
@@ -159,11 +67,74 @@ def test_progress_in_a_log_is_whole_lines(tmp_path, capsys):
     assert re.fullmatch(r"\S+ \S+ train: 100% 6/6 \[.*, loss=[0-9.e+-]+\]", lines[-1]), lines[-1]
 
 
-def test_a_file_as_out_and_negative_workers_are_refused_before_any_work(tmp_path):
-    taken = tmp_path / "taken"
-    taken.write_text("mine")
-    with pytest.raises(IfcnError, match="--out is an existing file, not a folder"):
-        engine.output_folder(taken)
-    with pytest.raises(IfcnError, match="--workers must be 0 or more"):
-        engine.worker_count(-1, 2)
-    assert engine.worker_count(None, 2) == 2 and engine.worker_count(0, 2) == 0
+class Recorder(HookBase):
+    """Writes down every call it gets, as (name, hook call, steps done)."""
+
+    def __init__(self, name: str, calls: list, fail_after_train: bool = False):
+        self.name, self.calls, self.fail_after_train = name, calls, fail_after_train
+
+    def before_train(self):
+        self.calls.append((self.name, "before_train", self.trainer.iter))
+
+    def before_step(self):
+        self.calls.append((self.name, "before_step", self.trainer.iter))
+
+    def after_step(self):
+        self.calls.append((self.name, "after_step", self.trainer.iter))
+
+    def after_train(self):
+        self.calls.append((self.name, "after_train", self.trainer.completed))
+        if self.fail_after_train:
+            raise OSError("disk full")
+
+
+def _trainer(steps, start=0, loss_fn=toy.squared_error) -> Trainer:
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    points = toy.Points()
+    samples = [points[(i % len(points), i)] for i in range(start, steps)]
+    return Trainer(model, loss_fn, optimizer, samples, start, steps)
+
+
+def test_hooks_are_called_in_order_around_every_step():
+    calls = []
+    trainer = _trainer(3, start=1)
+    trainer.register_hooks([Recorder("a", calls), Recorder("b", calls)])
+    trainer.train()
+    assert calls == [
+        ("a", "before_train", 1),
+        ("b", "before_train", 1),
+        ("a", "before_step", 1),
+        ("b", "before_step", 1),
+        ("a", "after_step", 2),
+        ("b", "after_step", 2),
+        ("a", "before_step", 2),
+        ("b", "before_step", 2),
+        ("a", "after_step", 3),
+        ("b", "after_step", 3),
+        ("a", "after_train", True),
+        ("b", "after_train", True),
+    ]
+    assert trainer.iter == 3 and trainer.completed
+    assert set(trainer.step_values) == {"loss", "data_seconds", "seconds"}
+
+
+def test_every_hook_cleans_up_after_an_error_and_the_first_failure_is_raised():
+    calls = []
+
+    def fails_at_step_2(model, sample, iteration):
+        if iteration == 1:
+            raise ValueError("broken sample")
+        return toy.squared_error(model, sample, iteration)
+
+    trainer = _trainer(3, loss_fn=fails_at_step_2)
+    trainer.register_hooks([Recorder("a", calls, fail_after_train=True), Recorder("b", calls)])
+    with pytest.raises(ValueError, match="broken sample"):  # the loop's error, not the hook's
+        trainer.train()
+    assert calls[-2:] == [("a", "after_train", False), ("b", "after_train", False)]
+    calls.clear()
+    trainer = _trainer(2)
+    trainer.register_hooks([Recorder("a", calls, fail_after_train=True), Recorder("b", calls)])
+    with pytest.raises(OSError, match="disk full"):
+        trainer.train()
+    assert calls[-1] == ("b", "after_train", True)

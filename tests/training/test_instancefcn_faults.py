@@ -125,9 +125,52 @@ def test_sigkill_at_a_random_step_then_resume_auto_is_bitwise_the_uninterrupted_
         task.stderr.close()
     assert task.returncode == -signal.SIGKILL, f"killed after log row {kill_after}"
     assert not (out / "model_final.pt").exists()
+    # Snakemake deletes the outputs of the failed job: the log's rows come from the checkpoint
+    (out / "train_log.csv").unlink()
     assert _resume_auto(fault_config, out) == 0, f"killed after log row {kill_after}"
     _assert_same_run(straight, out)
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_forced_rerun_of_a_complete_run_trains_from_iteration_0(
+    fault_config, straight, tmp_path, capsys
+):
+    # `snakemake --forcerun train` deletes the job's outputs and runs it again with
+    # --resume auto: the newest checkpoint is at the last iteration, the run was complete
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    (out / "model_final.pt").unlink()
+    (out / "train_log.csv").unlink()
+    old = checkpoint.list_checkpoints(out)
+    assert old[-1] == checkpoint.checkpoint_path(out, ITERS)
+    assert _resume_auto(fault_config, out) == 0
+    err = capsys.readouterr().err
+    assert f"the run was complete; its checkpoints moved to {out}/checkpoints.old-" in err
+    assert ", steps 0..12" in err and "resuming" not in err
+    _assert_same_run(straight, out)
+    assert len(pd.read_csv(out / "train_log.csv")) == ITERS
+    (aside,) = out.glob("checkpoints.old-*")
+    assert sorted(p.name for p in aside.iterdir()) == [p.name for p in old]
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == [p.name for p in old]
+
+
+def test_a_checkpoint_with_a_non_finite_optimizer_state_is_not_resumed(
+    tmp_path, straight, fault_config, capsys
+):
+    out = tmp_path / "run"
+    shutil.copytree(straight / "checkpoints", out / "checkpoints")
+    path = checkpoint.checkpoint_path(out, 9)
+    state = torch.load(path, weights_only=True)
+    buffer = state["optimizer"]["state"][0]["momentum_buffer"]
+    buffer.view(-1)[0] = float("nan")
+    torch.save(state, path)
+    args = ["train", "--config", str(fault_config), "--out", str(out), "--resume", str(path)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"ifcn train: error: {path}: optimizer state momentum_buffer of parameter 0 is not finite"
+    ]
+    assert not (out / "train_log.csv").exists()
 
 
 def test_sigterm_checkpoints_the_step_it_stopped_at_and_exits_non_zero(
