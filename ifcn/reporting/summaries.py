@@ -221,6 +221,8 @@ def read_training_log(path: str | Path) -> pd.DataFrame:
     columns = ["iteration"] + [c for c in frame.columns if str(c).startswith("loss")]
     if "iteration" not in frame.columns or "loss" not in frame.columns:
         raise IfcnError("a training log needs iteration and loss columns", path)
+    if frame.empty:
+        raise IfcnError("a training log with no rows: the run logged no step", path)
     for column in columns:
         values = pd.to_numeric(frame[column], errors="coerce")
         finite = values.map(math.isfinite).to_numpy()
