@@ -20,8 +20,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from ifcn.errors import IfcnError
-from ifcn.training import hooks as hooks_
 from ifcn.training.distributed import all_reduce_mean, describe
+from ifcn.training.hooks import (
+    Checkpointer,
+    HookBase,
+    LRScheduler,
+    PeriodicWriter,
+    ProgressBar,
+    StopOnSigterm,
+)
 from ifcn.training.log import LogFormat, TrainLog
 from ifcn.training.run_folder import Run
 from ifcn.training.sampler import IterationSampler, build_loader
@@ -86,9 +93,9 @@ class Trainer:
         self.completed = False
         self.step_values: dict[str, Any] = {}
         self.logged: dict[str, float] | None = None
-        self.hooks: list[hooks_.HookBase] = []
+        self.hooks: list[HookBase] = []
 
-    def register_hooks(self, hooks: Sequence[hooks_.HookBase]) -> None:
+    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
         for hook in hooks:
             hook.trainer = self
             self.hooks.append(hook)
@@ -123,7 +130,7 @@ class Trainer:
             for hook in self.hooks:
                 try:
                     hook.after_train()
-                except Exception as exc:  # noqa: BLE001 - the others must still clean up
+                except Exception as exc:  # the others must still clean up
                     errors.append(exc)
             if errors and self.completed:
                 raise errors[0]
@@ -158,7 +165,7 @@ def fit(
         enabled=info.is_main,
         tensorboard=out_dir / "tensorboard" if settings.get("tensorboard") else None,
     )
-    checkpointer = hooks_.Checkpointer(
+    checkpointer = Checkpointer(
         out_dir, model, optimizer, scheduler, train_log,
         period=settings["checkpoint_period"], keep=settings["keep_checkpoints"],
         extras=extras, info=info, device=device, scaler=scaler,
@@ -178,11 +185,11 @@ def fit(
     trainer = Trainer(model, loss_fn, optimizer, loader, start, total, scaler)
     trainer.register_hooks(
         [
-            hooks_.LRScheduler(scheduler),
-            hooks_.PeriodicWriter(train_log, settings["log_period"], device),
-            hooks_.ProgressBar(log.desc, log.postfix, run.show_progress and info.is_main),
+            LRScheduler(scheduler),
+            PeriodicWriter(train_log, settings["log_period"], device),
+            ProgressBar(log.desc, log.postfix, run.show_progress and info.is_main),
             checkpointer,
-            hooks_.StopOnSigterm(checkpointer, device),
+            StopOnSigterm(checkpointer, device),
         ]
     )
     if info.is_main and run.show_progress:
