@@ -74,7 +74,7 @@ class RunLock:
             raise IfcnError(f"cannot create the run folder: {exc.strerror}", self.out_dir) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise IfcnError(
@@ -82,6 +82,15 @@ class RunLock:
                 "to end or choose another --out",
                 self.out_dir,
             ) from None
+        except OSError as exc:
+            # a file system without locks (Lustre mounted without flock): go on, and say so
+            os.close(fd)
+            print(
+                f"ifcn: cannot lock {self.out_dir} ({exc.strerror}): make sure that no other "
+                "training writes there",
+                file=sys.stderr,
+            )
+            return
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -145,3 +147,17 @@ def test_a_wrong_resume_path_writes_nothing(tmp_path):
         with _start(out, str(tmp_path / "missing.pt")):
             pass
     assert not out.exists()
+
+
+def test_a_file_system_without_locks_is_said_once_and_not_fatal(tmp_path, monkeypatch, capsys):
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    lock = RunLock(tmp_path / "run")
+    lock.acquire()
+    lock.release()
+    assert capsys.readouterr().err == (
+        f"ifcn: cannot lock {tmp_path / 'run'} ({os.strerror(errno.ENOLCK)}): make sure that no "
+        "other training writes there\n"
+    )
