@@ -59,7 +59,9 @@ def _save(tmp_path, state, name="model_0000003.pt"):
             "model entry 'w' is a meta tensor, which holds no values",
         ),
         (
-            _training_state(model={"w": torch.sparse_coo_tensor([[0]], [1.0], (2,))}),
+            _training_state(
+                model={"w": torch.sparse_coo_tensor([[0]], [1.0], (2,), check_invariants=True)}
+            ),
             "model entry 'w' is a sparse_coo tensor, not a dense one",
         ),
         (_training_state(kind="ifcn-detector"), "unknown checkpoint kind 'ifcn-detector'"),
