@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 import ifcn
 from ifcn import atomic
 from ifcn.atomic import atomic_path
-from ifcn.data.cocojson import gc_paused
+from ifcn.data.jsonio import gc_paused
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ground_truth import GroundTruth, load_ground_truth
 from ifcn.evaluation.readers import ProposalsH5, ResultsJson, open_proposals
@@ -253,9 +253,13 @@ def evaluate(
     else:
         image_ids_in_file_order = image_ids
     digests = {str(gt.path): gt.sha256}
-    hits, regular = _count(
-        job, image_ids_in_file_order, workers, lambda: _hash_input(source, digests)
-    )
+    try:
+        hits, regular = _count(
+            job, image_ids_in_file_order, workers, lambda: _hash_input(source, digests)
+        )
+    finally:
+        if isinstance(source, ProposalsH5):
+            source.close()
     recall = recall_ratio(hits, regular)
     return Evaluation(
         matching=matching,
