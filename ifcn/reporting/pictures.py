@@ -1,10 +1,11 @@
 """The pictures of a run: proposals on images (the paper's Fig. 8) and score maps (Fig. 5).
 
-Drawing functions return RGB uint8 arrays; `save_png` writes them atomically. `draw_pictures`
-draws the report's pictures of the first validation images and indexes them in figures.json
-(`ifcn viz --pictures`, the workflow's `figures` rule); `draw_image` draws one image's top
-proposals and score maps (`ifcn viz --image-id`); `draw_folder` the top proposals of every
-image of a proposals file, for photos without annotations (`ifcn viz --each`).
+Drawing functions return RGB uint8 arrays; `ifcn.reporting.plots.save_png` writes them
+atomically. `draw_pictures` draws the report's pictures of the first validation images and
+indexes them in figures.json (`ifcn viz --pictures`, the workflow's `figures` rule);
+`draw_image` draws one image's top proposals and score maps (`ifcn viz --image-id`);
+`draw_folder` the top proposals of every image of a proposals file, for photos without
+annotations (`ifcn viz --each`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from matplotlib.patches import Rectangle
 from pycocotools import mask as mask_utils
 from torchvision.ops import nms as box_nms
 
-from ifcn import atomic
 from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.data.instances import read_image_table, read_instances
 from ifcn.errors import IfcnError
 from ifcn.model import load_model
 from ifcn.proposals.format import Proposals, check_image_sets
 from ifcn.proposals.inference import window_masks
+from ifcn.reporting.plots import save_png
 from ifcn.reporting.summaries import Picture, write_figures_index
 from ifcn.training.distributed import resolve_device
 from ifcn.windows import STRIDE, rank_windows, window_boxes
@@ -129,16 +130,6 @@ def draw_score_maps(
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB array as PNG through a temporary file (no partial picture on a crash)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise IfcnError("cannot encode the picture as PNG", path)
-    return atomic.write_bytes(path, data.tobytes())
 
 
 @torch.inference_mode()
