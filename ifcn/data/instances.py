@@ -98,14 +98,8 @@ class Instances:
 
     def image_table(self) -> dict[int, dict]:
         """Image entries by id: file_name, height and width."""
-        return {
-            image_id: {
-                "file_name": img["file_name"],
-                "height": img["height"],
-                "width": img["width"],
-            }
-            for image_id, img in self.images.items()
-        }
+        keys = ("file_name", "height", "width")
+        return {image_id: {k: img[k] for k in keys} for image_id, img in self.images.items()}
 
     def rle(self, ann: dict) -> dict:
         """A validated annotation's mask as compressed RLE (str counts): the mask COCO.annToRLE

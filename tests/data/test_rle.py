@@ -62,21 +62,30 @@ def test_run_totals_of_valid_masks_cover_their_image(seed):
     assert (run_totals(texts, h, w) == h * w).all()
 
 
+def _damaged(rng, texts: list[bytes], kinds: tuple[str, ...]) -> list[bytes]:
+    """Each text with one kind of damage drawn from `kinds`: a character dropped or replaced
+    (by one of '('..'w'), one appended, the text cut short, or "none"."""
+    damaged = []
+    for text in texts:
+        data = bytearray(text)
+        kind = kinds[rng.integers(len(kinds))]
+        if kind == "drop" and len(data) > 1:
+            del data[rng.integers(len(data))]
+        elif kind == "replace":
+            data[rng.integers(len(data))] = int(rng.integers(40, 120))
+        elif kind == "append":
+            data += bytes([int(rng.integers(48, 112))])
+        elif kind == "cut":
+            data = data[: rng.integers(len(data) + 1)]
+        damaged.append(bytes(data))
+    return damaged
+
+
 def test_run_totals_agree_with_a_plain_decoder_on_damaged_text():
     rng = np.random.default_rng(7)
     h, w = 20, 30
     texts = [r["counts"] for r in mask_utils.encode(_masks(rng, h, w, 60))]
-    damaged = []
-    for text in texts:
-        data = bytearray(text)
-        kind = rng.integers(4)
-        if kind == 0 and len(data) > 1:
-            del data[rng.integers(len(data))]
-        elif kind == 1:
-            data[rng.integers(len(data))] = int(rng.integers(40, 120))
-        elif kind == 2:
-            data += bytes([int(rng.integers(48, 112))])
-        damaged.append(bytes(data))
+    damaged = _damaged(rng, texts, ("drop", "replace", "append", "none"))
     totals = run_totals(damaged, h, w)
     for text, total in zip(damaged, totals, strict=True):
         counts = _reference_counts(text)
@@ -129,19 +138,7 @@ def test_the_json_and_proposals_checks_judge_damaged_text_alike():
     rng = np.random.default_rng(11)
     h, w = 20, 30
     texts = [r["counts"] for r in mask_utils.encode(_masks(rng, h, w, 200))]
-    damaged = []
-    for text in texts:
-        data = bytearray(text)
-        kind = rng.integers(5)
-        if kind == 0 and len(data) > 1:
-            del data[rng.integers(len(data))]
-        elif kind == 1:
-            data[rng.integers(len(data))] = int(rng.integers(40, 120))
-        elif kind == 2:
-            data += bytes([int(rng.integers(48, 112))])
-        elif kind == 3:
-            data = data[: rng.integers(len(data) + 1)]
-        damaged.append(bytes(data))
+    damaged = _damaged(rng, texts, ("drop", "replace", "append", "cut", "none"))
     faults = rle_text_faults(damaged, np.full(len(damaged), h * w))
     form = ("are empty", "outside '0'..'o'", "end inside a number")
     formed = [not (f and any(kind in f for kind in form)) for f in faults]
