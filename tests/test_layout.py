@@ -88,3 +88,21 @@ def test_tests_mirror_the_packages():
         "reporting",
     ):
         assert (tests / package).is_dir(), f"tests/{package}/ mirrors ifcn/{package}/"
+
+
+def test_the_data_contract_imports_no_stage():
+    """ifcn.data (the files every stage reads: JSON, RLE, masks) sits below the stages, and the
+    plots take plain data: proposals may import data, not the reverse."""
+    modules = _modules()
+    stages = ("ifcn.proposals", "ifcn.evaluation", "ifcn.classify", "ifcn.reporting",
+              "ifcn.training", "ifcn.model", "ifcn.commands")  # fmt: skip
+    rules = {"ifcn.data": stages, "ifcn.reporting.plots": ("ifcn.evaluation", "ifcn.training")}
+    offenders = [
+        f"{name} imports {target}"
+        for name, tree in modules.items()
+        for layer, forbidden in rules.items()
+        if name == layer or name.startswith(f"{layer}.")
+        for target in sorted(_imported(tree, modules))
+        if target.startswith(forbidden)
+    ]
+    assert not offenders, offenders

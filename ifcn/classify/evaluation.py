@@ -4,76 +4,60 @@ At the mask-level IoU thresholds 0.5 and 0.7 of SDS, Hypercolumn, CFM and MNC th
 compares with, under one of two protocols (`--ap`, config classify.ap): `voc`, SDS's region AP
 (AP^r: VOC's area under the precision-recall curve, what the paper's VOC figures are), or
 `coco`, pycocotools' COCOeval. mAP is the mean AP over the categories that have GT objects.
-The output names the protocol. The results are checked first: an image or category the GT
-does not know is an error, not a silent drop as in COCOeval.
+The output names the protocol. Both files are checked first, each by its one validator: the
+ground truth by `read_instances` (the masks pycocotools sees are the validated ones, converted
+to RLE), the results by `read_results`; an image or category the GT does not know is an error,
+not a silent drop as in COCOeval.
 
 The command `ifcn classify evaluate` is `ifcn.commands.classify_evaluate`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
-from ifcn.classify.metrics import DESCRIPTION, PROTOCOLS, average_precisions, quiet
-from ifcn.data.cocojson import load_json, require_coco_shape
+from ifcn.classify.metrics import DESCRIPTION, PROTOCOLS, average_precisions
+from ifcn.data.instances import Instances, read_instances
+from ifcn.data.results import read_results
 from ifcn.errors import IfcnError
 
 IOU_THRESHOLDS = (0.5, 0.7)
 
 
-def load_gt(path: Path) -> COCO:
-    data = load_json(path)
-    require_coco_shape(data, path)
-    coco = COCO()
-    coco.dataset = data
-    try:
-        with quiet():
-            coco.createIndex()
-        for ann in data["annotations"]:  # COCOeval reads both keys unconditionally
-            ann["iscrowd"] = int(bool(ann.get("iscrowd", 0)))
-            if "area" not in ann:
-                ann["area"] = float(mask_utils.area(coco.annToRLE(ann)))
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise IfcnError(f"not a COCO instances JSON ({type(exc).__name__}: {exc})", path) from None
-    return coco
-
-
-def check_results(results: Any, gt: COCO, path: Path, gt_path: Path) -> list[dict]:
-    """The results as COCOeval takes them; IfcnError naming `path` for anything it would drop."""
-    if not isinstance(results, list):
-        raise IfcnError("not a COCO results JSON (top level is not a list)", path)
-    for k, result in enumerate(results):
-        try:
-            image_id, category = result["image_id"], result["category_id"]
-            rle, score = result["segmentation"], float(result["score"])
-            size, counts = rle["size"], rle["counts"]
-        except (KeyError, TypeError, ValueError):
-            raise IfcnError(
-                f"result {k} lacks an image_id, a category_id, a score or an RLE segmentation",
-                path,
-            ) from None
-        if image_id not in gt.imgs:
-            raise IfcnError(f"result {k}: image_id {image_id!r} is not in {gt_path}", path)
-        if category not in gt.cats:
-            raise IfcnError(f"result {k}: category_id {category!r} is not in {gt_path}", path)
-        if not isinstance(counts, str):
-            raise IfcnError(f"result {k}: segmentation is not a compressed RLE", path)
-        if not math.isfinite(score):
-            raise IfcnError(f"result {k}: score is not a finite number", path)
-        image = gt.imgs[image_id]
-        if list(size) != [image["height"], image["width"]]:
-            raise IfcnError(
-                f"result {k}: RLE size {size} but image {image_id} is "
-                f"{image['height']}x{image['width']} in {gt_path}",
-                path,
-            )
-    return results
+def read_detections(path: Path, instances: Instances) -> list[dict]:
+    """The results as COCOeval takes them, checked by the one results-JSON validator
+    (`read_results`) against the GT; an image or category the GT does not know, or a result
+    without a category, is an IfcnError naming `path` (COCOeval would drop it silently)."""
+    sizes = {image_id: instances.image_size(image_id) for image_id in instances.images}
+    found = read_results(path, sizes, instances.categories)
+    unknown = np.flatnonzero(~np.isin(found.image_id, list(sizes)))
+    if len(unknown):
+        k = int(unknown[0])
+        image_id = int(found.image_id[k])
+        raise IfcnError(f"result {k}: image_id {image_id} is not in {instances.path}", path)
+    unlabelled = np.flatnonzero(found.category_rank < 0)
+    if len(unlabelled):
+        raise IfcnError(f"result {int(unlabelled[0])} has no category_id", path)
+    categories = sorted(instances.categories)
+    counts = found.counts(np.arange(len(found.image_id)))
+    return [
+        {
+            "image_id": image_id,
+            "category_id": categories[rank],
+            "segmentation": {"size": list(sizes[image_id]), "counts": text},
+            "score": score,
+        }
+        for image_id, rank, text, score in zip(
+            found.image_id.tolist(),
+            found.category_rank.tolist(),
+            counts,
+            found.score.tolist(),
+            strict=True,
+        )
+    ]
 
 
 def evaluate_segm(
@@ -90,8 +74,9 @@ def evaluate_segm(
         raise IfcnError(f"unknown AP protocol {ap!r}; choose one of {', '.join(PROTOCOLS)}")
     if max_dets < 1:
         raise IfcnError("--max-dets must be positive")
-    gt = load_gt(gt_path)
-    results = check_results(load_json(results_path), gt, results_path, gt_path)
+    instances = read_instances(gt_path)
+    results = read_detections(results_path, instances)
+    gt = instances.coco()
     image_ids = sorted(gt.getImgIds())
     if first_n is not None:
         if first_n < 1:

@@ -25,12 +25,12 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
 from ifcn.classify.model import KIND, ProposalClassifier, build_classifier, roi_inputs
-from ifcn.classify.targets import check_image_sets
-from ifcn.data.cocojson import load_json, read_image_table, write_json_atomic
 from ifcn.data.image import image_tensor, load_image, resize_image
+from ifcn.data.instances import read_image_table
+from ifcn.data.jsonio import load_json, write_json_atomic
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
-from ifcn.proposals.format import Proposals, ProposalsPerProcess
+from ifcn.proposals.format import Proposals, ProposalsPerProcess, check_image_sets
 from ifcn.training import checkpoint
 from ifcn.training.distributed import resolve_device
 

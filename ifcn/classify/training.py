@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifcn.classify.model import KIND, build_classifier, proposal_backbone, set_backbone
-from ifcn.classify.targets import RoiSamples, category_table, check_image_sets
-from ifcn.data.coco import CocoInstances
+from ifcn.classify.targets import RoiSamples, category_table
+from ifcn.data.dataset import CocoInstances
 from ifcn.errors import IfcnError
-from ifcn.proposals.format import Proposals
+from ifcn.proposals.format import Proposals, check_image_sets
 from ifcn.training import checkpoint, distributed, engine
 from ifcn.training.hooks import lr_scheduler
 from ifcn.training.log import LogFormat

@@ -16,7 +16,9 @@ import yaml
 from ifcn import atomic
 from ifcn.config import config_yaml, load_config
 from ifcn.errors import IfcnError
-from ifcn.reporting.ablation import ablation_table, plot_ablation
+from ifcn.reporting.ablation import ablation_table
+from ifcn.reporting.plots import plot_ablation
+from ifcn.reporting.summaries import read_ar
 from ifcn.variants import VARIANTS, apply_overrides
 
 
@@ -56,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     frame = ablation_table(args.ar, args.variants)
     if args.plot:
-        plot_ablation(args.ar, args.variants, Path(args.plot))
+        plot_ablation([read_ar(path) for path in args.ar], args.variants, Path(args.plot))
     atomic.write_text(args.out, frame.to_csv(index=False))
     print(frame.to_string(index=False))
     return 0

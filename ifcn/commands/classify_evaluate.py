@@ -16,7 +16,7 @@ from pathlib import Path
 import ifcn
 from ifcn.classify.evaluation import evaluate_segm, format_table
 from ifcn.classify.metrics import PROTOCOLS
-from ifcn.data.cocojson import write_json_atomic
+from ifcn.data.jsonio import write_json_atomic
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from ifcn.evaluation.ar import AREA_CHOICES, Plotter, evaluate, format_table, write_outputs
+from ifcn.evaluation.ar import AREA_CHOICES, evaluate, format_table, write_outputs
+from ifcn.reporting.plots import Plotter
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

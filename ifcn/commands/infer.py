@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 from ifcn.config import config_json, load_config
-from ifcn.data.cocojson import read_image_table
 from ifcn.data.folder import image_table_from_folder
+from ifcn.data.instances import read_image_table
 from ifcn.errors import IfcnError
 from ifcn.model import load_model
 from ifcn.proposals.inference import run_inference

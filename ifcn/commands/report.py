@@ -19,7 +19,8 @@ import argparse
 from ifcn import atomic
 from ifcn.config import load_config
 from ifcn.errors import IfcnError
-from ifcn.reporting.report import ar_table, build_report, map_table, plot_loss
+from ifcn.reporting.plots import plot_loss
+from ifcn.reporting.report import ar_table, build_report, map_table
 from ifcn.reporting.summaries import (
     read_ar,
     read_segm_eval,

@@ -20,15 +20,11 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from ifcn.data.cocojson import (
-    polygons_outside,
-    read_instances,
-    rle_area_bbox,
-    segmentation_to_rle,
-    size_class,
-)
 from ifcn.data.formats import map_images
+from ifcn.data.instances import read_instances
+from ifcn.data.masks import polygons_outside, segmentation_to_rle, size_class
 from ifcn.data.overlap import recorded_image_root
+from ifcn.data.rle import rle_area_bbox
 from ifcn.errors import IfcnError
 
 MAX_LISTED = 20

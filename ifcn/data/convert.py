@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ifcn.data.cocojson import validate_instances, write_json_atomic
 from ifcn.data.formats import Converted
 from ifcn.data.formats.coco import convert_coco
 from ifcn.data.formats.pennfudan import convert_pennfudan
 from ifcn.data.formats.sbd import convert_sbd
 from ifcn.data.formats.voc import convert_voc
+from ifcn.data.instances import validate_instances
+from ifcn.data.jsonio import write_json_atomic
 from ifcn.errors import IfcnError
 
 FORMATS = ("voc", "sbd", "coco", "pennfudan")

@@ -3,7 +3,8 @@
 Each variant is the run's own config with a few keys overridden (``config``), trained and
 evaluated by the same ``ifcn`` stages under results/<run>/ablation/<variant>/; ``table`` then
 gathers the variants' ar.json files into one CSV (AR as fractions, one row per variant) and a
-recall-vs-IoU plot. The variants are named once, in `ifcn.variants`.
+recall-vs-IoU plot (`ifcn.reporting.plots.plot_ablation`). The variants are named once, in
+`ifcn.variants`.
 
 The command `ifcn ablation` is `ifcn.commands.ablation`.
 """
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ifcn import atomic
 from ifcn.errors import IfcnError
 from ifcn.reporting.summaries import read_ar
 
@@ -34,26 +34,3 @@ def ablation_table(ar_files: Sequence[str | Path], variants: Sequence[str]) -> p
             raise IfcnError(f"has {', '.join(keys)}, the first file {', '.join(columns)}", path)
         rows.append({"variant": variant, **{key: ar[key] for key in keys}})
     return pd.DataFrame(rows, columns=["variant", *(columns or [])])
-
-
-def plot_ablation(ar_files: Sequence[str | Path], variants: Sequence[str], path: Path) -> None:
-    """Recall against IoU of every variant, one panel per N (the paper's Fig. 6 layout)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ars = [read_ar(p) for p in ar_files]
-    ns = [key.split("@")[1] for key in ars[0] if key.startswith("AR@")]
-    fig = Figure(figsize=(4.2 * len(ns), 3.8), dpi=110, layout="constrained")
-    axes = fig.subplots(1, len(ns), squeeze=False)[0]
-    for ax, n in zip(axes, ns, strict=True):
-        for variant, ar in zip(variants, ars, strict=True):
-            recall = [float("nan") if r is None else r for r in ar["recall"][n]]
-            value = ar[f"AR@{n}"]
-            label = variant if value is None else f"{variant} (AR {100 * value:.1f})"
-            ax.plot(ar["iou_thresholds"], recall, marker="o", ms=3, label=label)
-        ax.set(xlim=(0.5, 0.95), ylim=(0, 1), xlabel="IoU", ylabel="recall", title=f"N = {n}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=7)
-    FigureCanvasAgg(fig)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")

@@ -1,16 +1,15 @@
 """The pictures of a run: proposals on images (the paper's Fig. 8) and score maps (Fig. 5).
 
-Drawing functions return RGB uint8 arrays; `save_png` writes them atomically. `draw_pictures`
-draws the report's pictures of the first validation images and indexes them in figures.json
-(`ifcn viz --pictures`, the workflow's `figures` rule); `draw_image` draws one image's top
-proposals and score maps (`ifcn viz --image-id`); `draw_folder` the top proposals of every
-image of a proposals file, for photos without annotations (`ifcn viz --each`).
+Drawing functions return RGB uint8 arrays; `ifcn.reporting.plots.save_png` writes them
+atomically. `draw_pictures` draws the report's pictures of the first validation images and
+indexes them in figures.json (`ifcn viz --pictures`, the workflow's `figures` rule);
+`draw_image` draws one image's top proposals and score maps (`ifcn viz --image-id`);
+`draw_folder` the top proposals of every image of a proposals file, for photos without
+annotations (`ifcn viz --each`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import cv2
@@ -21,18 +20,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 from torchvision.ops import nms as box_nms
 
-from ifcn import atomic
-from ifcn.classify.targets import check_image_sets
-from ifcn.data.cocojson import read_image_table
 from ifcn.data.image import image_tensor, load_image, resize_image
+from ifcn.data.instances import read_image_table, read_instances
 from ifcn.errors import IfcnError
-from ifcn.evaluation.ground_truth import read_json
 from ifcn.model import load_model
-from ifcn.proposals.format import Proposals
+from ifcn.proposals.format import Proposals, check_image_sets
 from ifcn.proposals.inference import window_masks
+from ifcn.reporting.plots import save_png
 from ifcn.reporting.summaries import Picture, write_figures_index
 from ifcn.training.distributed import resolve_device
 from ifcn.windows import STRIDE, rank_windows, window_boxes
@@ -136,16 +132,6 @@ def draw_score_maps(
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB array as PNG through a temporary file (no partial picture on a crash)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise IfcnError("cannot encode the picture as PNG", path)
-    return atomic.write_bytes(path, data.tobytes())
-
-
 @torch.inference_mode()
 def score_map_picture(
     model: torch.nn.Module,
@@ -175,27 +161,14 @@ def score_map_picture(
 
 
 def _gt_rles(images_json: Path) -> tuple[dict[int, dict], dict[int, list[dict]]]:
-    """Images by id and each image's non-crowd object masks as compressed RLE."""
-    table = read_image_table(images_json)
-    data = read_json(images_json)
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    objects: dict[int, list[dict]] = {image_id: [] for image_id in table}
-    for ann in data.get("annotations", []):
-        if ann.get("iscrowd") or ann.get("image_id") not in objects:
-            continue
-        try:
-            rle = coco.annToRLE(ann)
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise IfcnError(
-                f"annotation {ann.get('id')}: unreadable segmentation", images_json
-            ) from None
-        if isinstance(rle["counts"], str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode()}
-        objects[ann["image_id"]].append(rle)
-    return table, objects
+    """Images by id and each image's non-crowd object masks as compressed RLE, in file order,
+    from the validated JSON."""
+    instances = read_instances(images_json)
+    objects: dict[int, list[dict]] = {image_id: [] for image_id in instances.images}
+    for ann in instances.annotations:
+        if not ann.get("iscrowd"):
+            objects[ann["image_id"]].append(instances.rle(ann))
+    return instances.image_table(), objects
 
 
 def pick_images(objects: dict[int, list], count: int) -> list[int]:

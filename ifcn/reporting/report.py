@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ifcn import atomic, paper
+from ifcn import paper
 from ifcn.provenance import run_provenance
 from ifcn.reporting.summaries import (
     Picture,
@@ -141,25 +141,6 @@ def _training_section(log: pd.DataFrame, plot: Path | None, out_dir: Path) -> li
     if plot is not None:
         lines += [_link(plot, out_dir, "training loss"), ""]
     return lines
-
-
-def plot_loss(log: pd.DataFrame, path: str | Path) -> Path:
-    """The loss terms of the training log against the iteration, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 3.6), dpi=110, layout="constrained")
-    ax = fig.subplots()
-    for column in (c for c in log.columns if c.startswith("loss")):
-        ax.plot(log["iteration"], log[column], label=column, lw=1.5 if column == "loss" else 1)
-    ax.set(xlabel="iteration", ylabel="loss", title="Training loss (eq. 1)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    FigureCanvasAgg(fig)
-    path = Path(path)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
 
 
 def _segm_section(segm: dict) -> list[str]:
@@ -348,7 +329,7 @@ def build_report(
     benchmarks: str | Path | None = None,
 ) -> str:
     """The Markdown text of the report (links relative to ``out``; ``loss_plot`` is linked,
-    `plot_loss` draws it)."""
+    `ifcn.reporting.plots.plot_loss` draws it)."""
     out_dir = Path(out).resolve().parent
     ar_path = Path(ar_path).resolve()
     lines = _describe_run(config)

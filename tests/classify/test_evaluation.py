@@ -16,6 +16,7 @@ from ifcn.classify.evaluation import evaluate_segm
 from ifcn.classify.metrics import voc_ap
 from ifcn.classify.prediction import mask_nms, select_detections
 from ifcn.cli import main as cli_main
+from ifcn.errors import IfcnError
 
 H, W = 60, 100
 
@@ -113,7 +114,10 @@ def test_no_results_give_zero_ap(tmp_path, gt_json):
     [
         ({"category_id": 9}, "category_id 9 is not in"),
         ({"image_id": 8}, "image_id 8 is not in"),
-        ({"score": "nan"}, "score is not a finite number"),
+        ({"score": "nan"}, "score 'nan' is not a finite number"),
+        ({"category_id": None}, "category_id None is not in the ground truth"),
+        ({"segmentation": {"size": [H, W], "counts": "0a"}}, "not COCO's compressed text"),
+        ({"segmentation": {"size": [H, W + 1], "counts": "0"}}, "RLE size [60, 101] but image 7"),
     ],
 )
 def test_results_the_gt_does_not_know_are_one_line_errors(
@@ -127,6 +131,15 @@ def test_results_the_gt_does_not_know_are_one_line_errors(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and message in err
     assert not out.exists()
+
+
+def test_a_result_without_category_is_refused(tmp_path, gt_json):
+    result = _result(1, _mask(0, 20), 0.9)
+    del result["category_id"]  # AR evaluation takes it, a classifier's AP cannot
+    path = tmp_path / "segm.json"
+    path.write_text(json.dumps([_result(1, _mask(40, 60), 0.8), result]))
+    with pytest.raises(IfcnError, match="result 1 has no category_id"):
+        evaluate_segm(gt_json, path)
 
 
 def test_mask_nms_keeps_the_best_of_overlapping_segments():

@@ -20,8 +20,9 @@ import scipy.io
 from PIL import Image
 
 from ifcn import cli
-from ifcn.data.cocojson import decode_rle, load_json
+from ifcn.data.jsonio import load_json
 from ifcn.data.overlap import require_disjoint
+from ifcn.data.rle import decode_rle
 from ifcn.errors import IfcnError
 
 ROOT = Path(__file__).resolve().parents[2]

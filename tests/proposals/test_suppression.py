@@ -9,7 +9,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from ifcn.data.coco import mask_boxes
+from ifcn.data.masks import mask_boxes
 from ifcn.proposals.candidates import CandidateWriter
 from ifcn.proposals.format import Proposals
 from ifcn.proposals.resample import masks_to_image, render, tight_boxes

@@ -17,7 +17,7 @@ import torch
 
 from ifcn.config import load_config
 from ifcn.criterion import build_criterion
-from ifcn.data.coco import CocoInstances
+from ifcn.data.dataset import CocoInstances
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from ifcn.training import checkpoint, distributed

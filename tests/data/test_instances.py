@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +15,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ifcn import cli
-from ifcn.data import cocojson
-from ifcn.data.coco import CocoInstances
-from ifcn.data.cocojson import (
-    MAX_PIXELS,
-    encode_mask,
-    read_instances,
-    rle_text_faults,
-    validate_instances,
-)
+from ifcn.data.dataset import CocoInstances
+from ifcn.data.instances import read_instances, validate_instances
+from ifcn.data.rle import MAX_PIXELS, encode_mask, rle_text_faults
 from ifcn.errors import IfcnError
 
 H, W = 20, 30
@@ -210,37 +206,6 @@ def test_corrupt_rle_text_is_what_pycocotools_decodes_into_an_impossible_mask():
     assert _covered(CORRUPT) != H * W
 
 
-def test_rle_texts_of_valid_masks_of_every_kind_decode_cleanly():
-    rng = np.random.default_rng(0)
-    texts, pixels = [], []
-    for k in range(200):
-        h, w = (int(v) for v in rng.integers(1, 90, 2))
-        mask = rng.random((h, w)) < rng.random()
-        mask = np.zeros_like(mask) if k % 5 == 0 else np.ones_like(mask) if k % 7 == 0 else mask
-        texts.append(encode_mask(mask)["counts"])
-        pixels.append(h * w)
-    assert rle_text_faults(texts, np.array(pixels)) == [None] * len(texts)
-
-
-def test_rle_texts_are_judged_the_same_whatever_batch_they_fall_in(monkeypatch):
-    rng = np.random.default_rng(1)
-    texts, pixels = [], []
-    for k in range(60):
-        h, w = (int(v) for v in rng.integers(5, 60, 2))
-        text = encode_mask(rng.random((h, w)) < 0.5)["counts"]
-        if k % 4 == 1:
-            text = text[:-1] + "~"  # a character outside '0'..'o'
-        elif k % 4 == 2:
-            text += "1"  # one run too many
-        texts.append(text)
-        pixels.append(h * w)
-    whole = rle_text_faults(texts, np.array(pixels))
-    assert sum(f is not None for f in whole) == 30
-    for chars in (1, 50, 400):  # one text per batch, texts split across batches, a few batches
-        monkeypatch.setattr(cocojson, "RLE_BATCH_CHARS", chars)
-        assert rle_text_faults(texts, np.array(pixels)) == whole
-
-
 def test_tolerated_quirks_are_counted_not_refused():
     data = dataset()
     data["images"][0]["file_name"] = "sub\\a.png"
@@ -338,6 +303,27 @@ def test_evaluation_refuses_it_as_ground_truth(bad_file, tmp_path, capsys):
     assert not out.parent.exists()
 
 
+@pytest.mark.parametrize(
+    "bad_file", ["D10 huge coordinate", "D3 corrupt RLE counts"], indirect=True
+)
+def test_classify_evaluation_refuses_it_as_ground_truth(bad_file, tmp_path):
+    """In a process of its own, with a timeout: pycocotools given the raw file segfaults on the
+    huge vertex, and reads a corrupt RLE past its buffer."""
+    path, expected = bad_file
+    results = tmp_path / "results.json"
+    results.write_text("[]")
+    out = tmp_path / "eval" / "segm_eval.json"
+    argv = ["classify", "evaluate", "--gt", str(path), "--results", str(results), "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "ifcn", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ifcn classify evaluate: error: {path}: ")
+    assert expected in lines[0]
+    assert not out.parent.exists()
+
+
 def test_a_converted_json_is_validated_before_it_is_written(tmp_path):
     from ifcn.data.convert import write_converted
     from ifcn.data.formats import Converted
@@ -366,62 +352,6 @@ def test_workers_below_one_is_a_one_line_error(tmp_path, capsys, stage, workers)
     err = capsys.readouterr().err.strip()
     assert err == f"ifcn data {stage}: error: --workers must be at least 1, got {workers}"
     assert not out.parent.exists()
-
-
-# --- the results JSON door: parsed in parts, the same columns -------------------------------
-
-
-def _results(n: int) -> list[dict]:
-    rng = np.random.default_rng(1)
-    out = []
-    for k in range(n):
-        mask = rng.random((H, W)) < 0.3
-        rle = encode_mask(mask)
-        out.append({"image_id": 1 + k % 3, "category_id": 1, "segmentation": rle, "score": k / n})
-    return out
-
-
-@pytest.mark.parametrize(
-    "layout",
-    ["spaced", "lines", "compact", "nested"],
-)
-def test_results_parsed_in_parts_equal_the_whole(tmp_path, monkeypatch, layout):
-
-    results = _results(40)
-    if layout == "nested":  # a seam inside a result: the part is not JSON, the file is read whole
-        for r in results:
-            r["extra"] = [{"a": 1}, {"b": 2}]
-    text = {
-        "spaced": json.dumps(results),
-        "lines": "[\n" + ",\n".join(map(json.dumps, results)) + "\n]\n",
-        "compact": json.dumps(results, separators=(",", ":")),
-        "nested": json.dumps(results),
-    }[layout]
-    path = tmp_path / "results.json"
-    path.write_text(text)
-    sizes = {i: (H, W) for i in (1, 2, 3)}
-    whole = cocojson.read_results(path, sizes, [1], workers=1)
-    monkeypatch.setattr(cocojson, "PARALLEL_PARSE_BYTES", 0)
-    for workers in (2, 3, 7):
-        parts = cocojson.read_results(path, sizes, [1], workers=workers)
-        for key in ("image_id", "score", "category_rank"):
-            np.testing.assert_array_equal(getattr(parts, key), getattr(whole, key))
-        rows = np.arange(len(results))
-        assert parts.counts(rows) == whole.counts(rows) and parts.raw[:] == path.read_bytes()
-    want = [results[k]["segmentation"]["counts"].encode() for k in (0, 5)]
-    assert whole.counts(np.array([0, 5])) == want
-
-
-def test_a_bad_result_is_named_when_the_file_is_parsed_in_parts(tmp_path, monkeypatch):
-    from ifcn.data import cocojson
-
-    results = _results(40)
-    results[33]["image_id"] = 1.7
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps(results))
-    monkeypatch.setattr(cocojson, "PARALLEL_PARSE_BYTES", 0)
-    with pytest.raises(IfcnError, match="result 33: image_id 1.7 is not an integer"):
-        cocojson.read_results(path, {i: (H, W) for i in (1, 2, 3)}, [1], workers=2)
 
 
 def test_collecting_does_not_repeat_a_refused_image_for_each_of_its_annotations():

@@ -11,8 +11,9 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from ifcn.data.coco import CocoInstances, collate_single, mask_boxes
+from ifcn.data.dataset import CocoInstances, collate_single
 from ifcn.data.image import IMAGENET_MEAN, IMAGENET_STD, load_image, resize_image, resized_shape
+from ifcn.data.masks import mask_boxes
 from ifcn.data.synth import generate_dataset
 from ifcn.errors import IfcnError
 

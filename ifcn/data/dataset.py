@@ -8,8 +8,6 @@ reproducible bit for bit.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,22 +16,11 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_utils
 import torch
-from pycocotools.coco import COCO
 
-from ifcn.data.cocojson import read_instances, segmentation_to_rle
 from ifcn.data.image import image_tensor, load_image, resize_image, resize_masks
+from ifcn.data.instances import read_instances
+from ifcn.data.masks import mask_boxes
 from ifcn.errors import IfcnError
-
-
-def mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """[N, 4] float32 tight xyxy boxes of [N, H, W] masks; x1, y1 exclusive (last index + 1)."""
-    if masks.shape[0] == 0:
-        return np.zeros((0, 4), np.float32)
-    cols, rows = masks.any(1), masks.any(2)
-    x0, y0 = cols.argmax(1), rows.argmax(1)
-    x1 = masks.shape[2] - cols[:, ::-1].argmax(1)
-    y1 = masks.shape[1] - rows[:, ::-1].argmax(1)
-    return np.stack([x0, y0, x1, y1], 1).astype(np.float32)
 
 
 def _decoded_size(path: Path) -> tuple[int, int]:
@@ -65,18 +52,7 @@ class CocoInstances(torch.utils.data.Dataset):
         instances = read_instances(self.json_path)
         if not instances.images:
             raise IfcnError("the image list is empty", json_path)
-        for ann in instances.annotations:
-            height, width = instances.image_size(ann["image_id"])
-            ann["segmentation"] = segmentation_to_rle(ann["segmentation"], height, width)
-            ann["iscrowd"] = int(bool(ann.get("iscrowd", 0)))
-        self.coco = COCO()
-        self.coco.dataset = {
-            "images": list(instances.images.values()),
-            "annotations": instances.annotations,
-            "categories": list(instances.categories.values()),
-        }
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco.createIndex()
+        self.coco = instances.coco()
         self.image_ids: list[int] = sorted(instances.images)
         for image_id in self.image_ids:
             path = self.image_path(image_id)
