@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ifcn.classify.model import KIND, build_classifier, load_backbone_from
 from ifcn.classify.targets import RoiSamples, category_table, check_image_sets
+from ifcn.config import retrain_neutral
 from ifcn.data.coco import CocoInstances
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals
@@ -28,18 +29,9 @@ from ifcn.training import checkpoint, distributed, engine
 from ifcn.training.engine import build_lr_lambda
 
 LOG_COLUMNS = ["iteration", "loss", "accuracy", "num_fg", "num_bg", "lr", "seconds"]
-# classify keys that change neither the weights nor the data order, or only matter at prediction:
-# a run may resume under new values of these.
-RESUME_NEUTRAL = (
-    "workers",
-    "log_period",
-    "checkpoint_period",
-    "keep_checkpoints",
-    "test_scale",
-    "score_threshold",
-    "nms_iou",
-    "detections_per_image",
-)
+# classify keys that change neither the weights nor the data order (those of prediction among
+# them): a run may resume under new values of these.
+RESUME_NEUTRAL = retrain_neutral("classify")
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -104,13 +96,11 @@ def run_training(
     init_from: str | Path | None = None,
     resume: str | None = None,
     device_name: str = "auto",
-    workers: int | None = None,
     show_progress: bool = True,
 ) -> Path:
     """Train the classifier; return the path of model_final.pt. IfcnError on bad input."""
     out_dir = engine.output_folder(out_dir)
     cfg = config["classify"]
-    engine.worker_count(workers, cfg["workers"])
     info, device = distributed.init_distributed_mode(device_name)
     images = CocoInstances(
         gt_path,
@@ -163,7 +153,6 @@ def run_training(
             info,
             device,
             resume=resume_from,
-            workers=workers,
             extras={"kind": KIND, "config": config, "categories": categories},
             log_name="classify_log.csv",
             log_columns=LOG_COLUMNS,

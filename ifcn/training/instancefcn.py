@@ -92,14 +92,12 @@ def run_training(
     resume: str | None = None,
     device_name: str = "auto",
     amp: str | None = None,
-    workers: int | None = None,
     show_progress: bool = True,
     cudnn_benchmark: bool = False,
 ) -> Path:
     """Train and return the path of model_final.pt. Raises IfcnError on bad input or faults."""
     out_dir = engine.output_folder(out_dir)
     train_cfg = config["train"]
-    engine.worker_count(workers, train_cfg["workers"])
     info, device = distributed.init_distributed_mode(device_name)
     amp_dtype = _amp_dtype(amp, device)
 
@@ -153,7 +151,6 @@ def run_training(
         info,
         device,
         resume=resume_from,
-        workers=workers,
         extras={"kind": checkpoint.PROPOSAL_MODEL, "config": config},
         postfix={"loss": "loss", "pos": "num_pos"},
         desc="train",
