@@ -104,7 +104,7 @@ def test_ap_at_0_5_and_0_7_match_the_hand_computed_values(tmp_path, gt_json, cap
 def test_no_results_give_zero_ap(tmp_path, gt_json):
     path = tmp_path / "segm.json"
     path.write_text("[]")
-    summary = evaluate_segm(gt_json, path)
+    summary = evaluate_segm(gt_json, path, "coco")
     assert summary["mAP@0.5"] == 0.0 and summary["mAP@0.7"] == 0.0
 
 
