@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from ifcn.config import load_config
+from ifcn.data.datasets import convert_request
 from ifcn.proposals.format import Proposals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,7 +260,10 @@ def test_own_coco_export_plans_every_output_under_the_run(tmp_path):
     for path in outputs:
         assert path.startswith(("resources/mine/", "results/mine/")), path
     assert "resources/mine/train.json" in outputs and "resources/mine/valid.json" in outputs
-    assert f"--root {export} --split valid" in result.stdout
+    # the registry turns the run's val split into the export's own `valid`
+    assert "ifcn data convert --config results/mine/config.yaml --split val" in result.stdout
+    request = convert_request(load_config(work / "results/mine/config.yaml")["data"], "val")
+    assert (request["fmt"], request["root"], request["split"]) == ("coco", str(export), "valid")
     assert f"--image-root {export}/valid" in result.stdout
     # what the dataset needs is required, and the error names the key and the file
     del config["data"]["source"]

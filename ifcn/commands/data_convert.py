@@ -84,6 +84,9 @@ def _request(args: argparse.Namespace) -> tuple[dict, Path]:
     if args.split not in SPLITS:
         raise IfcnError(f"with --config, --split is train or val, not {args.split!r}")
     request = convert_request(config["data"], args.split)
+    request["root"] = Path(request["root"])
+    if request["image_list"] is not None:
+        request["image_list"] = Path(request["image_list"])
     if args.first_n is not None:
         request["first_n"] = config["data"]["first_n"]
     return request, args.out or Path(config["data"][f"{args.split}_json"])

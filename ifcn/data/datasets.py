@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ifcn.errors import IfcnError
@@ -144,8 +143,9 @@ def dataset_paths(data: Mapping[str, Any], run: str) -> dict[str, str]:
 
 
 def convert_request(data: Mapping[str, Any], split: str) -> dict[str, Any]:
-    """Keyword arguments of `ifcn.data.convert.convert` that make the ``split`` JSON of
-    ``data``'s dataset (``data`` with its paths derived, as a validated config holds it)."""
+    """What `ifcn data convert` does to make the ``split`` JSON of ``data``'s dataset (``data``
+    with its paths derived, as a validated config holds it): the format, the dataset folder,
+    the dataset's split name or the list file naming its images, and first_n."""
     entry = dataset(data["dataset"])
     if entry.format is None:
         raise IfcnError(
@@ -153,14 +153,14 @@ def convert_request(data: Mapping[str, Any], split: str) -> dict[str, Any]:
         )
     request: dict[str, Any] = {
         "fmt": entry.format,
-        "root": Path(_fill(entry.convert_root, data, split)),
+        "root": _fill(entry.convert_root, data, split),
         "split": split_name(data, split),
         "image_list": None,
         "first_n": None,
     }
     if entry.image_list is not None:
         request["split"] = None
-        request["image_list"] = Path(_fill(entry.image_list, data, split))
+        request["image_list"] = _fill(entry.image_list, data, split)
     if entry.format == "coco" and split == "val":
         request["first_n"] = data["first_n"]
     return request

@@ -65,8 +65,8 @@ def infer_scaled(
     model: nn.Module,
     inputs: Sequence[tuple[Tensor, float]],
     m: int,
-    k: int | None = None,
-    pre_nms_topk: int = 1000,
+    k: int | None,
+    pre_nms_topk: int,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Candidates of one image from its `scaled_inputs`, best window first within each scale:
@@ -109,9 +109,9 @@ def infer_image(
     image: np.ndarray,
     scales: Sequence[int],
     m: int,
-    k: int | None = None,
-    max_size: int | None = None,
-    pre_nms_topk: int = 1000,
+    k: int | None,
+    max_size: int | None,
+    pre_nms_topk: int,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Candidates of one RGB uint8 image over all scales (`infer_scaled` of its inputs)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from ifcn import cli
@@ -78,9 +76,9 @@ def test_each_split_converts_as_the_dataset_says(name):
     fmt, root, split, image_list, limited = CONVERSIONS[name]
     for which in ("train", "val"):
         request = convert_request(config["data"], which)
-        assert request["fmt"] == fmt and request["root"] == Path(root)
+        assert request["fmt"] == fmt and request["root"] == root
         assert request["split"] == (split and split.format(which))
-        assert request["image_list"] == (image_list and Path(image_list.format(which)))
+        assert request["image_list"] == (image_list and image_list.format(which))
         assert request["first_n"] == (5 if limited and which == "val" else None)
 
 

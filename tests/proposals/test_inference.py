@@ -120,7 +120,7 @@ def test_the_deepmask_head_stores_its_own_mask_side():
     torch.manual_seed(0)
     model = build_model({"backbone": "tiny", "head": "deepmask", "m": 7, "head_channels": 8})
     image = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
-    found = infer_image(model.eval(), image, [40], m=7, pre_nms_topk=4)
+    found = infer_image(model.eval(), image, [40], 7, None, None, 4)
     assert found["stored_masks"].shape == (4, 56, 56) and "maps" not in found
     result = nms_image(ImageCandidates(1, "a", 40, 48, **found), settings("nms", top_n=2))
     assert len(result["rles"]) <= 2
@@ -135,7 +135,7 @@ def test_rank_windows_keeps_all_cells_of_a_small_map():
 def test_windows_of_each_scale_have_boxes_in_original_pixels():
     oracle = OracleFCN(_touching_squares(), k=3, m=7)
     image = np.zeros((192, 256, 3), dtype=np.uint8)
-    found = infer_image(oracle, image, [96, 192, 288], m=7, k=3, pre_nms_topk=5)
+    found = infer_image(oracle, image, [96, 192, 288], 7, 3, None, 5)
     record = ImageCandidates(1, "a", 192, 256, **found)
     sides = record.boxes[:, 2] - record.boxes[:, 0]
     for index, scale in enumerate([0.5, 1.0, 1.5]):

@@ -86,24 +86,14 @@ def trained_by(section):
     return lambda w: config_json(training_settings(_folder_config(w), section))
 
 
-def convert_settings(split):
-    """The rerun trigger of a conversion: what `ifcn data convert --config` will do."""
-    return config_json(
-        {key: str(value) for key, value in convert_request(DATA, split).items()}
-    )
-
-
 def parent_of_output(name):
     """Input function: the folder of output ``name`` (for CLIs that take an output folder)."""
     return lambda wildcards, output: os.path.dirname(output[name])
 
 
-def split_json(wildcards):
-    return DATA[f"{wildcards.split}_json"]
-
-
-def split_images(wildcards):
-    return DATA[f"{wildcards.split}_images"]
+def split_data(kind):
+    """Input function: the ``json`` or ``images`` of the split (data.train_json, ...)."""
+    return lambda wildcards: DATA[f"{wildcards.split}_{kind}"]
 
 
 def shard_files(wildcards):
@@ -127,16 +117,14 @@ def download_flag(name):
     return f"{DATA['root']}/.download-{name}.done"
 
 
-def ablation_tables(wildcards):
-    """The ablation tables the report shows (report.ablations)."""
-    tables = TABLES if config["report"]["ablations"] else []
-    return [result(f"ablation_{table}.csv") for table in tables]
-
-
 def report_ablations(wildcards):
-    """The report's `--ablation-<table> CSV` arguments, one list item each (quoted by `:q`)."""
+    """The report's `--ablation-<table> CSV` arguments (report.ablations), quoted by `:q`."""
     tables = TABLES if config["report"]["ablations"] else []
     return [a for t in tables for a in (f"--ablation-{t}", result(f"ablation_{t}.csv"))]
+
+
+def ablation_tables(wildcards):
+    return report_ablations(wildcards)[1::2]
 
 
 def picture_files():
@@ -155,11 +143,6 @@ def predict_images(wildcards):
         what = "not a folder" if images else "missing: --config predict='{images: DIR}'"
         raise IfcnError(f"predict.images (your photos) is {what}", CONFIG_FILES[-1])
     return images
-
-
-def predict_checkpoint(wildcards):
-    """predict.checkpoint, or the run's own trained model."""
-    return config["predict"]["checkpoint"] or result("train/model_final.pt")
 
 
 def predict_outputs(wildcards):

@@ -75,7 +75,7 @@ else:
                 runtime=240,
             params:
                 split=split,
-                settings=convert_settings(split),
+                settings=config_json(convert_request(DATA, split)),
             shell:
                 "ifcn data convert --config {input.config:q} --split {params.split:q}"
                 " --workers {threads} --out {output:q} > {log:q} 2>&1"

@@ -4,7 +4,7 @@
 
 rule evaluate:
     input:
-        gt=split_json,
+        gt=split_data("json"),
         proposals="{folder}/{split}/proposals.h5",
         config=run_config_file,
     output:

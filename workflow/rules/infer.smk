@@ -5,7 +5,7 @@
 rule infer:
     input:
         model="{folder}/train/model_final.pt",
-        images=split_json,
+        images=split_data("json"),
         config=run_config_file,
     output:
         temp("{folder}/{split}/shards/candidates-{shard}.h5"),
@@ -21,7 +21,7 @@ rule infer:
         runtime=240,
         gpu=0,
     params:
-        image_root=split_images,
+        image_root=split_data("images"),
         shards=config["infer"]["shards"],
         settings=settings("model", "infer"),
     shell:

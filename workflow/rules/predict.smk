@@ -5,7 +5,8 @@
 
 rule predict_infer:
     input:
-        model=predict_checkpoint,
+        # predict.checkpoint, or the run's own trained model
+        model=config["predict"]["checkpoint"] or result("train/model_final.pt"),
         config=run_config_file,
     output:
         temp(result("predict/candidates.h5")),
