@@ -162,6 +162,13 @@ def test_voc_region_ap_is_the_area_under_the_hand_computed_pr_curve(tmp_path, gt
     assert summary["mAP@0.5"] == pytest.approx((ap1 + 1) / 2)
     assert summary["ap"] == "voc" and "region AP" in summary["ap_protocol"]
     assert "SDS region AP" in capsys.readouterr().out
+    # the protocol is the run's config's classify.ap (the workflow passes only --config)
+    config = tmp_path / "config.yaml"
+    config.write_text("classify: {ap: voc}\n")
+    assert cli_main([*args, str(tmp_path / "b.json"), "--config", str(config)]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["mAP@0.5"] == summary["mAP@0.5"]
+    assert cli_main([*args, str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["ap"] == "coco"  # the schema's default
 
 
 def test_voc_takes_each_results_best_mask_where_coco_falls_back_to_the_next(tmp_path):
