@@ -248,9 +248,14 @@ def config_option(
     parser.add_argument("--config", required=required, help=help)
 
 
+class _FromConfig:
+    def __repr__(self) -> str:
+        return "FROM_CONFIG"
+
+
 # The `const` of an `override_option` flag given without a value (``nargs="?"``): take the
-# value from the config.
-FROM_CONFIG = "from the config"
+# value from the config. Not a string: argparse would read a string const with the flag's type.
+FROM_CONFIG = _FromConfig()
 
 
 def override_option(

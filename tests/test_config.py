@@ -327,3 +327,14 @@ def test_run_configs_are_written_once_and_a_dry_run_leaves_one_alone(tmp_path):
     assert (folder / "config.yaml").read_text() == text
     assert write_run_config(other, folder, ["a.yaml"])
     assert load_config(folder / "config.yaml")["nms"]["iou"] == 0.5
+
+
+def test_a_flag_given_without_its_value_takes_the_configs(tmp_path):
+    from ifcn.commands import viz
+
+    path = tmp_path / "run.yaml"
+    path.write_text("report: {pictures: 4}\n")
+    parser = viz.get_args_parser()
+    argv = ["--config", str(path), "--out", "o", "--pictures"]
+    assert command_config(parser.parse_args(argv))["report"]["pictures"] == 4
+    assert command_config(parser.parse_args([*argv, "2"]))["report"]["pictures"] == 2
