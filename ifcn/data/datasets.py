@@ -1,13 +1,14 @@
 """The datasets a run can name in ``data.dataset``: one entry each, as detectron2's
 ``data/datasets/builtin.py`` lists its predefined splits.
 
-An entry says which archive sets `ifcn data download` fetches into ``data.root`` (the archives
-themselves, with URLs and checksums, are `ifcn.data.download.DATASETS`), how each split is
-converted by `ifcn data convert`, where the converted JSON files and the images lie, and what the
-config must name because no default can stand in for it. The schema's ``data.dataset`` enum
+An entry says which archive sets of `ARCHIVES` (URLs and checksums) `ifcn data download`
+fetches into ``data.root``, how each split is converted by `ifcn data convert`, where the
+converted JSON files and the images lie, and what the config must name because no default can
+stand in for it. The schema's ``data.dataset`` enum
 lists the same names (a test checks), the workflow plans downloads and conversions from here,
 and config/README.md's dataset table is generated from here. Adding a dataset is one entry here
-(and a converter in `ifcn.data.formats` if its format is new).
+(with its archives, if it downloads any), its name in the schema's enum, and a converter in
+`ifcn.data.formats` if its format is new.
 
 Path templates are filled from the ``data`` section: ``{root}``, ``{source}``, ``{train_split}``,
 ``{val_split}``, and ``{split}`` for the dataset's own name of the split at hand.
@@ -26,11 +27,106 @@ SPLITS = ("train", "val")  # the run's two splits: training and evaluation image
 
 
 @dataclass(frozen=True)
+class Archive:
+    """One archive: tried at each URL in turn; done once every path in `provides` exists."""
+
+    filename: str
+    urls: tuple[str, ...]
+    checksum: str  # "<algorithm>:<hex digest>", e.g. "md5:6cd6e1..."
+    provides: tuple[str, ...]
+
+
+_COCO = "http://images.cocodataset.org"
+_VOC = "VOCdevkit/VOC2012"
+_SBD = "benchmark_RELEASE/dataset"
+
+# Archive sets: official locations and the checksums recorded for them (docs/datasets.md gives
+# the sources of the checksums). A dataset downloads the sets its entry names.
+ARCHIVES: dict[str, tuple[Archive, ...]] = {
+    "voc2012": (
+        Archive(
+            "VOCtrainval_11-May-2012.tar",
+            (
+                "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+                "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+            ),
+            "md5:6cd6e144f989b92b3379bac3b3de84fd",
+            (
+                f"{_VOC}/JPEGImages",
+                f"{_VOC}/SegmentationObject",
+                f"{_VOC}/SegmentationClass",
+                f"{_VOC}/ImageSets/Segmentation/val.txt",
+            ),
+        ),
+    ),
+    "sbd": (
+        Archive(
+            "benchmark.tgz",
+            (
+                "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
+                "semantic_contours/benchmark.tgz",
+            ),
+            "md5:82b4d87ceb2ed10f6038a1cba92111cb",
+            (f"{_SBD}/img", f"{_SBD}/inst", f"{_SBD}/cls", f"{_SBD}/train.txt", f"{_SBD}/val.txt"),
+        ),
+    ),
+    "coco2014": (
+        Archive(
+            "annotations_trainval2014.zip",
+            (f"{_COCO}/annotations/annotations_trainval2014.zip",),
+            "md5:0a379cfc70b0e71301e0f377548639bd",
+            ("annotations/instances_train2014.json", "annotations/instances_val2014.json"),
+        ),
+        Archive(
+            "val2014.zip",
+            (f"{_COCO}/zips/val2014.zip",),
+            "md5:a3d79f5ed8d289b7a7554ce06a5782b3",
+            ("val2014",),
+        ),
+        Archive(
+            "train2014.zip",
+            (f"{_COCO}/zips/train2014.zip",),
+            "md5:0da8c0bd3d6becc4dcb32757491aca88",
+            ("train2014",),
+        ),
+    ),
+    "coco2017": (
+        Archive(
+            "annotations_trainval2017.zip",
+            (f"{_COCO}/annotations/annotations_trainval2017.zip",),
+            "md5:f4bbac642086de4f52a3fdda2de5fa2c",
+            ("annotations/instances_train2017.json", "annotations/instances_val2017.json"),
+        ),
+        Archive(
+            "val2017.zip",
+            (f"{_COCO}/zips/val2017.zip",),
+            "md5:442b8da7639aecaf257c1dceb8ba8c80",
+            ("val2017",),
+        ),
+        Archive(
+            "train2017.zip",
+            (f"{_COCO}/zips/train2017.zip",),
+            "md5:cced6f7f71b7629ddf16f17bbcfab6b2",
+            ("train2017",),
+        ),
+    ),
+    "pennfudan": (
+        Archive(
+            "PennFudanPed.zip",
+            ("https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip",),
+            "md5:5aaa3dee905cef73325923716e38fc6d",
+            ("PennFudanPed/PNGImages", "PennFudanPed/PedMasks"),
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Dataset:
     """How one dataset is fetched, converted and laid out."""
 
     description: str
-    # archive sets of ifcn.data.download.DATASETS unpacked into data.root, in order
+    # archive sets of ARCHIVES unpacked into data.root, in order
     downloads: tuple[str, ...]
     # `ifcn data convert --format`; None: generated by `ifcn data synth` instead
     format: str | None
@@ -46,7 +142,7 @@ class Dataset:
     needs: Mapping[str, str] = field(default_factory=dict)
 
 
-_SBD = "{root}/benchmark_RELEASE/dataset"
+_SBD_ROOT = "{root}/" + _SBD
 
 REGISTRY: dict[str, Dataset] = {
     "synthetic": Dataset(
@@ -61,16 +157,16 @@ REGISTRY: dict[str, Dataset] = {
         "(Main/val.txt) for evaluation; they share no image",
         downloads=("voc2012", "sbd"),
         format="sbd",
-        images=f"{_SBD}/img",
-        convert_root=_SBD,
+        images=f"{_SBD_ROOT}/img",
+        convert_root=_SBD_ROOT,
         image_list="{root}/VOCdevkit/VOC2012/ImageSets/Main/{split}.txt",
     ),
     "sbd": Dataset(
         "SBD's own train/val split",
         downloads=("sbd",),
         format="sbd",
-        images=f"{_SBD}/img",
-        convert_root=_SBD,
+        images=f"{_SBD_ROOT}/img",
+        convert_root=_SBD_ROOT,
     ),
     "coco2014": Dataset(
         "MS COCO 2014 (§4.2): train2014, evaluated on val2014 (the first data.first_n ids)",
