@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ifcn.config import defaults
 from ifcn.data.synth import generate_dataset
 from tests.configs import ROOT, write_config
 
@@ -16,7 +17,7 @@ def tiny_data(tmp_path_factory) -> Path:
     """The dataset of config/tiny.yaml, generated once per session."""
     synth = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())["data"]["synth"]
     out = tmp_path_factory.mktemp("tiny_data")
-    generate_dataset(out, **synth)
+    generate_dataset(out, defaults("data.synth") | synth)
     return out
 
 

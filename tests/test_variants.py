@@ -15,10 +15,17 @@ import yaml
 
 from ifcn.commands import ablation
 from ifcn.commands.ablation import parse_setting
-from ifcn.config import load_config, validate_config
+from ifcn.config import load_config, set_keys, validate_config
 from ifcn.errors import IfcnError
 from ifcn.reporting.ablation import ablation_table
-from ifcn.variants import HEAD_VARIANTS, K_VARIANTS, apply_overrides, variant_config
+from ifcn.variants import (
+    HEAD_VARIANTS,
+    K_VARIANTS,
+    VARIANTS,
+    apply_overrides,
+    plan_ablations,
+    variant_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +74,33 @@ def test_a_variant_config_overrides_only_its_keys():
     assert variant_config(base, "instancefcn-full") == variant_config(base, "k=5") == base
     with pytest.raises(IfcnError, match="unknown ablation variant"):
         variant_config(base, "k=9")
+
+
+def test_variants_equal_to_the_run_reuse_its_ar_and_the_others_train_in_their_folders():
+    base = validate_config({"run": "mine"})  # k=5, instancefcn, full images
+    plan = plan_ablations(base, "results/mine")
+    trained = ["k=1", "k=3", "k=7", "instancefcn-crop", "deepmask-crop", "deepmask-full"]
+    assert list(plan.folders) == ["results/mine"] + [f"results/mine/ablation/{v}" for v in trained]
+    assert plan.folders["results/mine"] is base
+    for variant in VARIANTS:
+        home = "results/mine" if variant in ("k=5", "instancefcn-full") else None
+        home = home or f"results/mine/ablation/{variant}"
+        assert plan.ar_files[variant] == f"{home}/val/ar.json"
+        assert plan.folders[home] == variant_config(base, variant)
+
+
+def test_variants_equal_to_each_other_share_the_first_ones_folder():
+    # a run on crops with k = 3: k=3 differs from it (full images), instancefcn-crop does not
+    base = validate_config({"run": "mine", "model": {"k": 3}, "train": {"crop": 224}})
+    plan = plan_ablations(base, "results/mine")
+    assert plan.ar_files["instancefcn-crop"] == "results/mine/val/ar.json"
+    # k=3 (k 3, full images) and instancefcn-full (the run's k 3, full images) are one model
+    assert plan.ar_files["k=3"] == plan.ar_files["instancefcn-full"]
+    assert plan.ar_files["k=3"] == "results/mine/ablation/k=3/val/ar.json"
+    assert "results/mine/ablation/instancefcn-full" not in plan.folders
+    # settings outside what decides the AR (the classifier's) do not split folders
+    other = plan_ablations(set_keys(base, {"classify.iters": 7}), "results/mine")
+    assert other.ar_files == plan.ar_files
 
 
 def test_overrides_are_validated():

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ifcn.classify.metrics import DESCRIPTION, PROTOCOLS, average_precisions
+from ifcn.classify.metrics import DESCRIPTION, average_precisions
 from ifcn.data.instances import Instances, read_instances
 from ifcn.data.results import read_results
 from ifcn.errors import IfcnError
@@ -63,15 +63,14 @@ def read_detections(path: Path, instances: Instances) -> list[dict]:
 def evaluate_segm(
     gt_path: str | Path,
     results_path: str | Path,
+    ap: str,
     max_dets: int = 100,
     first_n: int | None = None,
-    ap: str = "coco",
 ) -> dict[str, Any]:
     """mAP@0.5, mAP@0.7 and AP per category (None where a category has no GT object) under
-    the protocol ``ap`` (``voc``: SDS region AP; ``coco``: COCOeval)."""
+    the protocol ``ap`` (config classify.ap; ``voc``: SDS region AP; ``coco``: COCOeval),
+    counting ``max_dets`` results per image of the first ``first_n`` image ids (all: None)."""
     gt_path, results_path = Path(gt_path), Path(results_path)
-    if ap not in PROTOCOLS:
-        raise IfcnError(f"unknown AP protocol {ap!r}; choose one of {', '.join(PROTOCOLS)}")
     if max_dets < 1:
         raise IfcnError("--max-dets must be positive")
     instances = read_instances(gt_path)
@@ -79,8 +78,6 @@ def evaluate_segm(
     gt = instances.coco()
     image_ids = sorted(gt.getImgIds())
     if first_n is not None:
-        if first_n < 1:
-            raise IfcnError("--first-n must be positive")
         image_ids = image_ids[:first_n]
     aps = average_precisions(ap, gt, results, image_ids, IOU_THRESHOLDS, max_dets)
     per_category = []

@@ -29,7 +29,6 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-PROTOCOLS = ("voc", "coco")
 DESCRIPTION = {
     "voc": "SDS region AP (AP^r): VOC area under the precision-recall curve",
     "coco": "COCO AP (pycocotools COCOeval, 101-point interpolated precision)",

@@ -6,10 +6,10 @@ go through greedy mask NMS (pycocotools mask IoU above `nms_iou` suppresses the 
 and the best `detections_per_image` over all classes are kept. The output is a COCO segm
 results JSON: `image_id`, `category_id`, `segmentation` (compressed RLE, counts as str) and
 `score`, with no `bbox` key (`COCO.loadRes` would then take the box path and overwrite each
-result's area with its box's). Settings come from the checkpoint's config unless overridden.
-Images are decoded and resized, and the proposals' masks resized to the RoI grids, in
-DataLoader workers (`--workers`, classify.workers; pinned memory on CUDA), so the network does
-not wait for them.
+result's area with its box's). The prediction settings (`ifcn.config.prediction_keys`) come
+from the run's config, the classifier and its image sizes from its checkpoint. Images are
+decoded and resized, and the proposals' masks resized to the RoI grids, in DataLoader workers
+(classify.workers; pinned memory on CUDA), so the network does not wait for them.
 
 The command `ifcn classify predict` is `ifcn.commands.classify_predict`.
 """
@@ -25,6 +25,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
 from ifcn.classify.model import KIND, ProposalClassifier, build_classifier, roi_inputs
+from ifcn.config import prediction_keys
 from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.data.instances import read_image_table
 from ifcn.data.jsonio import load_json, write_json_atomic
@@ -32,16 +33,6 @@ from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
 from ifcn.proposals.format import Proposals, ProposalsPerProcess, check_image_sets
 from ifcn.training import checkpoint
-from ifcn.training.distributed import resolve_device
-
-OVERRIDABLE = (
-    "top_n",
-    "test_scale",
-    "score_threshold",
-    "nms_iou",
-    "detections_per_image",
-    "workers",
-)
 
 
 def mask_nms(rles: list[dict], scores: np.ndarray, iou: float) -> np.ndarray:
@@ -176,33 +167,28 @@ class PredictionInputs(Dataset):
 
 
 def run_prediction(
+    model: ProposalClassifier,
+    state: dict,
     checkpoint_path: str | Path,
     proposals_path: str | Path,
     images_json: str | Path,
     out: str | Path,
+    config: Mapping,
     image_root: str | Path | None = None,
-    overrides: dict | None = None,
-    device_name: str = "auto",
     show_progress: bool = True,
 ) -> int:
-    """Write the COCO segm results of the images' proposals to `out`; return their number."""
-    device = resolve_device(device_name)
-    model, state = load_classifier(checkpoint_path, device)
-    cfg = {
-        **state["config"]["classify"],
-        **{k: v for k, v in (overrides or {}).items() if v is not None},
-    }
-    for key in ("top_n", "test_scale", "detections_per_image"):
-        if int(cfg[key]) < 1:
-            raise IfcnError(f"{key} must be positive, not {cfg[key]}")
-    if int(cfg["workers"]) < 0:
-        raise IfcnError(f"workers must be 0 or more, not {cfg['workers']}")
-    if not 0 <= cfg["nms_iou"] <= 1:
-        raise IfcnError(f"nms_iou must lie in [0, 1], not {cfg['nms_iou']}")
+    """Write the COCO segm results of the images' proposals to `out`; return their number.
+
+    ``model`` and ``state`` are `load_classifier`'s; the prediction settings and the default
+    image folder (``data.val_images``) are the run's ``config``'s.
+    """
+    device = next(model.parameters()).device
+    predicting = {key: config["classify"][key] for key in prediction_keys()}
+    cfg = {**state["config"]["classify"], **predicting}
     categories = state["categories"]
     table = read_image_table(images_json)
     check_categories(categories, images_json, checkpoint_path)
-    root = Path(image_root or state["config"]["data"]["val_images"])
+    root = Path(image_root or config["data"]["val_images"])
     with Proposals(proposals_path) as proposals:
         check_image_sets(proposals, table, images_json)
     inputs = PredictionInputs(

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ifcn.classify.model import KIND, build_classifier, proposal_backbone, set_backbone
 from ifcn.classify.targets import RoiSamples, category_table
+from ifcn.config import retrain_neutral
 from ifcn.data.dataset import CocoInstances
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals, check_image_sets
@@ -28,7 +29,6 @@ from ifcn.training import checkpoint, distributed, engine
 from ifcn.training.hooks import lr_scheduler
 from ifcn.training.log import LogFormat
 from ifcn.training.run_folder import output_folder, start_run
-from ifcn.training.sampler import worker_count
 
 # classify_log.csv: the softmax loss, how many sampled RoIs it gets right, and their mix
 LOG = LogFormat(
@@ -37,18 +37,9 @@ LOG = LogFormat(
     desc="classify train",
     postfix={"loss": "loss", "acc": "accuracy"},
 )
-# classify keys that change neither the weights nor the data order, or only matter at prediction:
-# a run may resume under new values of these.
-RESUME_NEUTRAL = (
-    "workers",
-    "log_period",
-    "checkpoint_period",
-    "keep_checkpoints",
-    "test_scale",
-    "score_threshold",
-    "nms_iou",
-    "detections_per_image",
-)
+# classify keys that change neither the weights nor the data order (those of prediction among
+# them): a run may resume under new values of these.
+RESUME_NEUTRAL = retrain_neutral("classify")
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -113,13 +104,11 @@ def run_training(
     init_from: str | Path | None = None,
     resume: str | None = None,
     device_name: str = "auto",
-    workers: int | None = None,
     show_progress: bool = True,
 ) -> Path:
     """Train the classifier; return the path of model_final.pt. IfcnError on bad input."""
     out_dir = output_folder(out_dir)
     cfg = config["classify"]
-    settings = cfg | {"workers": worker_count(workers, cfg["workers"])}
     info, device = distributed.init_distributed_mode(device_name)
     images = CocoInstances(
         gt_path,
@@ -161,7 +150,7 @@ def run_training(
                 optimizer,
                 lr_scheduler(optimizer, cfg),
                 samples,
-                settings,
+                cfg,
                 run,
                 log=LOG,
                 extras={"kind": KIND, "config": config, "categories": categories},

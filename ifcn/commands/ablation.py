@@ -14,12 +14,12 @@ from pathlib import Path
 import yaml
 
 from ifcn import atomic
-from ifcn.config import config_yaml, load_config
+from ifcn.config import command_config, config_option, config_yaml, load_config, set_keys
 from ifcn.errors import IfcnError
 from ifcn.reporting.ablation import ablation_table
 from ifcn.reporting.plots import plot_ablation
 from ifcn.reporting.summaries import read_ar
-from ifcn.variants import VARIANTS, apply_overrides
+from ifcn.variants import VARIANTS
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     config = commands.add_parser(
         "config", help="write a variant's config: the run's config with keys overridden"
     )
-    config.add_argument("--config", required=True, help="the run's configuration (YAML)")
+    config_option(config, required=True)
     group = config.add_mutually_exclusive_group(required=True)
     group.add_argument("--variant", choices=list(VARIANTS), help="a named ablation variant")
     group.add_argument(
@@ -36,6 +36,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     config.add_argument("--out", required=True, help="config.yaml to write")
     table = commands.add_parser("table", help="gather the variants' ar.json into one CSV")
+    config_option(table, reads=False)
     table.add_argument("--ar", nargs="+", required=True, help="ar.json of each variant")
     table.add_argument("--variants", nargs="+", required=True, help="their names, same order")
     table.add_argument("--plot", help="recall-vs-IoU PNG of the variants")
@@ -50,12 +51,14 @@ def main(args: argparse.Namespace) -> int:
             overrides = VARIANTS[args.variant]
         else:
             overrides = dict(parse_setting(text) for text in args.set)
-        result = apply_overrides(config, overrides, args.config)
+        names = {key: f"--set {key}" for key in overrides} if args.set else None
+        result = set_keys(config, overrides, names, args.config)
         settings = ", ".join(f"{key}={value}" for key, value in overrides.items())
         note = f"{args.config} with {settings} (ifcn ablation)"
         path = atomic.write_text(args.out, config_yaml(result, note))
         print(f"wrote {path}")
         return 0
+    command_config(args)
     frame = ablation_table(args.ar, args.variants)
     if args.plot:
         plot_ablation([read_ar(path) for path in args.ar], args.variants, Path(args.plot))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ifcn.classify.training import run_training
-from ifcn.config import load_config
+from ifcn.config import command_config, config_option, override_option
 from ifcn.training import distributed
 
 
@@ -22,7 +22,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "ifcn classify train", description=__doc__, add_help=add_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--config", required=True, help="run configuration (YAML)")
+    config_option(parser, required=True)
     parser.add_argument("--proposals", required=True, help="proposals.h5 of the training images")
     parser.add_argument("--gt", required=True, help="COCO instances JSON of the training images")
     parser.add_argument("--images", help="folder of the images (default: data.train_images)")
@@ -30,7 +30,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--init-from", help="model_final.pt of `ifcn train`: start from its backbone weights"
     )
     parser.add_argument("--out", required=True, help="output folder of the classifier run")
-    parser.add_argument("--iters", type=int, help="override classify.iters")
+    override_option(parser, "--iters", "classify.iters", "optimiser steps")
     parser.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest")
     parser.add_argument(
         "--device",
@@ -38,13 +38,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="auto (CUDA when there is a GPU; an error on a job given GPUs that CUDA cannot "
         "use) | cpu | cuda",
     )
-    parser.add_argument("--workers", type=int, help="override classify.workers")
+    override_option(parser, "--workers", "classify.workers", "DataLoader processes per process")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    overrides = {"classify": {"iters": args.iters}} if args.iters is not None else None
-    config = load_config(args.config, overrides)
+    config = command_config(args)
     try:
         final = run_training(
             config,
@@ -55,7 +54,6 @@ def main(args: argparse.Namespace) -> int:
             init_from=args.init_from,
             resume=args.resume,
             device_name=args.device,
-            workers=args.workers,
         )
     finally:
         distributed.cleanup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ifcn.config import command_config, config_option
 from ifcn.proposals.export import export_results
 
 
@@ -19,6 +20,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Convert proposals.h5 to a COCO results JSON (RLE segmentations, no bbox).",
         add_help=add_help,
     )
+    config_option(parser, reads=False)
     parser.add_argument("--proposals", required=True, type=Path, help="proposals.h5")
     parser.add_argument("--out", required=True, type=Path, help="results JSON to write")
     parser.add_argument(
@@ -29,6 +31,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    command_config(args)
     count = export_results(args.proposals, args.out, args.category_id, args.top_n)
     print(f"wrote {count} results to {args.out}")
     return 0

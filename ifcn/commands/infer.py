@@ -19,7 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ifcn.config import config_json, load_config
+from ifcn.config import command_config, config_json, config_option, override_option
 from ifcn.data.folder import image_table_from_folder
 from ifcn.data.instances import read_image_table
 from ifcn.errors import IfcnError
@@ -35,7 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "ifcn infer", description=__doc__, add_help=add_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--config", required=True, help="run configuration (YAML)")
+    config_option(parser, required=True)
     parser.add_argument("--checkpoint", required=True, help="model_final.pt of `ifcn train`")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="COCO JSON listing the images")
@@ -49,22 +49,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--shard", default="0/1", help="i/n: run chunk i (0-based) of n of the sorted image ids"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument(
-        "--workers", type=int, help="processes decoding images (default: infer.workers; 0: none)"
-    )
+    override_option(parser, "--workers", "infer.workers", "processes decoding images (0: none)")
     parser.add_argument("--out", required=True, help="candidates.h5 to write")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = command_config(args)
     try:
         index, count = parse_shard(args.shard)
     except ValueError as exc:
         raise IfcnError(str(exc)) from None
-    workers = config["infer"]["workers"] if args.workers is None else args.workers
-    if workers < 0:
-        raise IfcnError(f"--workers must be 0 or more, got {workers}")
     if Path(args.out).is_dir():
         raise IfcnError("is a folder; give a file name to write", args.out)
     device = resolve_device(args.device)
@@ -96,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         "pre_nms_topk": int(infer_cfg["pre_nms_topk"]),
         "shard": f"{index}/{count}",
     }
-    run = run_inference(model, chosen, image_root, args.out, attrs, infer_cfg, device, workers)
+    run = run_inference(model, chosen, image_root, args.out, attrs, infer_cfg, device)
     share = run.data_seconds / run.seconds if run.seconds else 0.0
     print(
         f"inferred {run.images} images (shard {index}/{count}) in {run.seconds:.1f} s, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ifcn.config import command_config, config_option
 from ifcn.proposals.merge import merge_candidates
 
 
@@ -17,6 +18,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Merge the candidates.h5 shards of one inference job into one file.",
         add_help=add_help,
     )
+    config_option(parser, reads=False)
     parser.add_argument("--inputs", nargs="+", required=True, help="candidates.h5 shards")
     parser.add_argument("--out", required=True, help="merged candidates.h5")
     parser.add_argument(
@@ -26,6 +28,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    command_config(args)
     count = merge_candidates(args.inputs, args.out, args.allow_partial)
     print(f"merged {len(args.inputs)} shards, {count} images: {args.out}")
     return 0

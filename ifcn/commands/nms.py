@@ -4,7 +4,8 @@ Per image: each candidate's mask is resized to its window box in original-image 
 to the image) and binarised (probability > threshold); the tight box of the binary mask is
 taken, empty masks are dropped, NMS runs on those boxes ordered by objectness, the best N are
 kept and encoded as COCO RLE at image resolution. The proposal score is sigmoid(objectness).
-Thresholds and N change here without rerunning the network.
+Thresholds and N (the config's `nms` section, or the flags) change here without rerunning the
+network.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ifcn.config import command_config, config_option, override_option
 from ifcn.errors import IfcnError
 from ifcn.proposals.suppression import run_nms
 
@@ -21,33 +23,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "ifcn nms", description=__doc__, add_help=add_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    config_option(parser)
     parser.add_argument("--candidates", required=True, help="candidates.h5 of `ifcn infer`")
     parser.add_argument("--out", required=True, help="proposals.h5 to write")
-    parser.add_argument(
-        "--iou", type=float, default=0.8, help="box IoU above which NMS suppresses (%(default)s)"
-    )
-    parser.add_argument(
-        "--top-n", type=int, default=1000, help="proposals kept per image (%(default)s)"
-    )
-    parser.add_argument(
-        "--mask-threshold",
-        type=float,
-        default=0.5,
-        help="probability a mask pixel must exceed (%(default)s)",
+    override_option(parser, "--iou", "nms.iou", "box IoU above which NMS suppresses")
+    override_option(parser, "--top-n", "nms.top_n", "proposals kept per image")
+    override_option(
+        parser, "--mask-threshold", "nms.mask_threshold", "probability a mask pixel must exceed"
     )
     parser.add_argument("--workers", type=int, default=0, help="processes (default 0: one per CPU)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    if not 0.0 <= args.iou <= 1.0 or args.top_n < 1 or not 0.0 <= args.mask_threshold <= 1.0:
-        raise IfcnError("need 0 <= --iou <= 1, --top-n >= 1 and 0 <= --mask-threshold <= 1")
+    config = command_config(args)
     if args.workers < 0:
         raise IfcnError(f"--workers must be 0 (one per CPU) or more, got {args.workers}")
     if Path(args.out).is_dir():
         raise IfcnError("is a folder; give a file name to write", args.out)
-    count = run_nms(
-        args.candidates, args.out, args.iou, args.top_n, args.mask_threshold, args.workers
-    )
+    count = run_nms(args.candidates, args.out, config["nms"], args.workers)
     print(f"wrote proposals of {count} images: {args.out}")
     return 0

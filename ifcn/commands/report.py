@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from ifcn import atomic
-from ifcn.config import load_config
+from ifcn.config import command_config, config_option
 from ifcn.errors import IfcnError
 from ifcn.reporting.plots import plot_loss
 from ifcn.reporting.report import ar_table, build_report, map_table
@@ -35,7 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, help="run configuration (YAML)")
+    config_option(parser)
     parser.add_argument("--ar", required=True, help="ar.json of the validation proposals")
     parser.add_argument("--segm-eval", help="segm_eval.json of the downstream classifier")
     parser.add_argument("--ablation-k", help="ablation_k.csv")
@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         raise IfcnError("--loss-plot needs --train-log")
     if args.map_table and not args.segm_eval:
         raise IfcnError("--map-table needs --segm-eval")
-    config = load_config(args.config)
+    config = command_config(args)
     text = build_report(
         config,
         args.ar,

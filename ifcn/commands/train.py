@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 
-from ifcn.config import load_config
+from ifcn.config import command_config, config_option, override_option
 from ifcn.training import distributed
 from ifcn.training.instancefcn import AMP_DTYPES, run_training
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("ifcn train", description=__doc__, add_help=add_help)
-    parser.add_argument("--config", required=True, help="run configuration (YAML)")
+    config_option(parser, required=True)
     parser.add_argument("--out", required=True, help="output folder of the run")
-    parser.add_argument("--iters", type=int, help="override train.iters (optimiser steps)")
+    override_option(parser, "--iters", "train.iters", "optimiser steps")
     parser.add_argument(
         "--resume",
         help="checkpoint to continue from, or 'auto' for the newest complete one of --out "
@@ -37,7 +37,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "use) | cpu | cuda",
     )
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="mixed precision on CUDA")
-    parser.add_argument("--workers", type=int, help="override train.workers")
+    override_option(parser, "--workers", "train.workers", "DataLoader processes per process")
     parser.add_argument(
         "--cudnn-benchmark",
         action="store_true",
@@ -49,18 +49,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    overrides = {"train": {"iters": args.iters}} if args.iters is not None else None
-    config = load_config(args.config, overrides)
+    config = command_config(args)
     try:
         final = run_training(
-            config,
-            args.out,
-            args.resume,
-            args.device,
-            args.amp,
-            args.workers,
+            config, args.out, args.resume, args.device, args.amp,
             cudnn_benchmark=args.cudnn_benchmark,
-        )
+        )  # fmt: skip
     finally:
         distributed.cleanup()
     if distributed.dist_info_from_env().is_main:

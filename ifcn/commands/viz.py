@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ifcn.config import load_config
+from ifcn.config import FROM_CONFIG, command_config, config_option, override_option
 from ifcn.errors import IfcnError
 from ifcn.reporting.pictures import draw_folder, draw_image, draw_pictures
 
@@ -30,21 +30,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="run configuration (YAML; not for --each)")
+    config_option(parser)
     parser.add_argument("--checkpoint", help="model_final.pt of `ifcn train` (not for --each)")
     parser.add_argument("--images", help="COCO JSON listing the images (not for --each)")
     parser.add_argument("--image-root", help="folder of the images (default: data.val_images)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--image-id", type=int, help="draw this image")
-    which.add_argument(
-        "--pictures", type=int, help="draw the report's pictures of the first N images"
-    )
+    override_option(
+        which, "--pictures", "report.pictures",
+        "draw the report's pictures of the first N images (N from the config when not given)",
+        nargs="?", const=FROM_CONFIG, metavar="N",
+    )  # fmt: skip
     which.add_argument(
         "--each", action="store_true", help="draw the top proposals of every image of --proposals"
     )
     parser.add_argument("--proposals", help="proposals.h5 of the images (needed by --pictures)")
-    parser.add_argument(
-        "--top-n", type=int, default=10, help="proposals drawn (--image-id, --each)"
+    override_option(
+        parser, "--top-n", "predict.pictures", "proposals drawn per image (--image-id, --each)"
     )
     parser.add_argument(
         "--scale", type=int, help="shorter side for the score maps (--image-id; default: the "
@@ -57,32 +59,32 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.top_n < 1:
-        raise IfcnError(f"--top-n must be 1 or more, not {args.top_n}")
+    if not args.each:
+        missing = [
+            f"--{name}" for name in ("config", "checkpoint", "images") if not getattr(args, name)
+        ]
+        if missing:
+            raise IfcnError(f"--pictures and --image-id need {', '.join(missing)}")
+    config = command_config(args)
+    top_n = config["predict"]["pictures"]
+    if top_n < 1 and args.pictures is None:
+        raise IfcnError(f"--top-n must be 1 or more, not {top_n}")
     if args.each:
         if not (args.proposals and args.image_root):
             raise IfcnError("--each needs --proposals and --image-root (the images' folder)")
         for path in draw_folder(Path(args.proposals), Path(args.image_root), Path(args.out),
-                                args.top_n):  # fmt: skip
+                                top_n):  # fmt: skip
             print(path)
         return 0
-    missing = [
-        f"--{name}" for name in ("config", "checkpoint", "images") if not getattr(args, name)
-    ]
-    if missing:
-        raise IfcnError(f"--pictures and --image-id need {', '.join(missing)}")
-    config = load_config(args.config)
     image_root = Path(args.image_root or config["data"]["val_images"])
     out_dir = Path(args.out)
     if args.pictures is not None:
-        if args.pictures < 0:
-            raise IfcnError(f"--pictures must be 0 or more, not {args.pictures}")
         if not args.proposals:
             raise IfcnError("--pictures needs --proposals (the proposals of --images)")
         pictures = draw_pictures(
             config,
             out_dir,
-            args.pictures,
+            config["report"]["pictures"],
             Path(args.images),
             image_root,
             Path(args.proposals),
@@ -99,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
             args.image_id,
             out_dir,
             Path(args.proposals) if args.proposals else None,
-            args.top_n,
+            top_n,
             args.scale,
             args.windows,
             args.device,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +58,10 @@ MIN_INSIDE_FRACTION = 0.7  # share of a shape that must fall inside the image
 class SynthParams:
     """Per-image generation parameters (everything but the seed, split and index)."""
 
-    min_side: int = 256
-    max_side: int = 384
-    min_objects: int = 2
-    max_objects: int = 6
+    min_side: int
+    max_side: int
+    min_objects: int
+    max_objects: int
 
 
 @dataclass
@@ -271,7 +272,7 @@ def _paint(image: np.ndarray, shape: _Shape, mask: np.ndarray, rng: np.random.Ge
 
 
 def render_image(
-    seed: int, split: str, index: int, params: SynthParams = SynthParams()
+    seed: int, split: str, index: int, params: SynthParams
 ) -> tuple[np.ndarray, list[SynthObject]]:
     """The image (H, W, 3) RGB uint8 and its annotated objects, from (seed, split, index) alone."""
     rng = image_rng(seed, split, index)
@@ -328,35 +329,27 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _check(params: SynthParams, num_train: int, num_val: int, out_dir: Path) -> None:
-    if num_train < 1 or num_val < 1:
-        raise IfcnError("num_train and num_val must be at least 1", out_dir)
-    if not 64 <= params.min_side <= params.max_side:
-        raise IfcnError("need 64 <= min_side <= max_side", out_dir)
-    if not 0 <= params.min_objects <= params.max_objects or params.max_objects < 1:
-        raise IfcnError("need 0 <= min_objects <= max_objects and max_objects >= 1", out_dir)
+def _check(params: SynthParams, out_dir: Path) -> None:
+    """What the schema cannot say: each range's ends in order (the schema bounds each key)."""
+    if params.min_side > params.max_side:
+        raise IfcnError("need min_side <= max_side", out_dir)
+    if params.min_objects > params.max_objects:
+        raise IfcnError("need min_objects <= max_objects", out_dir)
 
 
-def generate_dataset(
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    num_train: int = 200,
-    num_val: int = 50,
-    min_side: int = 256,
-    max_side: int = 384,
-    min_objects: int = 2,
-    max_objects: int = 6,
-    workers: int = 1,
-) -> dict[str, Path]:
-    """Write out_dir/{train,val}.json and out_dir/images/*.png; return their paths.
+def generate_dataset(out_dir: str | Path, settings: Mapping, workers: int = 1) -> dict[str, Path]:
+    """Write out_dir/{train,val}.json and out_dir/images/*.png under ``settings`` (the config's
+    ``data.synth`` section) with ``workers`` processes; return their paths.
 
     The JSON files are written last (each atomically), so a dataset with both JSON files present
     is complete.
     """
     out_dir = Path(out_dir)
-    params = SynthParams(min_side, max_side, min_objects, max_objects)
-    _check(params, num_train, num_val, out_dir)
+    seed, num_train, num_val = settings["seed"], settings["num_train"], settings["num_val"]
+    params = SynthParams(
+        settings["min_side"], settings["max_side"], settings["min_objects"], settings["max_objects"]
+    )
+    _check(params, out_dir)
     image_dir = out_dir / "images"
     try:
         image_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,30 +190,26 @@ class Evaluation:
 def evaluate(
     gt_path: str | Path,
     proposals_path: str | Path,
+    settings: Mapping[str, Any],
     *,
-    max_dets: Sequence[int] = (10, 100, 1000),
-    matching: str = "coco",
     first_n: int | None = None,
     area_ranges: str = "coco",
     allow_missing: bool = False,
     workers: int = 1,
 ) -> Evaluation:
-    """AR of the proposals at each N in `max_dets`, by area range, with recall per threshold."""
-    if matching not in ("coco", "best"):
-        raise IfcnError(f"unknown matching {matching!r} (coco or best)")
+    """AR of the proposals at each N of ``settings`` (the config's ``evaluate`` section:
+    max_dets, matching), by area range, with recall per threshold; only the first ``first_n``
+    image ids when given."""
+    matching = settings["matching"]
     if area_ranges not in AREA_CHOICES:
         raise IfcnError(f"unknown area ranges {area_ranges!r} ({' or '.join(AREA_CHOICES)})")
-    max_dets = sorted({int(n) for n in max_dets})
-    if not max_dets or max_dets[0] < 1:
-        raise IfcnError("--max-dets must be positive integers")
+    max_dets = sorted({int(n) for n in settings["max_dets"]})
     if workers < 1:
         raise IfcnError(f"--workers must be at least 1, got {workers}")
     gt = load_ground_truth(gt_path)
     source = open_proposals(proposals_path, gt, workers)
     image_ids = sorted(gt.sizes)
     if first_n is not None:
-        if first_n < 1:
-            raise IfcnError("--first-n must be positive")
         image_ids = image_ids[:first_n]
     notes = []
     unknown = sorted(source.image_ids - gt.sizes.keys())

@@ -14,7 +14,7 @@ model's forward contract (``images [B, 3, H, W] → {"scores": [B, k², h, w], "
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +65,8 @@ def infer_scaled(
     model: nn.Module,
     inputs: Sequence[tuple[Tensor, float]],
     m: int,
-    k: int | None = None,
-    pre_nms_topk: int = 1000,
+    k: int | None,
+    pre_nms_topk: int,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Candidates of one image from its `scaled_inputs`, best window first within each scale:
@@ -109,9 +109,9 @@ def infer_image(
     image: np.ndarray,
     scales: Sequence[int],
     m: int,
-    k: int | None = None,
-    max_size: int | None = None,
-    pre_nms_topk: int = 1000,
+    k: int | None,
+    max_size: int | None,
+    pre_nms_topk: int,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Candidates of one RGB uint8 image over all scales (`infer_scaled` of its inputs)."""
@@ -173,15 +173,15 @@ def run_inference(
     image_root: str | Path,
     out: str | Path,
     attrs: dict,
-    infer_cfg: dict,
+    infer_cfg: Mapping,
     device: torch.device | str,
-    workers: int = 0,
     show_progress: bool = True,
 ) -> InferenceRun:
-    """Write the candidates of `images` (id → entry) to `out`.
+    """Write the candidates of `images` (id → entry) to `out` under ``infer_cfg`` (the config's
+    ``infer`` section).
 
-    `workers` DataLoader processes decode and resize the images (0: this process); on CUDA the
-    inputs come in pinned memory and are copied while the previous image runs.
+    Its `workers` DataLoader processes decode and resize the images (0: this process); on CUDA
+    the inputs come in pinned memory and are copied while the previous image runs.
     """
     device = torch.device(device)
     image_root = Path(image_root)
@@ -198,7 +198,7 @@ def run_inference(
         ScaledImages(entries, infer_cfg["scales"], infer_cfg["max_size"]),
         batch_size=1,
         shuffle=False,
-        num_workers=max(0, int(workers)),
+        num_workers=int(infer_cfg["workers"]),
         collate_fn=single,
         pin_memory=device.type == "cuda",
     )

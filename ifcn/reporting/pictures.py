@@ -291,8 +291,8 @@ def draw_image(
     image_root: Path,
     image_id: int,
     out_dir: Path,
-    proposals: Path | None = None,
-    top_n: int = 10,
+    proposals: Path | None,
+    top_n: int,
     scale: int | None = None,
     windows: int = 4,
     device_name: str = "auto",
@@ -321,7 +321,7 @@ def draw_image(
     return written
 
 
-def draw_folder(proposals: Path, image_root: Path, out_dir: Path, top_n: int = 10) -> list[Path]:
+def draw_folder(proposals: Path, image_root: Path, out_dir: Path, top_n: int) -> list[Path]:
     """Every image of ``proposals`` with its top ``top_n`` proposals, for images without
     annotations (`ifcn infer --image-dir`): out_dir/<file_name>.png, folders kept."""
     written = []

@@ -31,7 +31,7 @@ from ifcn.training import checkpoint, distributed, engine
 from ifcn.training.hooks import lr_scheduler
 from ifcn.training.log import LogFormat
 from ifcn.training.run_folder import output_folder, start_run
-from ifcn.training.sampler import step_seed, worker_count
+from ifcn.training.sampler import step_seed
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # train_log.csv: the terms of eq. (1), the windows they were taken on, and timings
@@ -112,14 +112,12 @@ def run_training(
     resume: str | None = None,
     device_name: str = "auto",
     amp: str | None = None,
-    workers: int | None = None,
     show_progress: bool = True,
     cudnn_benchmark: bool = False,
 ) -> Path:
     """Train and return the path of model_final.pt. Raises IfcnError on bad input or faults."""
     out_dir = output_folder(out_dir)
     train_cfg = config["train"]
-    settings = train_cfg | {"workers": worker_count(workers, train_cfg["workers"])}
     info, device = distributed.init_distributed_mode(device_name)
     amp_dtype = _amp_dtype(amp, device)
 
@@ -167,7 +165,7 @@ def run_training(
             optimizer,
             lr_scheduler(optimizer, train_cfg),
             dataset,
-            settings,
+            train_cfg,
             run,
             log=LOG,
             extras={"kind": checkpoint.PROPOSAL_MODEL, "config": config},

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ifcn.errors import IfcnError
-
 
 def step_seed(seed: int, iteration: int, rank: int) -> int:
     """Seed of everything random in one step of one rank: a pure function of the three."""
@@ -55,17 +53,6 @@ class IterationSampler(Sampler):
                     self.num_images, generator=torch.Generator().manual_seed(self.seed + epoch)
                 )
             yield int(order[position % self.num_images]), step_seed(self.seed, iteration, self.rank)
-
-
-def worker_count(workers: int | None, configured: int) -> int:
-    """DataLoader workers: ``--workers`` when given (0 or more), else the config's."""
-    if workers is None:
-        return configured
-    if workers < 0:
-        raise IfcnError(
-            f"--workers must be 0 or more (0 loads in the training process), not {workers}"
-        )
-    return workers
 
 
 def ignore_sigterm(_worker_id: int) -> None:

@@ -105,7 +105,7 @@ def test_ap_at_0_5_and_0_7_match_the_hand_computed_values(tmp_path, gt_json, cap
 def test_no_results_give_zero_ap(tmp_path, gt_json):
     path = tmp_path / "segm.json"
     path.write_text("[]")
-    summary = evaluate_segm(gt_json, path)
+    summary = evaluate_segm(gt_json, path, "coco")
     assert summary["mAP@0.5"] == 0.0 and summary["mAP@0.7"] == 0.0
 
 
@@ -139,7 +139,7 @@ def test_a_result_without_category_is_refused(tmp_path, gt_json):
     path = tmp_path / "segm.json"
     path.write_text(json.dumps([_result(1, _mask(40, 60), 0.8), result]))
     with pytest.raises(IfcnError, match="result 1 has no category_id"):
-        evaluate_segm(gt_json, path)
+        evaluate_segm(gt_json, path, "coco")
 
 
 def test_mask_nms_keeps_the_best_of_overlapping_segments():
@@ -175,6 +175,13 @@ def test_voc_region_ap_is_the_area_under_the_hand_computed_pr_curve(tmp_path, gt
     assert summary["mAP@0.5"] == pytest.approx((ap1 + 1) / 2)
     assert summary["ap"] == "voc" and "region AP" in summary["ap_protocol"]
     assert "SDS region AP" in capsys.readouterr().out
+    # the protocol is the run's config's classify.ap (the workflow passes only --config)
+    config = tmp_path / "config.yaml"
+    config.write_text("classify: {ap: voc}\n")
+    assert cli_main([*args, str(tmp_path / "b.json"), "--config", str(config)]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["mAP@0.5"] == summary["mAP@0.5"]
+    assert cli_main([*args, str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["ap"] == "coco"  # the schema's default
 
 
 def test_voc_takes_each_results_best_mask_where_coco_falls_back_to_the_next(tmp_path):

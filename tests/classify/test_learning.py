@@ -43,7 +43,7 @@ def chance_map(gt_json, proposals_path, out, draws: int = 5) -> float:
                         }
                     )
             out.write_text(json.dumps(results))
-            values.append(evaluate_segm(gt_json, out)["mAP@0.5"])
+            values.append(evaluate_segm(gt_json, out, "coco")["mAP@0.5"])
     return float(np.mean(values))
 
 

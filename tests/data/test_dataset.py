@@ -11,6 +11,7 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
+from ifcn.config import defaults
 from ifcn.data.dataset import CocoInstances, collate_single
 from ifcn.data.image import IMAGENET_MEAN, IMAGENET_STD, load_image, resize_image, resized_shape
 from ifcn.data.masks import mask_boxes
@@ -67,7 +68,8 @@ def small(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    generate_dataset(out, seed=1, num_train=3, num_val=1, min_side=128, max_side=192)
+    synth = {"seed": 1, "num_train": 3, "num_val": 1, "min_side": 128, "max_side": 192}
+    generate_dataset(out, defaults("data.synth") | synth)
     return out
 
 

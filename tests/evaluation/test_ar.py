@@ -21,6 +21,7 @@ from ifcn.errors import IfcnError
 from ifcn.evaluation.ar import evaluate
 from ifcn.evaluation.recall import COCO_IOU_THRESHOLDS
 from ifcn.proposals.format import write_proposals
+from tests.configs import settings
 
 ATTRS = {
     "config": {},
@@ -173,10 +174,12 @@ def test_coco_matching_equals_cocoeval_on_random_data(tmp_path, seed):
     assert max(sum(r["image_id"] == i["id"] for r in results) for i in gt["images"]) > 100
     reference = cocoeval_recall(paths)
     for source, workers in [("json", 1), ("h5", 1), ("h5", 2)]:
-        got = evaluate(paths["gt"], paths[source], max_dets=MAX_DETS, workers=workers).recall
+        got = evaluate(
+            paths["gt"], paths[source], settings("evaluate", max_dets=MAX_DETS), workers=workers
+        ).recall
         assert got.shape == reference.shape
         np.testing.assert_allclose(got, reference, rtol=0, atol=1e-9, err_msg=source)
-    summary = evaluate(paths["gt"], paths["h5"]).summary()
+    summary = evaluate(paths["gt"], paths["h5"], settings("evaluate")).summary()
     for m, n in enumerate(MAX_DETS):
         r = reference[:, 0, m]
         assert summary[f"AR@{n}"] == pytest.approx(np.mean(r[r > -1]), abs=1e-12)
@@ -194,7 +197,7 @@ def test_iou_ties_go_to_the_later_gt_like_cocoeval(tmp_path):
         tmp_path, images, annotations, [result(1, det_a, 0.9), result(1, det_b, 0.8)]
     )
     reference = cocoeval_recall(paths, [1, 2])
-    got = evaluate(paths["gt"], paths["h5"], max_dets=[1, 2]).recall
+    got = evaluate(paths["gt"], paths["h5"], settings("evaluate", max_dets=[1, 2])).recall
     np.testing.assert_allclose(got, reference, atol=1e-9)
     assert got[0, 0, 1] == 1.0  # at IoU 0.5 and N=2 both GTs are found
 
@@ -205,7 +208,7 @@ def test_annotation_id_zero_is_never_recalled_like_cocoeval(tmp_path):
     images = [{"id": 5, "height": h, "width": w}]
     annotations = [annotation(0, 5, masks[0]), annotation(1, 5, masks[1])]
     paths = write_inputs(tmp_path, images, annotations, [result(5, m, 0.5) for m in masks])
-    got = evaluate(paths["gt"], paths["json"], max_dets=[10])
+    got = evaluate(paths["gt"], paths["json"], settings("evaluate", max_dets=[10]))
     np.testing.assert_allclose(got.recall, cocoeval_recall(paths, [10]), atol=1e-9)
     assert got.recall[0, 0, 0] == 0.5
     assert any("id 0" in note for note in got.notes)
@@ -235,7 +238,9 @@ def square_case(directory: Path) -> dict[str, Path]:
 
 def test_best_matching_by_hand(tmp_path):
     paths = square_case(tmp_path)
-    got = evaluate(paths["gt"], paths["h5"], max_dets=[1, 2, 4], matching="best")
+    got = evaluate(
+        paths["gt"], paths["h5"], settings("evaluate", max_dets=[1, 2, 4], matching="best")
+    )
     t = COCO_IOU_THRESHOLDS
     # best IoU per GT: small 0.8 (rank 0); medium 1.0 (rank 1); large 0.6 (rank 3)
     expected_n1 = (t <= 0.8) / 3
@@ -251,7 +256,7 @@ def test_best_matching_by_hand(tmp_path):
 
 def test_size_ranges_by_hand(tmp_path):
     paths = square_case(tmp_path)
-    got = evaluate(paths["gt"], paths["json"], max_dets=[4], matching="best")
+    got = evaluate(paths["gt"], paths["json"], settings("evaluate", max_dets=[4], matching="best"))
     assert got.area_names == ["all", "small", "medium", "large"]
     assert got.num_gt == {"all": 3, "small": 1, "medium": 1, "large": 1}
     t = COCO_IOU_THRESHOLDS
@@ -261,7 +266,7 @@ def test_size_ranges_by_hand(tmp_path):
     ar = got.summary()["by_area"]
     assert ar["small"]["4"] == pytest.approx(0.7) and ar["large"]["4"] == pytest.approx(0.3)
     # greedy matching agrees here: every detection matches at most one GT
-    coco = evaluate(paths["gt"], paths["json"], max_dets=[4])
+    coco = evaluate(paths["gt"], paths["json"], settings("evaluate", max_dets=[4]))
     np.testing.assert_allclose(coco.recall, got.recall)
     np.testing.assert_allclose(coco.recall, cocoeval_recall(paths, [4]), atol=1e-9)
 
@@ -272,7 +277,7 @@ def test_size_range_limits_are_inclusive_like_cocoeval(tmp_path):
     paths = write_inputs(
         tmp_path, [{"id": 1, "height": h, "width": w}], [annotation(1, 1, gt)], [result(1, gt, 1.0)]
     )
-    got = evaluate(paths["gt"], paths["json"], max_dets=[1])
+    got = evaluate(paths["gt"], paths["json"], settings("evaluate", max_dets=[1]))
     assert got.num_gt == {"all": 1, "small": 1, "medium": 1, "large": 0}
     np.testing.assert_allclose(got.recall, cocoeval_recall(paths, [1]), atol=1e-9)
     assert got.summary()["by_area"]["large"]["1"] is None  # no GT: COCOeval's -1
@@ -284,9 +289,13 @@ def test_first_n_keeps_the_first_image_ids_in_sorted_order(tmp_path):
     images = [{"id": i, "height": h, "width": w} for i in (30, 10, 20)]
     annotations = [annotation(k + 1, i, mask) for k, i in enumerate((30, 10, 20))]
     paths = write_inputs(tmp_path, images, annotations, [result(10, mask, 1.0)])
-    assert evaluate(paths["gt"], paths["json"], first_n=1).recall[0, 0, 0] == 1.0
-    assert evaluate(paths["gt"], paths["json"], first_n=2).recall[0, 0, 0] == 0.5
-    assert evaluate(paths["gt"], paths["json"], first_n=2).num_images == 2
+    assert (
+        evaluate(paths["gt"], paths["json"], settings("evaluate"), first_n=1).recall[0, 0, 0] == 1.0
+    )
+    assert (
+        evaluate(paths["gt"], paths["json"], settings("evaluate"), first_n=2).recall[0, 0, 0] == 0.5
+    )
+    assert evaluate(paths["gt"], paths["json"], settings("evaluate"), first_n=2).num_images == 2
 
 
 def test_cli_writes_ar_json_csv_and_png_beside_out(tmp_path, capsys):
@@ -389,7 +398,7 @@ def test_results_json_with_a_category_the_gt_lacks_is_refused(tmp_path):
     results[2]["category_id"] = 9
     paths["json"].write_text(json.dumps(results))
     with pytest.raises(IfcnError, match="result 2: category_id 9"):
-        evaluate(paths["gt"], paths["json"])
+        evaluate(paths["gt"], paths["json"], settings("evaluate"))
 
 
 def test_evaluate_and_proposals_io_do_not_import_torch():
@@ -404,7 +413,7 @@ def test_evaluate_and_proposals_io_do_not_import_torch():
 def test_no_proposals_at_all_gives_zero_recall_like_cocoeval(tmp_path):
     paths = square_case(tmp_path)
     paths["json"].write_text("[]")
-    got = evaluate(paths["gt"], paths["json"], max_dets=[10])
+    got = evaluate(paths["gt"], paths["json"], settings("evaluate", max_dets=[10]))
     assert (got.recall == 0).all() and got.images_without_proposals == 1
     assert got.summary()["AR@10"] == 0.0
 
@@ -511,7 +520,7 @@ def test_a_category_id_the_gt_lacks_is_refused_whatever_its_value(tmp_path, cate
     results[1]["category_id"] = category
     paths["json"].write_text(json.dumps(results))
     with pytest.raises(IfcnError, match=f"result 1: category_id {category} is not in"):
-        evaluate(paths["gt"], paths["json"])
+        evaluate(paths["gt"], paths["json"], settings("evaluate"))
 
 
 def test_results_without_category_id_are_scored(tmp_path):
@@ -520,6 +529,6 @@ def test_results_without_category_id_are_scored(tmp_path):
     for r in results:
         del r["category_id"]
     paths["json"].write_text(json.dumps(results))
-    got = evaluate(paths["gt"], paths["json"], max_dets=[10])
-    want = evaluate(paths["gt"], paths["h5"], max_dets=[10])
+    got = evaluate(paths["gt"], paths["json"], settings("evaluate", max_dets=[10]))
+    want = evaluate(paths["gt"], paths["h5"], settings("evaluate", max_dets=[10]))
     np.testing.assert_array_equal(got.recall, want.recall)

@@ -23,6 +23,7 @@ from ifcn.proposals.suppression import nms_image, run_nms
 from ifcn.provenance import file_sha256
 from ifcn.training.checkpoint import save_atomic
 from ifcn.windows import STRIDE, rank_windows, window_boxes
+from tests.configs import settings
 from tests.proposals.hand import HandCandidates, OracleFCN
 from tests.proposals.runs import small_config, write_images
 
@@ -47,14 +48,20 @@ def test_oracle_score_maps_give_the_instances_through_infer_and_nms(tmp_path):
     json_path, root = write_images(tmp_path, {7: image})
     oracle = OracleFCN(masks)
     scales = [96, 144, 192]  # 0.5 and 1 align the squares with the cells, 0.75 does not
-    infer_cfg = {"scales": scales, "max_size": None, "pre_nms_topk": 40}
+    infer_cfg = {"scales": scales, "max_size": None, "pre_nms_topk": 40, "workers": 0}
     attrs = {"config": "{}", "checkpoint_sha256": "oracle", "dataset": str(json_path),
              "scales": scales, "k": 5, "m": 21, "head": "instancefcn", "shard": "0/1"}  # fmt: skip
     table = {7: {"file_name": "0007.png", "height": 192, "width": 256}}
     candidates = tmp_path / "candidates.h5"
     run_inference(oracle, table, root, candidates, attrs, infer_cfg, "cpu", show_progress=False)
     proposals_path = tmp_path / "proposals.h5"
-    run_nms(candidates, proposals_path, iou=0.8, top_n=20, workers=1, show_progress=False)
+    run_nms(
+        candidates,
+        proposals_path,
+        settings("nms", iou=0.8, top_n=20),
+        workers=1,
+        show_progress=False,
+    )
 
     with Proposals(proposals_path) as proposals:
         found = proposals.masks(7).astype(bool)
@@ -74,7 +81,7 @@ def test_oracle_score_maps_give_the_instances_through_infer_and_nms(tmp_path):
         rows = record.scale == index
         alone = HandCandidates(7, "0007.png", 192, 256, record.masks[rows], record.boxes[rows],
                                record.objectness[rows], record.scale[rows])  # fmt: skip
-        result = nms_image(alone, iou=0.8, top_n=20)
+        result = nms_image(alone, settings("nms", iou=0.8, top_n=20))
         decoded = mask_utils.decode([{"size": [192, 256], "counts": c} for c in result["rles"]])
         for truth in truths:
             best = max(_iou(truth, decoded[:, :, j].astype(bool)) for j in range(decoded.shape[2]))
@@ -113,9 +120,9 @@ def test_the_deepmask_head_stores_its_own_mask_side():
     torch.manual_seed(0)
     model = build_model({"backbone": "tiny", "head": "deepmask", "m": 7, "head_channels": 8})
     image = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
-    found = infer_image(model.eval(), image, [40], m=7, pre_nms_topk=4)
+    found = infer_image(model.eval(), image, [40], 7, None, None, 4)
     assert found["stored_masks"].shape == (4, 56, 56) and "maps" not in found
-    result = nms_image(ImageCandidates(1, "a", 40, 48, **found), top_n=2)
+    result = nms_image(ImageCandidates(1, "a", 40, 48, **found), settings("nms", top_n=2))
     assert len(result["rles"]) <= 2
 
 
@@ -128,7 +135,7 @@ def test_rank_windows_keeps_all_cells_of_a_small_map():
 def test_windows_of_each_scale_have_boxes_in_original_pixels():
     oracle = OracleFCN(_touching_squares(), k=3, m=7)
     image = np.zeros((192, 256, 3), dtype=np.uint8)
-    found = infer_image(oracle, image, [96, 192, 288], m=7, k=3, pre_nms_topk=5)
+    found = infer_image(oracle, image, [96, 192, 288], 7, 3, None, 5)
     record = ImageCandidates(1, "a", 192, 256, **found)
     sides = record.boxes[:, 2] - record.boxes[:, 0]
     for index, scale in enumerate([0.5, 1.0, 1.5]):

@@ -15,7 +15,12 @@ from ifcn.proposals.format import Proposals
 from ifcn.proposals.resample import masks_to_image, render, tight_boxes
 from ifcn.proposals.suppression import nms_image, run_nms
 from ifcn.windows import window_boxes
-from tests.proposals.hand import HandCandidates, candidate_attrs, score_map_candidates
+from tests.configs import settings
+from tests.proposals.hand import (
+    HandCandidates,
+    candidate_attrs,
+    score_map_candidates,
+)
 
 
 def _candidates(masks, boxes, logits, scale=None, height=120, width=120) -> HandCandidates:
@@ -43,11 +48,13 @@ def test_box_iou_085_is_suppressed_and_070_is_kept():
     for order in ([0, 1, 2], [2, 0, 1]):
         logits = np.array([3.0, 2.0, 1.0])
         record = _candidates(full[order], np.array(boxes)[order], logits[order])
-        result = nms_image(record, iou=0.8, top_n=10)
+        result = nms_image(record, settings("nms", iou=0.8, top_n=10))
         np.testing.assert_array_equal(result["boxes"], [[0, 0, 100, 100], [0, 0, 100, 70]])
         np.testing.assert_allclose(result["scores"], torch.sigmoid(torch.tensor([3.0, 1.0])))
     # with a threshold above 0.85 nothing is suppressed
-    assert len(nms_image(_candidates(full, boxes, [3, 2, 1]), iou=0.9)["rles"]) == 3
+    assert (
+        len(nms_image(_candidates(full, boxes, [3, 2, 1]), settings("nms", iou=0.9))["rles"]) == 3
+    )
 
 
 def test_nms_uses_the_tight_box_of_the_binary_mask_not_the_window():
@@ -55,7 +62,7 @@ def test_nms_uses_the_tight_box_of_the_binary_mask_not_the_window():
     left, right = np.zeros((4, 4)), np.zeros((4, 4))
     left[:, :2], right[:, 2:] = 1, 1
     record = _candidates([left, right], [[0, 0, 80, 80]] * 2, [2.0, 1.0])
-    result = nms_image(record, iou=0.8)
+    result = nms_image(record, settings("nms", iou=0.8))
     np.testing.assert_array_equal(result["boxes"], [[0, 0, 40, 80], [40, 0, 80, 80]])
 
 
@@ -63,10 +70,10 @@ def test_empty_masks_are_dropped_and_top_n_keeps_the_best():
     masks = np.zeros((6, 4, 4))
     masks[1:] = 1
     boxes = [[i * 20, 0, i * 20 + 16, 16] for i in range(6)]  # disjoint windows
-    result = nms_image(_candidates(masks, boxes, [9, 5, 4, 3, 2, 1]), top_n=3)
+    result = nms_image(_candidates(masks, boxes, [9, 5, 4, 3, 2, 1]), settings("nms", top_n=3))
     np.testing.assert_array_equal(result["boxes"][:, 0], [20, 40, 60])
     assert (np.diff(result["scores"]) <= 0).all() and len(result["rles"]) == 3
-    none = nms_image(_candidates(np.zeros((2, 4, 4)), boxes[:2], [1, 2]))
+    none = nms_image(_candidates(np.zeros((2, 4, 4)), boxes[:2], [1, 2]), settings("nms"))
     assert none["rles"] == [] and none["boxes"].shape == (0, 4) and none["scales"].shape == (0,)
 
 
@@ -121,8 +128,8 @@ def test_run_nms_with_workers_writes_the_same_file_as_one_process(tmp_path):
         for image_id in (4, 2, 9):
             writer.add(score_map_candidates(image_id, 40))
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
-    run_nms(path, one, top_n=8, workers=1, show_progress=False)
-    run_nms(path, two, top_n=8, workers=2, show_progress=False)
+    run_nms(path, one, settings("nms", top_n=8), workers=1, show_progress=False)
+    run_nms(path, two, settings("nms", top_n=8), workers=2, show_progress=False)
     with Proposals(one) as a, Proposals(two) as b:
         assert a.image_ids.tolist() == b.image_ids.tolist() == [4, 2, 9]
         assert a.attrs["nms_iou"] == 0.8 and a.attrs["scales"] == [100, 150]

@@ -309,7 +309,7 @@ def test_resume_auto_refuses_a_checkpoint_of_other_training_settings(
     [
         (["--resume", "missing.pt"], "missing.pt: checkpoint not found"),
         (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
-        (["--workers", "-1"], "--workers must be 0 or more"),
+        (["--workers", "-1"], "--workers: -1 is less than the minimum of 0"),
     ],
 )
 def test_bad_invocation_is_one_line_and_exit_2(extra, message, tmp_path, tiny_config, capsys):

@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.utils.data import Dataset
 
-from ifcn.errors import IfcnError
-from ifcn.training.sampler import IterationSampler, build_loader, step_seed, worker_count
+from ifcn.training.sampler import IterationSampler, build_loader, step_seed
 
 
 class Keys(Dataset):
@@ -42,9 +40,3 @@ def test_loader_workers_do_not_change_the_samples():
         )
         seen.append([(s["index"], s["seed"]) for s in loader])
     assert seen[0] == seen[1] == list(IterationSampler(5, 2, 9, seed=1))
-
-
-def test_workers_come_from_the_flag_else_the_config():
-    assert worker_count(None, 2) == 2 and worker_count(0, 2) == 0
-    with pytest.raises(IfcnError, match="--workers must be 0 or more"):
-        worker_count(-1, 2)
