@@ -29,4 +29,5 @@ onstart:
 rule all:
     default_target: True
     input:
-        all_outputs(),
+        result("report.md"),
+        result("val/segm_eval.json"),

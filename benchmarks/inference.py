@@ -37,13 +37,12 @@ import cv2
 import numpy as np
 import torch
 
-from ifcn.config import load_config
+from ifcn.config import defaults, load_config
 from ifcn.data.image import image_tensor, resize_image
 from ifcn.model import build_model
 from ifcn.proposals.candidates import Candidates, CandidateWriter, ImageCandidates
 from ifcn.proposals.format import ProposalWriter
-from ifcn.proposals.infer import run_inference
-from ifcn.proposals.inference import infer_image
+from ifcn.proposals.inference import infer_image, run_inference
 from ifcn.proposals.suppression import nms_image, torch_threads
 from ifcn.windows import rank_windows
 
@@ -141,7 +140,7 @@ def end_to_end_pass(model, image, infer_cfg, device, folder: Path) -> tuple[dict
         writer.add(record)
     t2 = time.perf_counter()
     with Candidates(folder / "candidates.h5") as reader, torch_threads(1):  # as `ifcn nms` runs
-        result = nms_image(reader.read(0), 0.8, 1000, 0.5)
+        result = nms_image(reader.read(0), defaults("nms"))
     t3 = time.perf_counter()
     with ProposalWriter(folder / "proposals.h5", attrs) as writer:
         writer.add(**result)
@@ -202,10 +201,11 @@ def data_share(model, infer_cfg, image, device, folder: Path, count: int = 8) ->
              "shard": "0/1"}  # fmt: skip
     out = {}
     for workers in (0, 2):
-        run_inference(model, table, root, folder / "c.h5", attrs, infer_cfg, device, workers,
+        settings = {**infer_cfg, "workers": workers}
+        run_inference(model, table, root, folder / "c.h5", attrs, settings, device,
                       show_progress=False)  # warm-up  # fmt: skip
-        run = run_inference(model, table, root, folder / "c.h5", attrs, infer_cfg, device,
-                            workers, show_progress=False)  # fmt: skip
+        run = run_inference(model, table, root, folder / "c.h5", attrs, settings, device,
+                            show_progress=False)  # fmt: skip
         out[f"workers_{workers}"] = {"seconds_per_image": run.seconds / count,
                                      "data_share": run.data_seconds / run.seconds}  # fmt: skip
     return out

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/proposals/reference_nms.py: ifcn 0.1's NMS
 
 from ifcn.assemble import assemble_sparse  # noqa: E402
+from ifcn.config import defaults  # noqa: E402
 from ifcn.data.image import resized_shape  # noqa: E402
 from ifcn.proposals.candidates import Candidates, CandidateWriter, ImageCandidates  # noqa: E402
 from ifcn.proposals.format import ProposalWriter  # noqa: E402
@@ -177,7 +178,7 @@ def measure_image(rng: np.random.Generator, folder: Path) -> dict:
 
     new("write_candidates", write_candidates)
     read = new("read_candidates", read_candidates)
-    result = new("nms", nms_image, read, 0.8, TOP_N, 0.5)
+    result = new("nms", nms_image, read, defaults("nms") | {"top_n": TOP_N})
 
     def write_proposals(found_proposals):
         with ProposalWriter(folder / "proposals.h5", ATTRS) as writer:

@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from ifcn.atomic import write_text
+from ifcn.config import defaults
 from ifcn.data.synth import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ def main(args: argparse.Namespace) -> dict:
         data = work / "data"
         if not (data / "train.json").exists():
             synth = dict(base["data"]["synth"], num_train=args.images, num_val=1)
-            generate_dataset(data, **synth)
+            generate_dataset(data, defaults("data.synth") | synth)
         result: dict = {
             "machine": {
                 "cpus": os.cpu_count(),

@@ -22,23 +22,23 @@ from ifcn.errors import IfcnError, describe_os_error
 
 # command (words) -> module holding get_args_parser() and main(args)
 COMMANDS: dict[tuple[str, ...], str] = {
-    ("data", "synth"): "ifcn.data.synth",
-    ("data", "download"): "ifcn.data.download",
-    ("data", "convert"): "ifcn.data.convert",
-    ("data", "check"): "ifcn.data.check",
-    ("train",): "ifcn.train",
-    ("infer",): "ifcn.proposals.infer",
-    ("merge",): "ifcn.proposals.merge",
-    ("nms",): "ifcn.proposals.nms",
-    ("export",): "ifcn.proposals.export",
-    ("evaluate",): "ifcn.evaluation.evaluate",
-    ("viz",): "ifcn.viz",
-    ("classify", "train"): "ifcn.classify.train",
-    ("classify", "predict"): "ifcn.classify.predict",
-    ("classify", "evaluate"): "ifcn.classify.evaluate",
-    ("report",): "ifcn.report",
-    ("ablation",): "ifcn.ablation",
-    ("weights", "fetch"): "ifcn.weights",
+    ("data", "synth"): "ifcn.commands.data_synth",
+    ("data", "download"): "ifcn.commands.data_download",
+    ("data", "convert"): "ifcn.commands.data_convert",
+    ("data", "check"): "ifcn.commands.data_check",
+    ("train",): "ifcn.commands.train",
+    ("infer",): "ifcn.commands.infer",
+    ("merge",): "ifcn.commands.merge",
+    ("nms",): "ifcn.commands.nms",
+    ("export",): "ifcn.commands.export",
+    ("evaluate",): "ifcn.commands.evaluate",
+    ("viz",): "ifcn.commands.viz",
+    ("classify", "train"): "ifcn.commands.classify_train",
+    ("classify", "predict"): "ifcn.commands.classify_predict",
+    ("classify", "evaluate"): "ifcn.commands.classify_evaluate",
+    ("report",): "ifcn.commands.report",
+    ("ablation",): "ifcn.commands.ablation",
+    ("weights", "fetch"): "ifcn.commands.weights_fetch",
 }
 
 # command -> (one-line summary, example): `ifcn --help` lists the summaries, `ifcn <command>
@@ -46,28 +46,33 @@ COMMANDS: dict[tuple[str, ...], str] = {
 HELP: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "synth"): (
         "generate the synthetic dataset: COCO JSON and PNGs",
+        "ifcn data synth --config results/synthetic/config.yaml --out resources/synthetic\n"
         "ifcn data synth --out resources/synthetic --seed 0 --num-train 200 --num-val 50",
     ),
     ("data", "download"): (
         "download, verify and unpack a dataset's archives",
+        "ifcn data download --config results/pennfudan/config.yaml\n"
         "ifcn data download --dataset pennfudan --out resources/pennfudan",
     ),
     ("data", "convert"): (
         "convert VOC, SBD, COCO or Penn-Fudan to COCO JSON",
+        "ifcn data convert --config results/pennfudan/config.yaml --split train\n"
         "ifcn data convert --format pennfudan --root resources/pennfudan/PennFudanPed \\\n"
         "    --split train --out resources/pennfudan/train.json",
     ),
     ("data", "check"): (
         "check a COCO instances JSON and its images",
+        "ifcn data check --config results/synthetic/config.yaml --split val\n"
         "ifcn data check --json resources/synthetic/val.json --images resources/synthetic/images",
     ),
     ("train",): (
         "train InstanceFCN (resumable; GPUs with torchrun)",
-        "ifcn train --config config/config.yaml --out results/synthetic/train --resume auto",
+        "ifcn train --config results/synthetic/config.yaml --out results/synthetic/train \\\n"
+        "    --resume auto",
     ),
     ("infer",): (
         "run a trained model on images: candidates.h5",
-        "ifcn infer --config config/config.yaml \\\n"
+        "ifcn infer --config results/synthetic/config.yaml \\\n"
         "    --checkpoint results/synthetic/train/model_final.pt \\\n"
         "    --images resources/synthetic/val.json --shard 0/2 \\\n"
         "    --out results/synthetic/val/shards/candidates-0.h5",
@@ -79,8 +84,10 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
     ),
     ("nms",): (
         "candidates.h5 to proposals.h5: NMS, best N per image",
-        "ifcn nms --candidates results/synthetic/val/candidates.h5 \\\n"
-        "    --out results/synthetic/val/proposals.h5 --iou 0.8 --top-n 1000",
+        "ifcn nms --config results/synthetic/config.yaml \\\n"
+        "    --candidates results/synthetic/val/candidates.h5 \\\n"
+        "    --out results/synthetic/val/proposals.h5\n"
+        "ifcn nms --candidates candidates.h5 --out proposals.h5 --iou 0.7 --top-n 100",
     ),
     ("export",): (
         "proposals.h5 to a COCO results JSON (RLE masks)",
@@ -89,19 +96,20 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
     ),
     ("evaluate",): (
         "average recall (AR@10/100/1000) of proposals",
-        "ifcn evaluate --gt resources/synthetic/val.json \\\n"
-        "    --proposals results/synthetic/val/proposals.h5 --out results/synthetic/val/ar.json",
+        "ifcn evaluate --config results/synthetic/config.yaml \\\n"
+        "    --gt resources/synthetic/val.json --proposals results/synthetic/val/proposals.h5 \\\n"
+        "    --out results/synthetic/val/ar.json",
     ),
     ("viz",): (
         "draw proposals and score maps (one image, a run, a folder)",
-        "ifcn viz --config config/config.yaml \\\n"
+        "ifcn viz --config results/synthetic/config.yaml \\\n"
         "    --checkpoint results/synthetic/train/model_final.pt \\\n"
         "    --images resources/synthetic/val.json --image-id 1 \\\n"
         "    --proposals results/synthetic/val/proposals.h5 --out pictures/",
     ),
     ("classify", "train"): (
         "train the classifier that labels proposals",
-        "ifcn classify train --config config/config.yaml \\\n"
+        "ifcn classify train --config results/synthetic/config.yaml \\\n"
         "    --proposals results/synthetic/train/proposals.h5 \\\n"
         "    --gt resources/synthetic/train.json \\\n"
         "    --init-from results/synthetic/train/model_final.pt \\\n"
@@ -109,14 +117,15 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
     ),
     ("classify", "predict"): (
         "label proposals: instance segmentation results",
-        "ifcn classify predict --checkpoint results/synthetic/classify/model_final.pt \\\n"
+        "ifcn classify predict --config results/synthetic/config.yaml \\\n"
+        "    --checkpoint results/synthetic/classify/model_final.pt \\\n"
         "    --proposals results/synthetic/val/proposals.h5 \\\n"
         "    --images resources/synthetic/val.json --out results/synthetic/val/segm.json",
     ),
     ("classify", "evaluate"): (
         "mAP@0.5 and mAP@0.7 of instance segmentation",
-        "ifcn classify evaluate --gt resources/synthetic/val.json \\\n"
-        "    --results results/synthetic/val/segm.json \\\n"
+        "ifcn classify evaluate --config results/synthetic/config.yaml \\\n"
+        "    --gt resources/synthetic/val.json --results results/synthetic/val/segm.json \\\n"
         "    --out results/synthetic/val/segm_eval.json",
     ),
     ("weights", "fetch"): (
@@ -125,12 +134,12 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
     ),
     ("report",): (
         "write a run's report.md: tables, curves, pictures",
-        "ifcn report --config config/config.yaml --ar results/synthetic/val/ar.json \\\n"
-        "    --out results/synthetic/report.md",
+        "ifcn report --config results/synthetic/config.yaml \\\n"
+        "    --ar results/synthetic/val/ar.json --out results/synthetic/report.md",
     ),
     ("ablation",): (
         "the paper's ablations: variant configs, the table",
-        "ifcn ablation config --config config/config.yaml --variant k=3 \\\n"
+        "ifcn ablation config --config results/synthetic/config.yaml --variant k=3 \\\n"
         "    --out results/synthetic/ablation/k=3/config.yaml\n"
         "ifcn ablation table --ar results/synthetic/ablation/k=*/val/ar.json \\\n"
         "    --variants k=1 k=3 k=5 k=7 --out results/synthetic/ablation_k.csv",

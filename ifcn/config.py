@@ -1,29 +1,37 @@
 """Run configuration: YAML validated against the workflow's schema, defaults filled in.
 
-The schema (workflow/schemas/config.schema.yaml) is the single source of truth for keys, types
-and defaults; a dataset's file paths that the config leaves out derive from ``run`` and
-``data.root`` (`dataset_paths`). The workflow layers its ``--configfile`` and ``--config``
-overrides with `run_config` and writes the result to results/<run>/config.yaml, the one file
-every stage then reads (`write_config`).
+The schema (workflow/schemas/config.schema.yaml) is the single source of truth for keys, types,
+defaults and ranges; a dataset's file paths that the config leaves out derive from ``run`` and
+``data.root`` through the dataset registry (`ifcn.data.datasets`). The workflow layers its
+``--configfile`` and ``--config`` overrides with `run_config` and writes the result to
+results/<run>/config.yaml (`write_run_config`), the one file every stage then reads: each
+command takes it as ``--config`` (`config_option`), and its flags only override keys of it
+(`override_option`, `command_config`), validated by the same schema.
+
+Two annotations of the schema (JSON-schema validators ignore unknown keywords) name the keys
+that other code must treat apart, so that each list has one copy:
+
+- ``x-retrain: false``: changing the key neither changes a model's weights nor its data order
+  (`retrain_neutral`): a run may resume under a new value and the workflow does not retrain.
+- ``x-predict: true``: a ``classify`` key that prediction reads from the run's config rather
+  than from the classifier's checkpoint (`prediction_keys`).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from ifcn import atomic
+from ifcn.data import datasets
 from ifcn.errors import IfcnError
-
-# Training keys that change neither the weights nor the data order: a run may resume under new
-# values of these, and the workflow does not retrain for them.
-RESUME_NEUTRAL = ("workers", "log_period", "checkpoint_period", "keep_checkpoints", "tensorboard")
 
 
 def _schema_path() -> Path:
@@ -38,15 +46,90 @@ def _schema_path() -> Path:
 
 SCHEMA_PATH = _schema_path()
 
-# What each dataset cannot do without (no default can stand in for these): data key -> what.
-DATASET_NEEDS: dict[str, dict[str, str]] = {
-    "coco": {"source": "the folder of your COCO export"},
-}
+
+# libyaml's safe loader where PyYAML has it (ten times faster than the pure-Python one)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.cache
+def _schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.load(f, Loader=_SAFE_LOADER)
+
+
+def _validator(schema: dict) -> Any:
+    """A JSON-schema validator of ``schema``. jsonschema is imported here, not with the module:
+    its import costs a light command (evaluate, nms) a tenth of a second."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema)
 
 
 def load_schema() -> dict:
-    with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+    """The schema (a copy the caller may change)."""
+    return copy.deepcopy(_schema())
+
+
+def schema_of(key: str) -> dict | None:
+    """The schema of a dotted key (``nms.iou``, ``data.synth``); None for an unknown key."""
+    node = _schema()
+    for name in key.split("."):
+        node = node.get("properties", {}).get(name)
+        if node is None:
+            return None
+    return node
+
+
+def defaults(section: str) -> dict:
+    """The schema's defaults of a section (``nms``, ``data.synth``)."""
+    node = schema_of(section)
+    if node is None or "properties" not in node:
+        raise KeyError(f"no config section {section!r}")
+    out: dict = {}
+    _fill_defaults(out, node)
+    return out
+
+
+def _marked(section: str, keyword: str, value: Any) -> tuple[str, ...]:
+    node = schema_of(section) or {}
+    return tuple(k for k, sub in node.get("properties", {}).items() if sub.get(keyword) == value)
+
+
+def retrain_neutral(section: str) -> tuple[str, ...]:
+    """Keys of ``section`` marked ``x-retrain: false``: they change neither the weights nor the
+    data order, so a run may resume under new values and the workflow does not retrain."""
+    return _marked(section, "x-retrain", False)
+
+
+def prediction_keys() -> tuple[str, ...]:
+    """``classify`` keys marked ``x-predict: true``: what prediction reads from the run's config
+    (the rest of the classifier, its architecture and image sizes, from its checkpoint)."""
+    return _marked("classify", "x-predict", True)
+
+
+# Training keys a run may resume under new values of (the proposal model's; the classifier's are
+# retrain_neutral("classify")).
+RESUME_NEUTRAL = retrain_neutral("train")
+
+
+def training_settings(config: Mapping, section: str) -> dict:
+    """What a model trained by ``section`` (``train`` or ``classify``) depends on: the ``model``
+    section and ``section`` without its `retrain_neutral` keys (the workflow's rerun trigger)."""
+    neutral = retrain_neutral(section)
+    kept = {key: value for key, value in config[section].items() if key not in neutral}
+    return {"model": config["model"], section: kept}
+
+
+def settings_of(config: Mapping, keys: Iterable[str]) -> dict:
+    """The values of sections or dotted keys (``infer``, ``report.pictures``) of ``config``:
+    a rule's rerun trigger."""
+    out = {}
+    for key in keys:
+        node: Any = config
+        for name in key.split("."):
+            node = node[name]
+        out[key] = node
+    return out
 
 
 def _fill_defaults(instance: Any, schema: dict) -> None:
@@ -60,58 +143,29 @@ def _fill_defaults(instance: Any, schema: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
-def dataset_paths(data: Mapping[str, Any], run: str) -> dict[str, str]:
-    """The root, JSON files and image folders of ``data``, each derived unless given.
-
-    The root defaults to resources/<run>; the JSON files lie in it, named after their split;
-    the image folders are where the dataset's own layout (or the user's COCO export,
-    ``source``/<split>) keeps them.
-    """
-    root = data.get("root") or f"resources/{run}"
-    dataset = data["dataset"]
-    train_name, val_name = "train", "val"
-    if dataset == "synthetic":
-        train_images = val_images = f"{root}/images"
-    elif dataset == "coco":
-        train_name, val_name = data["train_split"], data["val_split"]
-        train_images = f"{data['source']}/{train_name}"
-        val_images = f"{data['source']}/{val_name}"
-    elif dataset in ("coco2014", "coco2017"):
-        train_name, val_name = f"train{dataset[-4:]}", f"val{dataset[-4:]}"
-        train_images, val_images = f"{root}/{train_name}", f"{root}/{val_name}"
-    elif dataset == "pennfudan":
-        train_images = val_images = f"{root}/PennFudanPed/PNGImages"
-    else:  # voc2012, sbd: SBD's img/ holds the images of every split SBD annotates
-        train_images = val_images = f"{root}/benchmark_RELEASE/dataset/img"
-    derived = {
-        "root": root,
-        "train_json": f"{root}/{train_name}.json",
-        "train_images": train_images,
-        "val_json": f"{root}/{val_name}.json",
-        "val_images": val_images,
-    }
-    return {key: data.get(key) or value for key, value in derived.items()}
+def _first(errors: list) -> Any:
+    """The error reported: the first by its path in the config, the same on every run."""
+    return sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])[0]
 
 
 def validate_config(config: dict, source: str | Path = "<config>") -> dict:
     """Validate `config`; return a copy with every default filled in and every path derived."""
-    schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    schema = _schema()
+    # an empty config breaks no rule of the schema, which requires nothing (a test checks):
+    # the schema's defaults need no validator
+    errors = list(_validator(schema).iter_errors(config)) if config else []
     if errors:
-        err = errors[0]
+        err = _first(errors)
         where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
         raise IfcnError(f"invalid config at '{where}': {err.message}", source)
     full = copy.deepcopy(config)
     _fill_defaults(full, schema)
     data = full["data"]
-    for key, what in DATASET_NEEDS.get(data["dataset"], {}).items():
-        if data.get(key) is None:
-            raise IfcnError(
-                f"invalid config at 'data.{key}': dataset '{data['dataset']}' needs {what}",
-                source,
-            )
-    data.update(dataset_paths(data, full["run"]))
+    for key, what in datasets.missing_needs(data):
+        raise IfcnError(
+            f"invalid config at 'data.{key}': dataset '{data['dataset']}' needs {what}", source
+        )
+    data.update(datasets.dataset_paths(data, full["run"]))
     return full
 
 
@@ -148,6 +202,113 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     """Read a YAML config file, apply nested `overrides`, validate and fill defaults."""
     raw = merge_config(read_config_file(path), overrides or {})
     return validate_config(raw, path)
+
+
+def set_keys(
+    config: Mapping,
+    values: Mapping[str, Any],
+    names: Mapping[str, str] | None = None,
+    source: str | Path | None = None,
+) -> dict:
+    """A validated copy of ``config`` with dotted keys (``nms.iou``) set to ``values``, defaults
+    filled and data paths derived.
+
+    Each value is checked against its key's schema before the whole is, so that a bad value is
+    reported as what set it (``names``: key -> e.g. the flag ``--iou``; else the key itself):
+    ``--iou: 1.5 is greater than the maximum of 1``. Errors of the rest name ``source``.
+    """
+    out = copy.deepcopy(dict(config))
+    for dotted, value in values.items():
+        name = (names or {}).get(dotted, dotted)
+        sub = schema_of(dotted)
+        if sub is not None:
+            errors = list(_validator(sub).iter_errors(value))
+            if errors:
+                raise IfcnError(f"{name}: {_first(errors).message}")
+        *parents, key = dotted.split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise IfcnError(f"cannot set {name}: {parent} is not a section", source)
+        node[key] = copy.deepcopy(value)
+    return validate_config(out, "<schema defaults>" if source is None else source)
+
+
+def config_option(
+    parser: argparse.ArgumentParser, required: bool = False, reads: bool = True
+) -> None:
+    """``--config``: the run's config file, whose section the command reads (``reads``; else
+    the command only checks it, so that every stage takes the run's ``--config`` alike)."""
+    help = "the run's config.yaml (results/<run>/config.yaml)"
+    if not reads:
+        help += ", checked; this command reads no setting of it"
+    elif not required:
+        help += "; without it, the schema's defaults (config/README.md)"
+    parser.add_argument("--config", required=required, help=help)
+
+
+class _FromConfig:
+    def __repr__(self) -> str:
+        return "FROM_CONFIG"
+
+
+# The `const` of an `override_option` flag given without a value (``nargs="?"``): take the
+# value from the config. Not a string: argparse would read a string const with the flag's type.
+FROM_CONFIG = _FromConfig()
+
+
+def override_option(
+    parser: argparse.ArgumentParser, flag: str, key: str, help: str, **kwargs: Any
+) -> None:
+    """Add ``flag``, which overrides config key ``key`` (typed by the schema, None unless given;
+    its help names the key and the schema's default). `command_config` applies it."""
+    sub = schema_of(key)
+    if sub is None:
+        raise KeyError(f"no config key {key!r}")
+    types = _schema_types(sub)
+    if "array" in types:
+        kwargs.setdefault("nargs", "+")
+        types = _schema_types(sub["items"])
+    kwargs["type"] = int if "integer" in types else float if "number" in types else str
+    if "enum" in sub:
+        kwargs["choices"] = sub["enum"]
+    default = json.dumps(sub.get("default"))
+    action = parser.add_argument(
+        flag, default=None, help=f"{help} (config {key}; default {default})", **kwargs
+    )
+    table = parser.get_default("config_overrides")
+    if table is None:
+        table = {}
+        parser.set_defaults(config_overrides=table)
+    table[key] = (flag, action.dest)
+
+
+def given_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config key -> value of each `override_option` flag given on the command line."""
+    table = getattr(args, "config_overrides", None) or {}
+    values = {key: getattr(args, dest) for key, (_, dest) in table.items()}
+    return {key: value for key, value in values.items() if value not in (None, FROM_CONFIG)}
+
+
+def command_config(args: argparse.Namespace, base: Mapping | None = None) -> dict:
+    """The config a command runs with: its ``--config`` file (else ``base``, else the schema's
+    defaults) with the `override_option` flags given laid over it, validated; an error names
+    the flag or the file."""
+    table = getattr(args, "config_overrides", None) or {}
+    names = {key: flag for key, (flag, _) in table.items()}
+    path = getattr(args, "config", None)
+    raw = read_config_file(path) if path is not None else dict(base or {})
+    return set_keys(raw, given_overrides(args), names, path)
+
+
+def evaluation_first_n(config: Mapping, gt: str | Path, given: bool) -> int | None:
+    """``data.first_n`` where it applies: to the evaluation images (``data.val_json``), or to
+    any ``gt`` when the command line gave it (``--first-n``)."""
+    first_n = config["data"]["first_n"]
+    if given or Path(gt).resolve() == Path(config["data"]["val_json"]).resolve():
+        return first_n
+    return None
 
 
 def _schema_types(schema: dict) -> set[str]:
@@ -226,13 +387,34 @@ def write_config(config: dict, path: str | Path, note: str) -> bool:
     return True
 
 
+def write_run_config(
+    config: dict, folder: str | Path, sources: Sequence[str | Path], dry_run: bool = False
+) -> bool:
+    """Write ``folder``/config.yaml, the file the stages of a run folder read, when its text
+    changes; returns whether it was written.
+
+    A dry run writes a missing one (the plan reads it) but never changes one, so planning a
+    change does not alter a run in progress.
+    """
+    path = Path(folder) / "config.yaml"
+    if dry_run and path.exists():
+        return False
+    files = " + ".join(str(source) for source in sources)
+    note = (
+        f"The effective config of {folder} ({files} with --config overrides and schema "
+        "defaults), written by the workflow: edit those, not this."
+    )
+    return write_config(config, path, note)
+
+
 def config_json(config: dict) -> str:
     """Canonical JSON of a config, stored in checkpoints and output files."""
     return json.dumps(config, sort_keys=True)
 
 
 def schema_markdown() -> str:
-    """config/README.md: every key of the schema with its type, default and description."""
+    """config/README.md: every key of the schema with its type, default and description (and
+    what its annotations mean), then the dataset registry's table."""
     schema = load_schema()
     lines = [
         "# Configuration keys",
@@ -256,9 +438,24 @@ def schema_markdown() -> str:
                 kind += " (" + ", ".join(map(str, sub["enum"])) + ")"
             default = "" if sub.get("type") == "object" else json.dumps(sub.get("default"))
             text = " ".join(str(sub.get("description", "")).split()).replace("|", "\\|")
+            if sub.get("x-retrain") is False:
+                text += " Changing it does not retrain."
+            if sub.get("x-predict"):
+                text += " `ifcn classify predict` reads it from the run's config."
             lines.append(f"| `{name}` | {kind} | {default and f'`{default}`'} | {text} |")
             if sub.get("type") == "object":
                 walk(sub, name + ".")
 
     walk(schema, "")
+    lines += [
+        "",
+        "## Datasets",
+        "",
+        "The values of `data.dataset`, from the dataset registry `ifcn/data/datasets.py`: what",
+        "`ifcn data download` fetches into `data.root`, which `ifcn data convert --format`",
+        "converts each split, and the paths `data.train_json`, `data.train_images`,",
+        "`data.val_json` and `data.val_images` take when the config leaves them null.",
+        "",
+        *datasets.markdown_table(),
+    ]
     return "\n".join(lines) + "\n"

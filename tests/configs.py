@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from ifcn.config import defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,3 +26,8 @@ def write_config(folder: Path, data_root: Path, **sections) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def settings(section: str, **given: object) -> dict:
+    """A config section as a stage reads it: the schema's defaults with ``given`` keys replaced."""
+    return defaults(section) | given

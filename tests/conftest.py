@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ifcn.config import defaults
 from ifcn.data.synth import generate_dataset
 from tests import slurm_cluster as cluster
 from tests.configs import ROOT, write_config
@@ -18,7 +19,7 @@ def tiny_data(tmp_path_factory) -> Path:
     """The dataset of config/tiny.yaml, generated once per session."""
     synth = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())["data"]["synth"]
     out = tmp_path_factory.mktemp("tiny_data")
-    generate_dataset(out, **synth)
+    generate_dataset(out, defaults("data.synth") | synth)
     return out
 
 

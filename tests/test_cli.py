@@ -68,6 +68,19 @@ def test_examples_are_valid_invocations(words):
         module.get_args_parser().parse_args(line[1 + len(words) :])
 
 
+@pytest.mark.parametrize("words", list(cli.COMMANDS), ids=" ".join)
+def test_every_command_takes_the_runs_config_and_checks_it_first(tmp_path, capsys, words):
+    """`--config` on every command (the workflow passes the run's config.yaml to each): a bad
+    one fails before any other input is read, in one line naming the file and the key."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {k: 0}\n")
+    line = example_lines(cli.HELP[words][1])[0][1 + len(words) :]
+    code, out, err = run_cli(capsys, *words, *line, "--config", bad)
+    assert code == 2, (out, err)
+    assert err == f"ifcn {' '.join(words)}: error: {bad}: invalid config at 'model.k': " \
+        "0 is less than the minimum of 1\n"  # fmt: skip
+
+
 def test_top_level_help_lists_every_command_with_its_summary(capsys):
     code, out, err = run_cli(capsys, "--help")
     assert code == 0 and not err

@@ -1,19 +1,35 @@
-"""Config files: validated against the workflow's schema, defaults filled, errors on one line."""
+"""Config files: validated against the workflow's schema, defaults filled, errors on one line;
+command-line flags that override keys through the schema; key lists from its annotations."""
 
+import argparse
+import importlib
+import json
 import os
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ifcn.cli import COMMANDS
 from ifcn.cli import main as cli_main
 from ifcn.config import (
+    RESUME_NEUTRAL,
     coerce_overrides,
+    command_config,
+    defaults,
+    evaluation_first_n,
     load_config,
+    load_schema,
+    prediction_keys,
+    retrain_neutral,
     run_config,
     schema_markdown,
+    schema_of,
+    set_keys,
+    training_settings,
     validate_config,
     write_config,
+    write_run_config,
 )
 from ifcn.errors import IfcnError
 
@@ -157,3 +173,168 @@ def test_write_config_leaves_an_unchanged_file_alone(tmp_path):
     assert path.stat().st_mtime == 1_000_000 and load_config(path) == config
     assert write_config({**config, "run": "other"}, path, "note")
     assert load_config(path)["run"] == "other"
+
+
+def _nms_args(*argv: str):
+    from ifcn.commands import nms
+
+    return nms.get_args_parser().parse_args(["--candidates", "c.h5", "--out", "p.h5", *argv])
+
+
+def test_a_flag_overrides_the_config_file_and_absent_ones_keep_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"nms": {"iou": 0.6, "top_n": 10}}))
+    config = command_config(_nms_args("--config", str(path), "--iou", "0.7"))
+    assert config["nms"] == {"iou": 0.7, "top_n": 10, "mask_threshold": 0.5}
+    assert command_config(_nms_args("--config", str(path)))["nms"]["iou"] == 0.6
+    # no config file: the schema's defaults, the only place they are written
+    assert command_config(_nms_args())["nms"] == defaults("nms")
+    assert command_config(_nms_args("--top-n", "5"))["nms"]["top_n"] == 5
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--iou", "1.5"], "--iou: 1.5 is greater than the maximum of 1"),
+        (["--top-n", "0"], "--top-n: 0 is less than the minimum of 1"),
+        (["--mask-threshold", "-0.1"], "--mask-threshold: -0.1 is less than the minimum of 0"),
+    ],
+)
+def test_a_bad_flag_is_refused_by_the_schema_naming_the_flag(argv, message, capsys):
+    with pytest.raises(IfcnError) as info:
+        command_config(_nms_args(*argv))
+    assert str(info.value) == message
+    code = cli_main(["nms", "--candidates", "c.h5", "--out", "p.h5", *argv])
+    assert code == 2 and capsys.readouterr().err.strip() == f"ifcn nms: error: {message}"
+
+
+def test_a_bad_config_file_is_named_and_a_good_flag_does_not_hide_it(tmp_path):
+    path = _write(tmp_path, {"nms": {"iou": 2}})
+    with pytest.raises(IfcnError, match=r"bad.yaml: invalid config at 'nms.iou'"):
+        command_config(_nms_args("--config", str(path), "--top-n", "3"))
+    # the flag's own key is checked as the flag's, then the file with it laid over
+    assert command_config(_nms_args("--config", str(path), "--iou", "0.5"))["nms"]["iou"] == 0.5
+
+
+def _override_actions():
+    """(command, flag, config key, argparse action) of every flag that overrides a config key."""
+    for words, module_name in COMMANDS.items():
+        parser = importlib.import_module(module_name).get_args_parser()
+        parsers = [parser] + [
+            sub
+            for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for sub in action.choices.values()
+        ]
+        for each in parsers:
+            actions = {action.dest: action for action in each._actions}
+            for key, (flag, dest) in (each.get_default("config_overrides") or {}).items():
+                yield " ".join(words), flag, key, actions[dest]
+
+
+def test_every_override_flag_defaults_to_none_and_shows_the_schemas_default():
+    found = list(_override_actions())
+    # every flag that once repeated a schema default or range is an override of its key now
+    assert {(command, flag, key) for command, flag, key, _ in found} >= {
+        ("nms", "--iou", "nms.iou"), ("nms", "--top-n", "nms.top_n"),
+        ("nms", "--mask-threshold", "nms.mask_threshold"),
+        ("evaluate", "--max-dets", "evaluate.max_dets"),
+        ("evaluate", "--matching", "evaluate.matching"),
+        ("evaluate", "--first-n", "data.first_n"),
+        ("classify evaluate", "--ap", "classify.ap"),
+        ("classify evaluate", "--first-n", "data.first_n"),
+        ("data convert", "--first-n", "data.first_n"),
+        ("data synth", "--seed", "data.synth.seed"),
+        ("data synth", "--num-train", "data.synth.num_train"),
+        ("data synth", "--max-objects", "data.synth.max_objects"),
+        ("train", "--iters", "train.iters"), ("train", "--workers", "train.workers"),
+        ("infer", "--workers", "infer.workers"),
+        ("classify train", "--workers", "classify.workers"),
+        ("classify predict", "--nms-iou", "classify.nms_iou"),
+        ("classify predict", "--test-scale", "classify.test_scale"),
+        ("classify predict", "--workers", "classify.workers"),
+        ("viz", "--pictures", "report.pictures"), ("viz", "--top-n", "predict.pictures"),
+    }  # fmt: skip
+    for command, flag, key, action in found:
+        assert action.default is None, (command, flag)
+        default = json.dumps(schema_of(key)["default"])
+        assert f"config {key}; default {default}" in action.help, (command, flag)
+
+
+def test_key_lists_are_the_schemas_annotations(monkeypatch):
+    from ifcn import config as config_module
+    from ifcn.classify import training as classify_training
+    from ifcn.training import checkpoint
+
+    assert RESUME_NEUTRAL == retrain_neutral("train") == checkpoint.RESUME_NEUTRAL
+    assert set(RESUME_NEUTRAL) == {
+        "workers", "log_period", "checkpoint_period", "keep_checkpoints", "tensorboard",
+    }  # fmt: skip
+    assert classify_training.RESUME_NEUTRAL == retrain_neutral("classify")
+    assert {"score_threshold", "nms_iou", "detections_per_image", "test_scale", "ap"} <= set(
+        retrain_neutral("classify")
+    )
+    assert set(prediction_keys()) == {
+        "top_n", "test_scale", "score_threshold", "nms_iou", "detections_per_image", "workers",
+    }  # fmt: skip
+    # what decides a retraining leaves out exactly the marked keys
+    config = validate_config({})
+    trigger = training_settings(config, "classify")
+    assert set(trigger) == {"model", "classify"} and trigger["model"] == config["model"]
+    assert set(trigger["classify"]) == set(config["classify"]) - set(retrain_neutral("classify"))
+    # a new annotation in the schema is all it takes to change a list
+    schema = load_schema()
+    schema["properties"]["classify"]["properties"]["fc_dim"]["x-predict"] = True
+    schema["properties"]["train"]["properties"]["seed"]["x-retrain"] = False
+    monkeypatch.setattr(config_module, "_schema", lambda: schema)
+    assert "fc_dim" in prediction_keys() and "seed" in retrain_neutral("train")
+
+
+def test_an_empty_config_breaks_no_rule_of_the_schema():
+    """validate_config skips the validator for {} (a light command's start-up): the schema
+    requires nothing, so this holds."""
+    import jsonschema
+
+    assert not list(jsonschema.Draft202012Validator(load_schema()).iter_errors({}))
+
+
+def test_set_keys_names_the_key_or_what_set_it():
+    base = validate_config({})
+    with pytest.raises(IfcnError, match=r"^model\.k: 'five' is not of type 'integer'$"):
+        set_keys(base, {"model.k": "five"})
+    with pytest.raises(IfcnError, match=r"^--set model\.k: 0 is less than the minimum of 1$"):
+        set_keys(base, {"model.k": 0}, {"model.k": "--set model.k"})
+    with pytest.raises(IfcnError, match="'kk' was unexpected"):
+        set_keys(base, {"model.kk": 3})
+    assert set_keys(base, {"nms.iou": 0.5})["nms"]["iou"] == 0.5
+
+
+def test_first_n_applies_to_the_evaluation_images_unless_given(tmp_path):
+    config = validate_config({"run": "mine", "data": {"first_n": 3}})
+    assert evaluation_first_n(config, "resources/mine/val.json", given=False) == 3
+    assert evaluation_first_n(config, "resources/mine/train.json", given=False) is None
+    assert evaluation_first_n(config, "resources/mine/train.json", given=True) == 3
+
+
+def test_run_configs_are_written_once_and_a_dry_run_leaves_one_alone(tmp_path):
+    folder = tmp_path / "results" / "mine"
+    config = validate_config({"run": "mine"})
+    assert write_run_config(config, folder, ["a.yaml", "b.yaml"])
+    text = (folder / "config.yaml").read_text()
+    assert text.startswith(f"# The effective config of {folder} (a.yaml + b.yaml")
+    other = validate_config({"run": "mine", "nms": {"iou": 0.5}})
+    assert not write_run_config(other, folder, ["a.yaml"], dry_run=True)
+    assert (folder / "config.yaml").read_text() == text
+    assert write_run_config(other, folder, ["a.yaml"])
+    assert load_config(folder / "config.yaml")["nms"]["iou"] == 0.5
+
+
+def test_a_flag_given_without_its_value_takes_the_configs(tmp_path):
+    from ifcn.commands import viz
+
+    path = tmp_path / "run.yaml"
+    path.write_text("report: {pictures: 4}\n")
+    parser = viz.get_args_parser()
+    argv = ["--config", str(path), "--out", "o", "--pictures"]
+    assert command_config(parser.parse_args(argv))["report"]["pictures"] == 4
+    assert command_config(parser.parse_args([*argv, "2"]))["report"]["pictures"] == 2

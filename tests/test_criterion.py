@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ifcn.config import validate_config
 from ifcn.criterion import DeepMaskCriterion, InstanceFCNCriterion, build_criterion
-from ifcn.data.coco import mask_boxes
+from ifcn.data.masks import mask_boxes
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from ifcn.windows import (

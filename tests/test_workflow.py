@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from ifcn.config import load_config
+from ifcn.data.datasets import convert_request
 from ifcn.proposals.format import Proposals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +112,15 @@ def _workdir(tmp_path: Path, config: dict | None = None, **sections) -> Path:
     return work
 
 
+STAGES = {"train": 1, "merge": 2, "nms": 2, "classify_train": 1, "evaluate": 1, "figures": 1,
+          "classify_predict": 1, "classify_evaluate": 1, "report": 1, "all": 1}  # fmt: skip
+PLANS = {
+    "config/config.yaml": {"synth": 1, "infer": 4, **STAGES},
+    "config/voc2012.yaml": {"download": 2, "convert_train": 1, "convert_val": 1, "infer": 2,
+                            **STAGES},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "configfile,first_rules",
     [
@@ -136,6 +146,8 @@ def test_dry_run_plans_the_whole_pipeline(tmp_path, configfile, first_rules):
     jobs = planned_jobs(result.stdout)
     assert first_rules <= jobs.keys()
     assert {"train", "infer", "merge", "nms", "evaluate", "figures", "report", "all"} <= jobs.keys()
+    if configfile in PLANS:  # the jobs of the workflow before its logic moved into ifcn
+        assert jobs == PLANS[configfile]
     if configfile == "config/voc2012.yaml":  # MNC's stage 3, as Table 4 trained it
         mnc = "classifier: vgg16 backbone, 2 paths x 2 fc 4096-d (ImageNet fc6/fc7)"
         assert f"run voc2012: {mnc}" in result.stderr
@@ -248,7 +260,10 @@ def test_own_coco_export_plans_every_output_under_the_run(tmp_path):
     for path in outputs:
         assert path.startswith(("resources/mine/", "results/mine/")), path
     assert "resources/mine/train.json" in outputs and "resources/mine/valid.json" in outputs
-    assert f"--root {export} --split valid" in result.stdout
+    # the registry turns the run's val split into the export's own `valid`
+    assert "ifcn data convert --config results/mine/config.yaml --split val" in result.stdout
+    request = convert_request(load_config(work / "results/mine/config.yaml")["data"], "val")
+    assert (request["fmt"], request["root"], request["split"]) == ("coco", str(export), "valid")
     assert f"--image-root {export}/valid" in result.stdout
     # what the dataset needs is required, and the error names the key and the file
     del config["data"]["source"]
@@ -258,6 +273,41 @@ def test_own_coco_export_plans_every_output_under_the_run(tmp_path):
     message = result.stdout + result.stderr
     assert "invalid config at 'data.source': dataset 'coco' needs" in message
     assert "run.yaml" in message
+
+
+def test_every_path_reaches_the_shell_quoted(tmp_path):
+    """Data paths with spaces, quotes and command substitutions: each planned command, run by
+    bash with `ifcn` recording its arguments, gets every path as one argument and runs none of
+    what the paths say."""
+    odd = 'it\'s "odd" $(touch X) `touch Y` ;touch Z'
+    export, photos = tmp_path / f"export {odd}", tmp_path / f"photos {odd}"
+    for folder in (export / "train", export / "val", photos):
+        folder.mkdir(parents=True)
+    tiny = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    config = {
+        "run": "odd",
+        "data": {"dataset": "coco", "source": str(export), "root": str(tmp_path / f"root {odd}")},
+        "predict": {"images": str(photos)},
+        **{key: tiny[key] for key in ("model", "train", "infer", "nms", "classify")},
+    }
+    work = _workdir(tmp_path, config)
+    plan = snakemake("-n", "-p", "all", "predict", "--configfile", "run.yaml", cwd=work)
+    commands = [
+        line.removeprefix("Shell command: ")
+        for line in plan.stdout.splitlines()
+        if line.startswith("Shell command: ") and line != "Shell command: None"
+    ]
+    assert len(commands) == 20  # every job of the run and of the predict target
+    (work / "results" / "odd" / "logs").mkdir(parents=True, exist_ok=True)
+    args = tmp_path / "args"
+    stub = 'ifcn() { printf "%s\\n" "$@" >> "$ARGS"; }; '
+    for command in commands:
+        subprocess.run(["bash", "-c", stub + command], cwd=work, env={**_env(), "ARGS": str(args)},
+                       check=True)  # fmt: skip
+    recorded = args.read_text().splitlines()
+    assert not [p for p in tmp_path.rglob("*") if p.name in ("X", "Y", "Z")]
+    for path in (export / "train", tmp_path / f"root {odd}" / "val.json", photos):
+        assert str(path) in recorded, path
 
 
 @pytest.mark.parametrize("weights", ["missing-file", "torch-cache"])
@@ -279,6 +329,42 @@ def test_missing_imagenet_weights_fail_before_the_first_job(tmp_path, weights):
     # a dry run still plans the whole pipeline
     plan = snakemake("-n", "--configfile", "run.yaml", cwd=work, env=env)
     assert {"train", "report"} <= planned_jobs(plan.stdout).keys()
+
+
+@pytest.fixture(scope="module")
+def touched_run(tmp_path_factory) -> Path:
+    """config/tiny.yaml marked done by `snakemake --touch` (which records what each job ran
+    with), then its outputs made, all of one age: a run whose reruns a dry run shows in seconds."""
+    work = _workdir(tmp_path_factory.mktemp("touched"))
+    blocks = planned_blocks(snakemake("-n", "--configfile", "run.yaml", cwd=work).stdout)
+    snakemake("--touch", "--cores", "1", "--configfile", "run.yaml", cwd=work)
+    for path in (work / p for block in blocks for p in block["output"].split(", ") if p):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        os.utime(path, (1_000_000, 1_000_000))
+    again = snakemake("-n", "--configfile", "run.yaml", cwd=work)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    return work
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ("nms={iou: 0.7}", {"nms": 2, "evaluate": 1, "classify_train": 1, "figures": 1,
+                            "classify_predict": 1, "classify_evaluate": 1, "report": 1}),
+        # keys the schema marks x-retrain: false retrain nothing
+        ("train={log_period: 3}", {"report": 1}),
+        ("classify={test_scale: 200}", {"classify_predict": 1, "classify_evaluate": 1,
+                                        "report": 1}),
+        ("classify={ap: voc}", {"classify_evaluate": 1, "report": 1}),
+        ("data={first_n: 2}", {"evaluate": 1, "classify_evaluate": 1, "report": 1}),
+    ],
+)  # fmt: skip
+def test_a_changed_setting_reruns_the_stages_that_read_it_and_those_after(
+    touched_run, change, expected
+):
+    plan = snakemake("-n", "--configfile", "run.yaml", "--config", change, cwd=touched_run)
+    assert planned_jobs(plan.stdout) == {**expected, "all": 1}
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-PROTOCOLS = ("voc", "coco")
 DESCRIPTION = {
     "voc": "SDS region AP (AP^r): VOC area under the precision-recall curve",
     "coco": "COCO AP (pycocotools COCOeval, 101-point interpolated precision)",
@@ -69,12 +68,14 @@ def region_ap(
     threshold: float,
     max_dets: int,
 ) -> float | None:
-    """SDS/VOC region AP of one category at mask IoU ``threshold`` (None: no GT object)."""
+    """SDS/VOC region AP of one category at mask IoU ``threshold`` (None: no GT object).
+
+    ``gt`` is `Instances.coco()`: every mask already compressed RLE."""
     wanted = set(image_ids)
     positives: dict[int, list] = defaultdict(list)
     difficult: dict[int, list] = defaultdict(list)
     for ann in gt.loadAnns(gt.getAnnIds(imgIds=list(image_ids), catIds=[category_id])):
-        (difficult if ann["iscrowd"] else positives)[ann["image_id"]].append(gt.annToRLE(ann))
+        (difficult if ann["iscrowd"] else positives)[ann["image_id"]].append(ann["segmentation"])
     num_positives = sum(len(v) for v in positives.values())
     if not num_positives:
         return None

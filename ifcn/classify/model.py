@@ -22,11 +22,11 @@ from pycocotools import mask as mask_utils
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ifcn import checkpoint
 from ifcn.classify.settings import mask_grid_size
 from ifcn.errors import IfcnError
 from ifcn.model.backbone import build_backbone, find_pretrained_weights
 from ifcn.model.heads import init_new_layers
+from ifcn.training import checkpoint
 from ifcn.windows import STRIDE
 
 KIND = checkpoint.CLASSIFIER  # the `kind` entry of the classifier's checkpoints
@@ -221,8 +221,9 @@ def load_imagenet_fc(model: ProposalClassifier, backbone: str, weights: str | No
     return path
 
 
-def load_backbone_from(model: ProposalClassifier, path: str, config: dict) -> None:
-    """Copy the backbone of an `ifcn train` checkpoint (the proposal model) into `model`."""
+def proposal_backbone(path: str | Path, config: dict) -> dict[str, torch.Tensor]:
+    """The backbone weights of an `ifcn train` checkpoint (the proposal model), checked to be
+    of the config's backbone."""
     state = checkpoint.load(path, kind=checkpoint.PROPOSAL_MODEL)
     theirs = state["config"].get("model", {}).get("backbone")
     ours = config["model"]["backbone"]
@@ -231,9 +232,20 @@ def load_backbone_from(model: ProposalClassifier, path: str, config: dict) -> No
             f"proposal model has backbone {theirs!r}, the config asks for {ours!r}", path
         )
     prefix = "backbone."
-    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+
+
+def set_backbone(
+    model: ProposalClassifier, weights: dict[str, torch.Tensor], path: str | Path
+) -> None:
+    """Copy `proposal_backbone`'s weights (read from ``path``) into the classifier."""
     try:
         model.backbone.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise IfcnError(f"backbone weights do not fit ({first})", path) from None
+
+
+def load_backbone_from(model: ProposalClassifier, path: str, config: dict) -> None:
+    """Copy the backbone of an `ifcn train` checkpoint (the proposal model) into `model`."""
+    set_backbone(model, proposal_backbone(path, config), path)

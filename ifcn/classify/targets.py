@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 
 from ifcn.classify.model import roi_inputs
 from ifcn.classify.settings import mask_grid_size
-from ifcn.data.coco import CocoInstances
+from ifcn.data.dataset import CocoInstances
 from ifcn.errors import IfcnError
-from ifcn.proposals.format import Proposals, ProposalsPerProcess
+from ifcn.proposals.format import ProposalsPerProcess
 
 IGNORE = -1  # label of RoIs that are neither foreground nor background
 _CROWD_IOA = 0.5  # share of a RoI inside a crowd region that keeps it from being background
@@ -75,29 +75,6 @@ def sample_rois(
     num_bg = min(rois_per_image - num_fg, len(bg))
     chosen = [rng.choice(fg, num_fg, replace=False), rng.choice(bg, num_bg, replace=False)]
     return np.concatenate(chosen).astype(np.int64)
-
-
-def check_image_sets(
-    proposals: Proposals, images: Mapping[int, dict], json_path: str | Path
-) -> None:
-    """Refuse proposals of another image set: every image must be there, same size and name."""
-    missing = [i for i in images if i not in proposals]
-    if missing:
-        raise IfcnError(
-            f"no proposals for {len(missing)} of the {len(images)} images of {json_path} "
-            f"(e.g. id {missing[0]}): proposals of another image set?",
-            proposals.path,
-        )
-    for image_id, entry in images.items():
-        size = proposals.size(image_id)
-        name = proposals.file_name(image_id)
-        if size != (int(entry["height"]), int(entry["width"])) or name != entry["file_name"]:
-            raise IfcnError(
-                f"image {image_id} is {name} ({size[0]}x{size[1]}) here but "
-                f"{entry['file_name']} ({entry['height']}x{entry['width']}) in {json_path}: "
-                "proposals of another image set?",
-                proposals.path,
-            )
 
 
 def category_table(dataset: CocoInstances) -> list[dict]:

@@ -1,22 +1,24 @@
-"""`ifcn data convert`: a dataset in its own format -> COCO instances JSON + its image root.
+"""A dataset in its own format -> COCO instances JSON + its image root.
 
 Everything downstream reads only the COCO JSON (DESIGN §3). The JSON's `info.image_root` records
 the folder its file names are relative to (relative to the JSON's own folder); images are not
 copied. What the conversion changed is printed and kept in `info.conversion_notes`.
+
+The command `ifcn data convert` is `ifcn.commands.data_convert`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
-from ifcn.data.cocojson import validate_instances, write_json_atomic
 from ifcn.data.formats import Converted
 from ifcn.data.formats.coco import convert_coco
 from ifcn.data.formats.pennfudan import convert_pennfudan
 from ifcn.data.formats.sbd import convert_sbd
 from ifcn.data.formats.voc import convert_voc
+from ifcn.data.instances import validate_instances
+from ifcn.data.jsonio import write_json_atomic
 from ifcn.errors import IfcnError
 
 FORMATS = ("voc", "sbd", "coco", "pennfudan")
@@ -96,69 +98,3 @@ def write_converted(converted: Converted, out: Path) -> None:
     info["image_root"] = os.path.relpath(converted.image_root.resolve(), out.parent.resolve())
     info["conversion_notes"] = list(converted.notes)
     write_json_atomic(converted.dataset, out)
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Convert a dataset to COCO instances JSON (RLE masks, area = mask area).",
-        add_help=add_help,
-    )
-    parser.add_argument("--format", required=True, choices=FORMATS, help="source format")
-    parser.add_argument(
-        "--root",
-        type=Path,
-        help="dataset folder: VOC2012 (JPEGImages, SegmentationObject, SegmentationClass, "
-        "ImageSets), SBD benchmark_RELEASE/dataset, PennFudanPed, or a COCO/Roboflow folder",
-    )
-    parser.add_argument(
-        "--split",
-        help="voc: ImageSets/Segmentation/NAME.txt; sbd: NAME.txt; pennfudan: train|val|all; "
-        "coco: annotations/instances_NAME.json or NAME/_annotations.coco.json",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="COCO JSON to write")
-    parser.add_argument(
-        "--json", type=Path, help="coco: the input JSON (instead of --root/--split)"
-    )
-    parser.add_argument("--images", type=Path, help="coco: folder the input file names are in")
-    parser.add_argument(
-        "--first-n", type=int, help="coco: keep the first N image ids in sorted order"
-    )
-    parser.add_argument(
-        "--exclude", type=Path, help="voc/sbd/pennfudan: drop the images named in this list file"
-    )
-    parser.add_argument(
-        "--image-list",
-        type=Path,
-        help="sbd: convert the images named in this list (e.g. VOC2012/ImageSets/Main/train.txt, "
-        "the paper's split) instead of --split's; those SBD does not annotate are left out",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes over images"
-    )
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.first_n is not None and args.first_n < 1:
-        raise IfcnError(f"--first-n must be at least 1, got {args.first_n}")
-    converted = convert(
-        args.format,
-        args.root,
-        args.split,
-        json_path=args.json,
-        images=args.images,
-        first_n=args.first_n,
-        exclude=args.exclude,
-        image_list=args.image_list,
-        workers=args.workers,
-    )
-    write_converted(converted, args.out)
-    d = converted.dataset
-    print(
-        f"wrote {args.out}: {len(d['images'])} images, {len(d['annotations'])} annotations, "
-        f"{len(d['categories'])} categories"
-    )
-    print(f"image root: {converted.image_root}")
-    for note in converted.notes:
-        print(f"changed: {note}" if args.format == "coco" else f"note: {note}")
-    return 0

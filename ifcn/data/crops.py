@@ -27,7 +27,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from ifcn.data.coco import CocoInstances
+from ifcn.data.dataset import CocoInstances
 from ifcn.errors import IfcnError
 from ifcn.windows import (
     POSITIVE,

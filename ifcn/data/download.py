@@ -1,15 +1,17 @@
-"""`ifcn data download`: fetch a dataset's official archives, verify them, unpack them.
+"""Fetch a dataset's official archives, verify them, unpack them.
 
 Downloads resume (HTTP Range) into `<name>.part`, are verified against the checksum the dataset
 publishes before they take their final name, and unpack through a temporary folder so a failure
 leaves nothing half-extracted. A dataset whose unpacked files are present is not fetched again.
 Offline, or on a checksum mismatch, the error says which file to place where by hand.
-Nothing here runs at import time; tests pass their own table of archives.
+Nothing here runs at import time; tests pass their own table of archives. The archives, their
+URLs and checksums are the dataset registry's (`ifcn.data.datasets.ARCHIVES`).
+
+The command `ifcn data download` is `ifcn.commands.data_download`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
@@ -19,109 +21,17 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from ifcn import __version__
+from ifcn.data.datasets import ARCHIVES, Archive
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
-
-
-@dataclass(frozen=True)
-class Archive:
-    """One archive: tried at each URL in turn; done once every path in `provides` exists."""
-
-    filename: str
-    urls: tuple[str, ...]
-    checksum: str  # "<algorithm>:<hex digest>", e.g. "md5:6cd6e1..."
-    provides: tuple[str, ...]
-
-
-_COCO = "http://images.cocodataset.org"
-_VOC = "VOCdevkit/VOC2012"
-_SBD = "benchmark_RELEASE/dataset"
-
-# Official locations and the checksums recorded for them (see docs/datasets.md for sources).
-DATASETS: dict[str, tuple[Archive, ...]] = {
-    "voc2012": (
-        Archive(
-            "VOCtrainval_11-May-2012.tar",
-            (
-                "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-                "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-            ),
-            "md5:6cd6e144f989b92b3379bac3b3de84fd",
-            (
-                f"{_VOC}/JPEGImages",
-                f"{_VOC}/SegmentationObject",
-                f"{_VOC}/SegmentationClass",
-                f"{_VOC}/ImageSets/Segmentation/val.txt",
-            ),
-        ),
-    ),
-    "sbd": (
-        Archive(
-            "benchmark.tgz",
-            (
-                "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
-                "semantic_contours/benchmark.tgz",
-            ),
-            "md5:82b4d87ceb2ed10f6038a1cba92111cb",
-            (f"{_SBD}/img", f"{_SBD}/inst", f"{_SBD}/cls", f"{_SBD}/train.txt", f"{_SBD}/val.txt"),
-        ),
-    ),
-    "coco2014": (
-        Archive(
-            "annotations_trainval2014.zip",
-            (f"{_COCO}/annotations/annotations_trainval2014.zip",),
-            "md5:0a379cfc70b0e71301e0f377548639bd",
-            ("annotations/instances_train2014.json", "annotations/instances_val2014.json"),
-        ),
-        Archive(
-            "val2014.zip",
-            (f"{_COCO}/zips/val2014.zip",),
-            "md5:a3d79f5ed8d289b7a7554ce06a5782b3",
-            ("val2014",),
-        ),
-        Archive(
-            "train2014.zip",
-            (f"{_COCO}/zips/train2014.zip",),
-            "md5:0da8c0bd3d6becc4dcb32757491aca88",
-            ("train2014",),
-        ),
-    ),
-    "coco2017": (
-        Archive(
-            "annotations_trainval2017.zip",
-            (f"{_COCO}/annotations/annotations_trainval2017.zip",),
-            "md5:f4bbac642086de4f52a3fdda2de5fa2c",
-            ("annotations/instances_train2017.json", "annotations/instances_val2017.json"),
-        ),
-        Archive(
-            "val2017.zip",
-            (f"{_COCO}/zips/val2017.zip",),
-            "md5:442b8da7639aecaf257c1dceb8ba8c80",
-            ("val2017",),
-        ),
-        Archive(
-            "train2017.zip",
-            (f"{_COCO}/zips/train2017.zip",),
-            "md5:cced6f7f71b7629ddf16f17bbcfab6b2",
-            ("train2017",),
-        ),
-    ),
-    "pennfudan": (
-        Archive(
-            "PennFudanPed.zip",
-            ("https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip",),
-            "md5:5aaa3dee905cef73325923716e38fc6d",
-            ("PennFudanPed/PNGImages", "PennFudanPed/PedMasks"),
-        ),
-    ),
-}
+# archive set -> its archives (a name tests replace with a table of their own)
+DATASETS: dict[str, tuple[Archive, ...]] = ARCHIVES
 
 
 class _Interrupted(Exception):
@@ -289,32 +199,3 @@ def _move_into(src: Path, dest: Path) -> None:
             _move_into(child, dest / child.name)
     else:
         os.replace(src, dest)
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Download, verify and unpack a dataset's official archives (resumable).",
-        add_help=add_help,
-    )
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset")
-    parser.add_argument("--out", type=Path, required=True, help="folder, e.g. resources/<name>")
-    parser.add_argument(
-        "--mirror", help="base URL of a local mirror holding the archives, tried first"
-    )
-    parser.add_argument(
-        "--remove-archives", action="store_true", help="delete each archive once unpacked"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    lines = download_dataset(
-        args.dataset,
-        args.out,
-        mirror=args.mirror,
-        keep_archives=not args.remove_archives,
-        progress=not args.quiet,
-    )
-    print("\n".join(lines))
-    return 0

@@ -3,7 +3,7 @@
 `image_table_from_folder(DIR)` lists every image file under DIR (by extension, any case;
 hidden files and folders skipped), sorted by path relative to DIR, as ids 1..n with that
 relative path as `file_name` and the size read from the image itself: the same shape as
-`ifcn.data.cocojson.read_image_table`, so any stage that reads an image table takes a folder.
+`ifcn.data.instances.read_image_table`, so any stage that reads an image table takes a folder.
 """
 
 from __future__ import annotations

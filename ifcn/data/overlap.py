@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ifcn.data.cocojson import Instances, read_instances
+from ifcn.data.instances import Instances, read_instances
 from ifcn.errors import IfcnError
 
 LISTED = 5

@@ -1,4 +1,4 @@
-"""`ifcn data synth`: the seeded synthetic dataset of DESIGN §3, written as COCO instances JSON.
+"""The seeded synthetic dataset of DESIGN §3, written as COCO instances JSON.
 
 Shapes of a few categories on textured backgrounds; about half the objects are placed as a
 touching or overlapping neighbour of an earlier object with the *same colour and category*, the
@@ -6,13 +6,15 @@ case a semantic FCN cannot split into instances and InstanceFCN can. Objects are
 (later on top); an object left mostly hidden is removed before painting, so every visible shape is
 annotated and every annotation is what is visible. Each image is a pure function of
 (seed, split, index), so the output is byte-identical for any number of workers.
+
+The command `ifcn data synth` is `ifcn.commands.data_synth`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +58,10 @@ MIN_INSIDE_FRACTION = 0.7  # share of a shape that must fall inside the image
 class SynthParams:
     """Per-image generation parameters (everything but the seed, split and index)."""
 
-    min_side: int = 256
-    max_side: int = 384
-    min_objects: int = 2
-    max_objects: int = 6
+    min_side: int
+    max_side: int
+    min_objects: int
+    max_objects: int
 
 
 @dataclass
@@ -270,7 +272,7 @@ def _paint(image: np.ndarray, shape: _Shape, mask: np.ndarray, rng: np.random.Ge
 
 
 def render_image(
-    seed: int, split: str, index: int, params: SynthParams = SynthParams()
+    seed: int, split: str, index: int, params: SynthParams
 ) -> tuple[np.ndarray, list[SynthObject]]:
     """The image (H, W, 3) RGB uint8 and its annotated objects, from (seed, split, index) alone."""
     rng = image_rng(seed, split, index)
@@ -327,35 +329,27 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _check(params: SynthParams, num_train: int, num_val: int, out_dir: Path) -> None:
-    if num_train < 1 or num_val < 1:
-        raise IfcnError("num_train and num_val must be at least 1", out_dir)
-    if not 64 <= params.min_side <= params.max_side:
-        raise IfcnError("need 64 <= min_side <= max_side", out_dir)
-    if not 0 <= params.min_objects <= params.max_objects or params.max_objects < 1:
-        raise IfcnError("need 0 <= min_objects <= max_objects and max_objects >= 1", out_dir)
+def _check(params: SynthParams, out_dir: Path) -> None:
+    """What the schema cannot say: each range's ends in order (the schema bounds each key)."""
+    if params.min_side > params.max_side:
+        raise IfcnError("need min_side <= max_side", out_dir)
+    if params.min_objects > params.max_objects:
+        raise IfcnError("need min_objects <= max_objects", out_dir)
 
 
-def generate_dataset(
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    num_train: int = 200,
-    num_val: int = 50,
-    min_side: int = 256,
-    max_side: int = 384,
-    min_objects: int = 2,
-    max_objects: int = 6,
-    workers: int = 1,
-) -> dict[str, Path]:
-    """Write out_dir/{train,val}.json and out_dir/images/*.png; return their paths.
+def generate_dataset(out_dir: str | Path, settings: Mapping, workers: int = 1) -> dict[str, Path]:
+    """Write out_dir/{train,val}.json and out_dir/images/*.png under ``settings`` (the config's
+    ``data.synth`` section) with ``workers`` processes; return their paths.
 
     The JSON files are written last (each atomically), so a dataset with both JSON files present
     is complete.
     """
     out_dir = Path(out_dir)
-    params = SynthParams(min_side, max_side, min_objects, max_objects)
-    _check(params, num_train, num_val, out_dir)
+    seed, num_train, num_val = settings["seed"], settings["num_train"], settings["num_val"]
+    params = SynthParams(
+        settings["min_side"], settings["max_side"], settings["min_objects"], settings["max_objects"]
+    )
+    _check(params, out_dir)
     image_dir = out_dir / "images"
     try:
         image_dir.mkdir(parents=True, exist_ok=True)
@@ -394,38 +388,3 @@ def generate_dataset(
         paths[split] = out_dir / f"{split}.json"
         atomic.write_bytes(paths[split], json.dumps(dataset, separators=(",", ":")).encode())
     return paths
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Generate the synthetic shapes dataset as COCO instances JSON + PNG images.",
-        add_help=add_help,
-    )
-    parser.add_argument(
-        "--out", required=True, help="output folder (train.json, val.json, images/)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=200)
-    parser.add_argument("--num-val", type=int, default=50)
-    parser.add_argument("--min-side", type=int, default=256)
-    parser.add_argument("--max-side", type=int, default=384)
-    parser.add_argument("--min-objects", type=int, default=2)
-    parser.add_argument("--max-objects", type=int, default=6)
-    parser.add_argument("--workers", type=int, default=1, help="processes; output is identical")
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    paths = generate_dataset(
-        args.out,
-        seed=args.seed,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        min_side=args.min_side,
-        max_side=args.max_side,
-        min_objects=args.min_objects,
-        max_objects=args.max_objects,
-        workers=args.workers,
-    )
-    print(f"wrote {paths['train']}, {paths['val']} and images under {paths['images']}")
-    return 0

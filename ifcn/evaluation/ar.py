@@ -13,9 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from pycocotools import mask as mask_utils
 import ifcn
 from ifcn import atomic
 from ifcn.atomic import atomic_path
-from ifcn.data.cocojson import gc_paused
+from ifcn.data.jsonio import gc_paused
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ground_truth import GroundTruth, load_ground_truth
 from ifcn.evaluation.readers import ProposalsH5, ResultsJson, open_proposals
@@ -39,6 +38,7 @@ from ifcn.evaluation.recall import (
     greedy_hits,
     recall_ratio,
 )
+from ifcn.reporting.plots import Plotter, plot_recall_iou
 
 AREA_CHOICES = {"coco": list(COCO_AREA_RANGES), "all": ["all"]}
 
@@ -190,30 +190,26 @@ class Evaluation:
 def evaluate(
     gt_path: str | Path,
     proposals_path: str | Path,
+    settings: Mapping[str, Any],
     *,
-    max_dets: Sequence[int] = (10, 100, 1000),
-    matching: str = "coco",
     first_n: int | None = None,
     area_ranges: str = "coco",
     allow_missing: bool = False,
     workers: int = 1,
 ) -> Evaluation:
-    """AR of the proposals at each N in `max_dets`, by area range, with recall per threshold."""
-    if matching not in ("coco", "best"):
-        raise IfcnError(f"unknown matching {matching!r} (coco or best)")
+    """AR of the proposals at each N of ``settings`` (the config's ``evaluate`` section:
+    max_dets, matching), by area range, with recall per threshold; only the first ``first_n``
+    image ids when given."""
+    matching = settings["matching"]
     if area_ranges not in AREA_CHOICES:
         raise IfcnError(f"unknown area ranges {area_ranges!r} ({' or '.join(AREA_CHOICES)})")
-    max_dets = sorted({int(n) for n in max_dets})
-    if not max_dets or max_dets[0] < 1:
-        raise IfcnError("--max-dets must be positive integers")
+    max_dets = sorted({int(n) for n in settings["max_dets"]})
     if workers < 1:
         raise IfcnError(f"--workers must be at least 1, got {workers}")
     gt = load_ground_truth(gt_path)
     source = open_proposals(proposals_path, gt, workers)
     image_ids = sorted(gt.sizes)
     if first_n is not None:
-        if first_n < 1:
-            raise IfcnError("--first-n must be positive")
         image_ids = image_ids[:first_n]
     notes = []
     unknown = sorted(source.image_ids - gt.sizes.keys())
@@ -253,9 +249,13 @@ def evaluate(
     else:
         image_ids_in_file_order = image_ids
     digests = {str(gt.path): gt.sha256}
-    hits, regular = _count(
-        job, image_ids_in_file_order, workers, lambda: _hash_input(source, digests)
-    )
+    try:
+        hits, regular = _count(
+            job, image_ids_in_file_order, workers, lambda: _hash_input(source, digests)
+        )
+    finally:
+        if isinstance(source, ProposalsH5):
+            source.close()
     recall = recall_ratio(hits, regular)
     return Evaluation(
         matching=matching,
@@ -301,84 +301,6 @@ def _write_csv(result: Evaluation, path: Path) -> None:
             writer.writerow([f"{t:.2f}"] + [f"{v:.6f}" if v >= 0 else "" for v in row])
 
 
-def plot_recall_iou(result: Evaluation, path: Path) -> None:
-    """Recall against IoU threshold, one curve per N, AR in the legend (paper Fig. 6/7).
-
-    Drawn with matplotlib's object API and Agg canvas: pyplot's import and figure manager
-    would double the cost of a command that takes about a second.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 4), dpi=120)
-    # fixed margins: tight_layout would lay the text out twice, a third of the drawing time
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
-    ax = fig.add_subplot()
-    ar = result.ar
-    for m, n in enumerate(result.max_dets):
-        curve = np.where(result.curve[:, m] >= 0, result.curve[:, m], np.nan)
-        label = f"N={n}, AR={ar[0, m]:.3f}" if ar[0, m] >= 0 else f"N={n}"
-        ax.plot(CURVE_IOU_THRESHOLDS, curve, label=label)
-    ax.set(xlim=(0.5, 1.0), ylim=(0, 1), xlabel="IoU", ylabel="recall")
-    ax.set_title(f"Recall vs IoU ({result.matching} matching, {result.num_images} images)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    FigureCanvasAgg(fig).print_png(path)
-
-
-def _plot_server(connection: Connection, parents: Connection) -> None:
-    """Import matplotlib, then draw each (result, path) received; answer None or the error."""
-    parents.close()  # the parent's end, inherited by a fork: EOF only once it is closed there
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
-
-    while True:
-        try:
-            job = connection.recv()
-        except EOFError:
-            return
-        try:
-            plot_recall_iou(*job)
-            connection.send(None)
-        except Exception as exc:  # handed to the caller, which raises it
-            connection.send(exc)
-
-
-class Plotter:
-    """A process that imports matplotlib while the evaluation starts up and reads its inputs
-    (which leave a core idle) and draws the figure when asked: the import alone costs a quarter
-    of a second, a tenth of what `ifcn evaluate` takes. A context manager; a plain process and
-    a pipe, so that this process starts no thread before it forks its workers."""
-
-    def __enter__(self) -> Plotter:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        self._connection, theirs = context.Pipe()
-        self._process = context.Process(
-            target=_plot_server, args=(theirs, self._connection), daemon=True
-        )
-        self._process.start()
-        theirs.close()
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self._connection.close()
-        if exc_type is None:
-            self._process.join(timeout=5)
-        if self._process.is_alive():  # still importing, or stuck: it holds nothing to keep
-            self._process.terminate()
-            self._process.join()
-
-    def plot(self, result: Evaluation, path: Path) -> None:
-        self._connection.send((result, path))
-        try:
-            error = self._connection.recv()
-        except EOFError:
-            raise IfcnError("the plotting process died", path) from None
-        if error is not None:
-            raise error
-
-
 def write_outputs(
     result: Evaluation, out: Path, record: dict[str, Any], plotter: Plotter | None = None
 ) -> dict[str, Path]:
@@ -388,8 +310,18 @@ def write_outputs(
     paths = {"csv": out.parent / "recall_iou.csv", "png": out.parent / "recall_iou.png"}
     with atomic_path(paths["csv"]) as tmp:
         _write_csv(result, tmp)
-    with atomic_path(paths["png"]) as tmp:
-        (plotter.plot if plotter is not None else plot_recall_iou)(result, tmp)
+    ar = result.ar
+    figure = (
+        CURVE_IOU_THRESHOLDS,
+        {n: result.curve[:, m] for m, n in enumerate(result.max_dets)},
+        {n: float(ar[0, m]) for m, n in enumerate(result.max_dets)},
+        f"Recall vs IoU ({result.matching} matching, {result.num_images} images)",
+        paths["png"],
+    )
+    if plotter is not None:
+        plotter.draw(plot_recall_iou, *figure)
+    else:
+        plot_recall_iou(*figure)
     summary = result.summary()
     summary.update(record)
     summary["outputs"] = {"recall_iou_csv": paths["csv"].name, "recall_iou_png": paths["png"].name}

@@ -1,5 +1,6 @@
-"""Ground truth for evaluation: the COCO instances JSON read once through its validator, the
-masks converted per image when they are needed (in the worker that scores the image).
+"""Ground truth for evaluation: the COCO instances JSON read once through its validator
+(`ifcn.data.instances.read_instances`), the masks converted per image when they are needed (in
+the worker that scores the image) as `Instances.rle` converts them.
 
 GTs are kept in COCOeval's order (by image, then category rank, then file order), because
 COCOeval's matching breaks ties in IoU by that order.
@@ -11,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ifcn.data.cocojson import load_json, read_instances, segmentation_to_rle
-
-# `load_json` under the name the pictures stage imports it by.
-read_json = load_json
+from ifcn.data.instances import read_instances
+from ifcn.data.masks import segmentation_to_rle
 
 
 @dataclass

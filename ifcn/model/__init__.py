@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ifcn import checkpoint
 from ifcn.config import load_schema
 from ifcn.errors import IfcnError
 from ifcn.model.backbone import build_backbone
 from ifcn.model.heads import DeepMaskHead, DeepMaskScoring, InstanceBranch, ObjectnessBranch
+from ifcn.training import checkpoint
 from ifcn.windows import STRIDE
 
 HEADS = ("instancefcn", "deepmask")

@@ -212,11 +212,19 @@ def imagenet_weight_paths(name: str) -> list[Path]:
     return [cache / Path(url).name for url in imagenet_weight_urls(name)]
 
 
+_TINY_HAS_NONE = (
+    "backbone tiny has no ImageNet weights; set model.pretrained: false or choose vgg16, "
+    "resnet18 or resnet50"
+)
+
+
 def find_pretrained_weights(name: str, weights: str | None) -> Path:
     """The ImageNet weights file of backbone ``name``: ``weights`` if given, else the hub cache.
 
     IfcnError naming the file to place where (and its URL) when there is none.
     """
+    if name == "tiny":
+        raise IfcnError(_TINY_HAS_NONE)
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -282,10 +290,7 @@ def build_backbone(name: str, pretrained: bool = False, weights: str | None = No
         raise IfcnError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if name == "tiny":
         if pretrained:
-            raise IfcnError(
-                "backbone tiny has no ImageNet weights; set model.pretrained: false "
-                "or choose vgg16, resnet18 or resnet50"
-            )
+            raise IfcnError(_TINY_HAS_NONE)
         return TinyBackbone()
     backbone = VGG16Backbone() if name == "vgg16" else ResNetBackbone(name)
     if pretrained:

@@ -1,14 +1,15 @@
-"""`ifcn export`: proposals.h5 to a COCO results JSON, for tools that read only that (DESIGN §7).
+"""proposals.h5 to a COCO results JSON, for tools that read only that (DESIGN §7).
 
 Each proposal becomes `{"image_id", "category_id", "segmentation": {"size", "counts"}, "score"}`
 with the RLE counts as str. There is no `bbox` key on purpose: with one, `COCO.loadRes` would
 take the box path and overwrite each result's area with the box's. The JSON is streamed image by
 image into a temporary file that is renamed when complete.
+
+The command `ifcn export` is `ifcn.commands.export`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -51,23 +52,3 @@ def export_results(
         except OSError as exc:  # the reader turns its own errors into IfcnError
             raise write_error(exc, out) from None
     return count
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Convert proposals.h5 to a COCO results JSON (RLE segmentations, no bbox).",
-        add_help=add_help,
-    )
-    parser.add_argument("--proposals", required=True, type=Path, help="proposals.h5")
-    parser.add_argument("--out", required=True, type=Path, help="results JSON to write")
-    parser.add_argument(
-        "--category-id", type=int, default=1, help="category_id of every result (default 1)"
-    )
-    parser.add_argument("--top-n", type=int, metavar="N", help="keep the best N per image")
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    count = export_results(args.proposals, args.out, args.category_id, args.top_n)
-    print(f"wrote {count} results to {args.out}")
-    return 0

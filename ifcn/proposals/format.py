@@ -9,9 +9,10 @@ the RLE text is most of the file); readers get plain `bytes` back.
 Every image is checked where it enters, by the writer before it is written and by the reader
 whenever it is read, with one rule (docs/proposals-format.md): scores finite and non-increasing,
 boxes finite and inside the image, scale indices inside the `scales` attribute, and RLE text
-well formed with runs that cover exactly height × width pixels. Anything else is refused with
-one line naming the file and the image. This module must not import torch (`ifcn evaluate`
-imports it and its start-up time counts).
+well formed with runs that cover exactly height × width pixels (`ifcn.data.rle`). Anything else
+is refused with one line naming the file and the image; proposals of another image set than
+the JSON a stage reads with them, by `check_image_sets`. This module must not import torch
+(`ifcn evaluate` imports it and its start-up time counts).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any
 import numpy as np
 
 import ifcn
+from ifcn.data.rle import run_totals, well_formed
 from ifcn.errors import IfcnError
-from ifcn.proposals.rle import run_totals, well_formed
 from ifcn.proposals.table import Column, TableReader, TableWriter
 from ifcn.provenance import run_provenance
 
@@ -387,21 +388,56 @@ class Proposals:
 class ProposalsPerProcess:
     """A proposals.h5 opened lazily once in each process that reads it.
 
-    DataLoader workers read the same file as the main process, and an h5py handle does not
-    survive a fork: each process opens its own on first use.
+    DataLoader workers and evaluation's worker processes read the same file as the main
+    process, and an h5py handle does not survive a fork: each process opens its own on first
+    use (a `Proposals` with `check_runs`).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, check_runs: bool = True) -> None:
         self.path = Path(path)
+        self.check_runs = bool(check_runs)
         self._opened: tuple[int, Proposals] | None = None
 
-    def get(self, image_id: int, top_n: int | None = None) -> ImageProposals:
+    def _proposals(self) -> Proposals:
         if self._opened is None or self._opened[0] != os.getpid():
-            self._opened = (os.getpid(), Proposals(self.path))
-        return self._opened[1].get(image_id, top_n=top_n)
+            self._opened = (os.getpid(), Proposals(self.path, self.check_runs))
+        return self._opened[1]
+
+    def get(self, image_id: int, top_n: int | None = None) -> ImageProposals:
+        return self._proposals().get(image_id, top_n=top_n)
+
+    def iter_images(
+        self, image_ids: Iterable[int], top_n: int | None = None
+    ) -> Iterator[ImageProposals]:
+        """`Proposals.iter_images`: the images in file order, read in large blocks."""
+        return self._proposals().iter_images(image_ids, top_n)
 
     def close(self) -> None:
         """Close this process's handle."""
         if self._opened is not None:
             self._opened[1].close()
             self._opened = None
+
+
+def check_image_sets(
+    proposals: Proposals, images: Mapping[int, dict], json_path: str | Path
+) -> None:
+    """Refuse proposals of another image set: every image of an image table (`images`, read
+    from `json_path`) must be in the file, with the same size and file name."""
+    missing = [i for i in images if i not in proposals]
+    if missing:
+        raise IfcnError(
+            f"no proposals for {len(missing)} of the {len(images)} images of {json_path} "
+            f"(e.g. id {missing[0]}): proposals of another image set?",
+            proposals.path,
+        )
+    for image_id, entry in images.items():
+        size = proposals.size(image_id)
+        name = proposals.file_name(image_id)
+        if size != (int(entry["height"]), int(entry["width"])) or name != entry["file_name"]:
+            raise IfcnError(
+                f"image {image_id} is {name} ({size[0]}x{size[1]}) here but "
+                f"{entry['file_name']} ({entry['height']}x{entry['width']}) in {json_path}: "
+                "proposals of another image set?",
+                proposals.path,
+            )

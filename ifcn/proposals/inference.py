@@ -13,17 +13,21 @@ model's forward contract (``images [B, 3, H, W] → {"scores": [B, k², h, w], "
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ifcn.assemble import assemble_sparse
 from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.errors import IfcnError
+from ifcn.progress import progress_bar
+from ifcn.proposals.candidates import CandidateWriter, ImageCandidates
 from ifcn.windows import rank_windows
 
 
@@ -61,8 +65,8 @@ def infer_scaled(
     model: nn.Module,
     inputs: Sequence[tuple[Tensor, float]],
     m: int,
-    k: int | None = None,
-    pre_nms_topk: int = 1000,
+    k: int | None,
+    pre_nms_topk: int,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Candidates of one image from its `scaled_inputs`, best window first within each scale:
@@ -105,9 +109,9 @@ def infer_image(
     image: np.ndarray,
     scales: Sequence[int],
     m: int,
-    k: int | None = None,
-    max_size: int | None = None,
-    pre_nms_topk: int = 1000,
+    k: int | None,
+    max_size: int | None,
+    pre_nms_topk: int,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Candidates of one RGB uint8 image over all scales (`infer_scaled` of its inputs)."""
@@ -152,3 +156,70 @@ class ScaledImages(Dataset):
 def single(batch: list) -> object:
     """DataLoader collate for batches of one item: the item itself."""
     return batch[0]
+
+
+@dataclass
+class InferenceRun:
+    """What `run_inference` did: images, seconds in all, and seconds spent waiting for data."""
+
+    images: int
+    seconds: float
+    data_seconds: float
+
+
+def run_inference(
+    model: nn.Module,
+    images: dict[int, dict],
+    image_root: str | Path,
+    out: str | Path,
+    attrs: dict,
+    infer_cfg: Mapping,
+    device: torch.device | str,
+    show_progress: bool = True,
+) -> InferenceRun:
+    """Write the candidates of `images` (id → entry) to `out` under ``infer_cfg`` (the config's
+    ``infer`` section).
+
+    Its `workers` DataLoader processes decode and resize the images (0: this process); on CUDA
+    the inputs come in pinned memory and are copied while the previous image runs.
+    """
+    device = torch.device(device)
+    image_root = Path(image_root)
+    ids = sorted(images)
+    entries = [
+        (image_root / images[i]["file_name"], int(images[i]["height"]), int(images[i]["width"]))
+        for i in ids
+    ]
+    for path, _, _ in entries:
+        if not path.is_file():
+            raise IfcnError("image file not found (listed in the image table)", path)
+    m, k = int(model.m), int(model.k)
+    loader = DataLoader(
+        ScaledImages(entries, infer_cfg["scales"], infer_cfg["max_size"]),
+        batch_size=1,
+        shuffle=False,
+        num_workers=int(infer_cfg["workers"]),
+        collate_fn=single,
+        pin_memory=device.type == "cuda",
+    )
+    waited, start = 0.0, time.perf_counter()
+    with CandidateWriter(out, {**attrs, "mask_size": mask_size(model, m)}) as writer:
+        batches = iter(loader)
+        for _ in progress_bar(range(len(ids)), desc="infer", disable=not show_progress):
+            before = time.perf_counter()
+            index, inputs, error = next(batches)
+            waited += time.perf_counter() - before
+            if error is not None:
+                raise IfcnError(error)
+            found = infer_scaled(model, inputs, m, k, infer_cfg["pre_nms_topk"], device)
+            entry = images[ids[index]]
+            writer.add(
+                ImageCandidates(
+                    image_id=ids[index],
+                    file_name=entry["file_name"],
+                    height=int(entry["height"]),
+                    width=int(entry["width"]),
+                    **found,
+                )
+            )
+    return InferenceRun(len(ids), time.perf_counter() - start, waited)

@@ -1,12 +1,13 @@
-"""`ifcn merge`: the candidates.h5 shards of one inference job into one file.
+"""The candidates.h5 shards of one inference job into one file.
 
 Shards are contiguous chunks of the sorted image ids, so they merge by concatenation; they must
 come from the same inference run (every attribute but ``shard`` equal) and hold disjoint images.
+
+The command `ifcn merge` is `ifcn.commands.merge`.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,23 +82,3 @@ def merge_candidates(
     finally:
         for reader in readers:
             reader.close()
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        "ifcn merge",
-        description="Merge the candidates.h5 shards of one inference job into one file.",
-        add_help=add_help,
-    )
-    parser.add_argument("--inputs", nargs="+", required=True, help="candidates.h5 shards")
-    parser.add_argument("--out", required=True, help="merged candidates.h5")
-    parser.add_argument(
-        "--allow-partial", action="store_true", help="merge even if some shards are missing"
-    )
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    count = merge_candidates(args.inputs, args.out, args.allow_partial)
-    print(f"merged {len(args.inputs)} shards, {count} images: {args.out}")
-    return 0

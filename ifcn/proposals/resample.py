@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from ifcn.proposals.rle import encode_counts
+from ifcn.data.rle import encode_counts
 
 OFF, MIXED, ON = 0, 1, 2
 _ROUNDING = 1e-5  # bound on the rounding error of a resampled value in [0, 1], generously

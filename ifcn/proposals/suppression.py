@@ -12,21 +12,24 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.ops import nms as box_nms
 
+from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import Candidates, ImageCandidates
+from ifcn.proposals.format import ProposalWriter
 from ifcn.proposals.resample import render, tight_boxes
 
 
-def nms_image(
-    record: ImageCandidates, iou: float = 0.8, top_n: int = 1000, threshold: float = 0.5
-) -> dict:
-    """One image's proposals from its candidates: arguments of `ProposalWriter.add`."""
+def nms_image(record: ImageCandidates, settings: Mapping) -> dict:
+    """One image's proposals from its candidates under ``settings`` (the config's ``nms``
+    section: iou, top_n, mask_threshold): arguments of `ProposalWriter.add`."""
+    iou, top_n = float(settings["iou"]), int(settings["top_n"])
+    threshold = float(settings["mask_threshold"])
     height, width = int(record.height), int(record.width)
     logits = np.asarray(record.objectness, np.float32)
     finite = np.flatnonzero(np.isfinite(logits))
@@ -55,14 +58,14 @@ def nms_image(
 _worker: dict = {}
 
 
-def _init_worker(path: str, params: tuple[float, int, float]) -> None:
+def _init_worker(path: str, settings: dict) -> None:
     torch.set_num_threads(1)
     _worker["reader"] = Candidates(path)
-    _worker["params"] = params
+    _worker["settings"] = settings
 
 
 def _work(index: int) -> dict:
-    return nms_image(_worker["reader"].read(index), *_worker["params"])
+    return nms_image(_worker["reader"].read(index), _worker["settings"])
 
 
 def default_workers() -> int:
@@ -83,12 +86,51 @@ def torch_threads(count: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def image_results(
-    candidates: str | Path, count: int, params: tuple[float, int, float], workers: int
+    candidates: str | Path, count: int, settings: Mapping, workers: int
 ) -> Iterator[Iterator[dict]]:
     """Every image's `nms_image` result in file order, from a pool of processes or this one."""
+    settings = dict(settings)
     if workers > 1:
-        with multiprocessing.Pool(workers, _init_worker, (str(candidates), params)) as pool:
+        with multiprocessing.Pool(workers, _init_worker, (str(candidates), settings)) as pool:
             yield pool.imap(_work, range(count), chunksize=2)
     else:
         with Candidates(candidates) as reader:
-            yield (nms_image(reader.read(n), *params) for n in range(count))
+            yield (nms_image(reader.read(n), settings) for n in range(count))
+
+
+def run_nms(
+    candidates: str | Path,
+    out: str | Path,
+    settings: Mapping,
+    workers: int,
+    show_progress: bool = True,
+) -> int:
+    """Write proposals.h5 from candidates.h5 under ``settings`` (the config's ``nms`` section)
+    with `workers` processes (0: one per CPU); returns the number of images. Images without
+    proposals, or none at all, are fine."""
+    with Candidates(candidates) as reader:
+        attrs, count = reader.attrs, len(reader)
+    proposal_attrs = {
+        "config": attrs["config"],
+        "checkpoint_sha256": attrs["checkpoint_sha256"],
+        "dataset": attrs["dataset"],
+        "dataset_sha256": attrs.get("dataset_sha256", ""),
+        "scales": attrs["scales"],
+        "k": attrs["k"],
+        "m": attrs["m"],
+        "head": attrs.get("head", "instancefcn"),
+        "nms_iou": float(settings["iou"]),
+        "top_n": int(settings["top_n"]),
+        "mask_threshold": float(settings["mask_threshold"]),
+    }
+    workers = max(1, min(int(workers) or default_workers(), count))
+    with (
+        torch_threads(1),
+        image_results(candidates, count, settings, workers) as results,
+        progress_bar(total=count, desc="nms", unit="image", disable=not show_progress) as progress,
+        ProposalWriter(out, proposal_attrs) as writer,
+    ):
+        for result in results:
+            writer.add(**result)
+            progress.update(1)
+    return count

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from oracle import classify_config, write_oracle_proposals
 
-from ifcn.classify.train import run_training
-from ifcn.config import load_config
+from ifcn.classify.training import run_training
+from ifcn.config import defaults, load_config
 from ifcn.data.synth import generate_dataset
+from tests.classify.oracle import classify_config, write_oracle_proposals
 
 
 @pytest.fixture(autouse=True)
@@ -26,9 +26,8 @@ def one_thread():
 def oracle_data(tmp_path_factory) -> Path:
     """24 training and 8 validation images of 128-160 px with oracle proposals for both."""
     root = tmp_path_factory.mktemp("oracle")
-    generate_dataset(
-        root, seed=5, num_train=24, num_val=8, min_side=128, max_side=160, max_objects=4
-    )
+    synth = {"seed": 5, "num_train": 24, "num_val": 8, "min_side": 128, "max_side": 160}
+    generate_dataset(root, defaults("data.synth") | synth | {"max_objects": 4})
     for split, seed in (("train", 0), ("val", 1)):
         write_oracle_proposals(root / f"{split}.json", root / f"{split}_proposals.h5", seed)
     return root

@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 from pycocotools import mask as mask_utils
 
-from ifcn.data.coco import mask_boxes
+from ifcn.data.masks import mask_boxes
 from ifcn.proposals.format import write_proposals
 
 ROOT = Path(__file__).resolve().parents[2]

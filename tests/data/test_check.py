@@ -11,7 +11,7 @@ from PIL import Image
 
 from ifcn import cli
 from ifcn.data.check import check_dataset
-from ifcn.data.cocojson import encode_mask, rle_area_bbox
+from ifcn.data.rle import encode_mask, rle_area_bbox
 
 SIDE = 120
 

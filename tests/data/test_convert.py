@@ -20,9 +20,10 @@ from pycocotools import mask as mask_utils
 from scipy.ndimage import binary_dilation
 
 from ifcn import cli
-from ifcn.data.cocojson import decode_rle, encode_mask, load_json
 from ifcn.data.convert import convert, write_converted
 from ifcn.data.formats import VOC_CLASSES, pennfudan
+from ifcn.data.jsonio import load_json
+from ifcn.data.rle import decode_rle, encode_mask
 from ifcn.errors import IfcnError
 
 BORRAT = Path(__file__).parents[2].parent / "shared/data/borrat"

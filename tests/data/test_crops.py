@@ -7,8 +7,9 @@ import torch
 
 from ifcn.config import load_config, validate_config
 from ifcn.criterion import build_criterion
-from ifcn.data.coco import CocoInstances, mask_boxes
 from ifcn.data.crops import CropInstances, build_train_dataset, crop_origin, cut
+from ifcn.data.dataset import CocoInstances
+from ifcn.data.masks import mask_boxes
 from ifcn.model import build_model
 from ifcn.windows import LabelRule
 

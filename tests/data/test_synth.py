@@ -13,10 +13,12 @@ import pytest
 from pycocotools.coco import COCO
 
 from ifcn.cli import main as cli_main
+from ifcn.config import defaults
 from ifcn.data.synth import SynthParams, generate_dataset, render_image
 from ifcn.errors import IfcnError
 
-SMALL = dict(num_train=8, num_val=3, min_side=160, max_side=224)
+SMALL = defaults("data.synth") | dict(num_train=8, num_val=3, min_side=160, max_side=224)
+PARAMS = SynthParams(min_side=160, max_side=224, min_objects=2, max_objects=6)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -28,7 +30,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    generate_dataset(out, seed=3, **SMALL)
+    generate_dataset(out, SMALL | {"seed": 3})
     return out
 
 
@@ -37,12 +39,12 @@ def _decoded(ann: dict) -> np.ndarray:
 
 
 def test_same_seed_gives_identical_bytes_for_any_worker_count(dataset, tmp_path):
-    generate_dataset(tmp_path, seed=3, workers=2, **SMALL)
+    generate_dataset(tmp_path, SMALL | {"seed": 3}, workers=2)
     assert _files(tmp_path) == _files(dataset)
 
 
 def test_different_seed_gives_different_data(dataset, tmp_path):
-    generate_dataset(tmp_path, seed=4, **SMALL)
+    generate_dataset(tmp_path, SMALL | {"seed": 4})
     assert (tmp_path / "train.json").read_bytes() != (dataset / "train.json").read_bytes()
     assert (tmp_path / "images" / "train_000001.png").read_bytes() != (
         dataset / "images" / "train_000001.png"
@@ -86,7 +88,7 @@ def test_three_or_more_categories_are_used(dataset):
 
 
 def test_many_same_colour_same_category_instances_touch():
-    params = SynthParams(min_side=160, max_side=224)
+    params = PARAMS
     touching, total = 0, 0
     for index in range(12):
         _, objects = render_image(0, "train", index, params)
@@ -99,7 +101,7 @@ def test_many_same_colour_same_category_instances_touch():
 
 
 def test_object_colour_is_painted_under_its_visible_mask():
-    image, objects = render_image(1, "val", 0, SynthParams(min_side=160, max_side=224))
+    image, objects = render_image(1, "val", 0, PARAMS)
     for obj in objects:
         inside = image[obj.mask.astype(bool)].astype(np.float32)
         assert np.abs(np.median(inside, 0) - np.array(obj.colour)).max() < 60
@@ -118,5 +120,5 @@ def test_cli_writes_train_val_and_images(tmp_path):
 
 def test_bad_parameters_raise_ifcn_error_naming_the_output(tmp_path):
     with pytest.raises(IfcnError, match=str(tmp_path)):
-        generate_dataset(tmp_path, min_side=300, max_side=200)
+        generate_dataset(tmp_path, SMALL | {"min_side": 300, "max_side": 200})
     assert not (tmp_path / "train.json").exists()

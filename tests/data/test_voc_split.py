@@ -20,8 +20,11 @@ import scipy.io
 from PIL import Image
 
 from ifcn import cli
-from ifcn.data.cocojson import decode_rle, load_json
+from ifcn.config import load_config
+from ifcn.data.datasets import convert_request
+from ifcn.data.jsonio import load_json
 from ifcn.data.overlap import require_disjoint
+from ifcn.data.rle import decode_rle
 from ifcn.errors import IfcnError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,12 +146,20 @@ def test_the_voc2012_workflow_plans_the_paper_split(tmp_path):
          "--directory", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    sbd = "--format sbd --root resources/voc2012/benchmark_RELEASE/dataset"
+    data = load_config(ROOT / "config" / "voc2012.yaml")["data"]
     lists = "resources/voc2012/VOCdevkit/VOC2012/ImageSets/Main"
     for split in ("train", "val"):
-        command = f"ifcn data convert {sbd} --image-list {lists}/{split}.txt"
+        command = f"ifcn data convert --config results/voc2012/config.yaml --split {split}"
         assert command in result.stdout
         assert f"--out resources/voc2012/{split}.json" in result.stdout
+        # what the command converts: SBD's instances on VOC 2012's Main lists
+        assert convert_request(data, split) == {
+            "fmt": "sbd",
+            "root": "resources/voc2012/benchmark_RELEASE/dataset",
+            "split": None,
+            "image_list": f"{lists}/{split}.txt",
+            "first_n": None,
+        }
 
 
 def test_a_list_of_images_sbd_does_not_annotate_is_refused(tree, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """The NMS of ifcn 0.1 (commit 373519a), kept verbatim as the reference for the fast path.
 
-`ifcn.proposals.nms` must give exactly these proposals (masks, boxes, order); the tests and
+`ifcn.proposals.suppression` must give exactly these proposals (masks, boxes, order); the tests and
 `benchmarks/postprocess.py` compare the two. It resizes every window's mask with dense bilinear
 weight matrices (batched matrix products), which is exact but about 10x slower.
 """

@@ -9,9 +9,9 @@ import torch
 import yaml
 from PIL import Image
 
-from ifcn.checkpoint import save_atomic
 from ifcn.config import load_config
 from ifcn.model import build_model
+from ifcn.training.checkpoint import save_atomic
 
 
 def write_images(tmp_path, images: dict[int, np.ndarray]) -> tuple:

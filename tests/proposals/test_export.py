@@ -16,6 +16,7 @@ from ifcn import cli
 from ifcn.evaluation.ar import evaluate
 from ifcn.proposals.export import export_results
 from ifcn.proposals.format import write_proposals
+from tests.configs import settings
 
 ATTRS = {
     "config": {},
@@ -96,7 +97,7 @@ def test_exported_json_loads_with_loadres_and_cocoeval_agrees_with_ifcn(tmp_path
         coco_eval.params.maxDets = [1, 10, 100]
         coco_eval.evaluate()
         coco_eval.accumulate()
-    ours = evaluate(gt_path, h5_path, max_dets=[1, 10, 100]).recall
+    ours = evaluate(gt_path, h5_path, settings("evaluate", max_dets=[1, 10, 100])).recall
     np.testing.assert_allclose(ours, coco_eval.eval["recall"][:, 0], atol=1e-9)
     assert coco_eval.eval["recall"][0, 0, 0, 2] > 0.5  # the data does get matched
 

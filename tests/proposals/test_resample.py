@@ -20,6 +20,7 @@ from ifcn.proposals.inference import infer_image
 from ifcn.proposals.resample import masks_to_image, render, tight_boxes
 from ifcn.proposals.suppression import nms_image
 from ifcn.windows import rank_windows, window_boxes
+from tests.configs import settings
 from tests.proposals import reference_nms
 from tests.proposals.hand import HandCandidates, OracleFCN
 
@@ -82,7 +83,7 @@ def test_nms_of_score_map_candidates_equals_the_reference_on_their_masks():
     image = np.zeros((150, 200, 3), np.uint8)
     found = infer_image(RandomMaps(5, 0), image, [80, 150, 240], 21, 5, 400, 300)
     record = ImageCandidates(1, "a.png", 150, 200, **found)
-    result = nms_image(record, iou=0.8, top_n=300)
+    result = nms_image(record, settings("nms", iou=0.8, top_n=300))
     expected = reference_nms.nms_image(record, iou=0.8, top_n=300)
     assert len(result["rles"]) > 50 and result["rles"] == expected["rles"]
     for key in ("scores", "boxes", "scales"):
@@ -162,7 +163,7 @@ def test_score_map_candidates_give_the_ar_of_stored_masks_up_to_float16_rounding
         after = ImageCandidates(image_id, "", 192, 256,
                                 **infer_image(model, image, scales, m, k, None, 200))  # fmt: skip
         for found, out in ((reference_nms.nms_image(before, 0.8, 100), old),
-                           (nms_image(after, 0.8, 100), new)):  # fmt: skip
+                           (nms_image(after, settings("nms", top_n=100)), new)):  # fmt: skip
             out += [{"image_id": image_id, "category_id": 1, "score": float(s),
                      "segmentation": {"size": [192, 256], "counts": c.decode()}}
                     for c, s in zip(found["rles"], found["scores"], strict=True)]  # fmt: skip

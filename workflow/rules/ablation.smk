@@ -1,9 +1,9 @@
 # The paper's ablations as targets: `snakemake ablation_k` (Table 1, k² score maps) and
 # `snakemake ablation_head` (Table 2, InstanceFCN vs ~DeepMask, crop vs full-image training).
-# A variant is the run's config with a few keys overridden (ifcn.variants), written to its folder
+# A variant is the run's config with a few keys overridden, written to its folder
 # results/<run>/ablation/<variant>/config.yaml (`run_config_file`); the train, infer, nms and
 # evaluate rules serve that folder as they serve the run's own. A variant equal to the run reuses
-# the run's val/ar.json; variants equal to each other share one folder.
+# the run's val/ar.json; variants equal to each other share one folder (ifcn.variants).
 
 
 for table in TABLES:
@@ -12,7 +12,7 @@ for table in TABLES:
         name:
             f"ablation_{table}"
         input:
-            ar=ablation_table_inputs(table),
+            ar=[ABLATIONS.ar_files[name] for name in TABLES[table]],
         output:
             table=report(
                 result(f"ablation_{table}.csv"),
@@ -37,7 +37,7 @@ for table in TABLES:
             mem_mb=2000,
             runtime=10,
         params:
-            variants=ablation_names(table),
+            variants=list(TABLES[table]),
         shell:
-            "ifcn ablation table --ar {input.ar} --variants {params.variants}"
-            " --plot {output.plot} --out {output.table} > {log} 2>&1"
+            "ifcn ablation table --ar {input.ar:q} --variants {params.variants:q}"
+            " --plot {output.plot:q} --out {output.table:q} > {log:q} 2>&1"

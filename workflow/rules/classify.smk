@@ -22,13 +22,12 @@ rule classify_train:
         runtime=600,
         gpu=0,
     params:
-        images=DATA["train_images"],
         out=parent_of_output("model"),
-        settings=classify_training_settings(),
+        settings=trained_by("classify"),
     shell:
-        "ifcn classify train --config {input.config} --proposals {input.proposals}"
-        " --gt {input.gt} --images {params.images} --init-from {input.proposal_model}"
-        " --out {params.out} --resume auto --device auto > {log} 2>&1"
+        "ifcn classify train --config {input.config:q} --proposals {input.proposals:q}"
+        " --gt {input.gt:q} --init-from {input.proposal_model:q} --out {params.out:q}"
+        " --resume auto --device auto > {log:q} 2>&1"
 
 
 rule classify_predict:
@@ -36,6 +35,7 @@ rule classify_predict:
         model=result("classify/model_final.pt"),
         proposals=result("val/proposals.h5"),
         images=DATA["val_json"],
+        config=run_config_file,
     output:
         result("val/segm.json"),
     log:
@@ -50,21 +50,18 @@ rule classify_predict:
         runtime=240,
         gpu=0,
     params:
-        image_root=DATA["val_images"],
-        nms_iou=setting("classify", "nms_iou"),
-        score_threshold=setting("classify", "score_threshold"),
-        detections=setting("classify", "detections_per_image"),
+        settings=settings(*(f"classify.{key}" for key in prediction_keys())),
     shell:
-        "ifcn classify predict --checkpoint {input.model} --proposals {input.proposals}"
-        " --images {input.images} --image-root {params.image_root} --nms-iou {params.nms_iou}"
-        " --score-threshold {params.score_threshold} --detections-per-image {params.detections}"
-        " --device auto --out {output} > {log} 2>&1"
+        "ifcn classify predict --config {input.config:q} --checkpoint {input.model:q}"
+        " --proposals {input.proposals:q} --images {input.images:q} --device auto"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule classify_evaluate:
     input:
         gt=DATA["val_json"],
         results=result("val/segm.json"),
+        config=run_config_file,
     output:
         result("val/segm_eval.json"),
     log:
@@ -78,7 +75,7 @@ rule classify_evaluate:
         mem_mb=4000,
         runtime=60,
     params:
-        first_n=first_n_option,
+        settings=settings("classify.ap", "data.first_n"),
     shell:
-        "ifcn classify evaluate --gt {input.gt} --results {input.results} {params.first_n}"
-        " --out {output} > {log} 2>&1"
+        "ifcn classify evaluate --config {input.config:q} --gt {input.gt:q}"
+        " --results {input.results:q} --out {output:q} > {log:q} 2>&1"

@@ -1,9 +1,12 @@
-# Datasets: everything downstream reads a COCO instances JSON and an image folder.
+# Datasets: everything downstream reads a COCO instances JSON and an image folder. What each
+# dataset downloads and how each split converts is the dataset registry's (ifcn.data.datasets).
 
 
-if DATA["dataset"] == "synthetic":
+if DATASET.format is None:
 
     rule synth:
+        input:
+            config=run_config_file,
         output:
             train=DATA["train_json"],
             val=DATA["val_json"],
@@ -19,13 +22,10 @@ if DATA["dataset"] == "synthetic":
             runtime=20,
         params:
             root=parent_of_output("train"),
-            synth=DATA["synth"],
+            settings=settings("data.synth"),
         shell:
-            "ifcn data synth --out {params.root} --seed {params.synth[seed]}"
-            " --num-train {params.synth[num_train]} --num-val {params.synth[num_val]}"
-            " --min-side {params.synth[min_side]} --max-side {params.synth[max_side]}"
-            " --min-objects {params.synth[min_objects]} --max-objects {params.synth[max_objects]}"
-            " --workers {threads} > {log} 2>&1"
+            "ifcn data synth --config {input.config:q} --out {params.root:q}"
+            " --workers {threads} > {log:q} 2>&1"
 
 else:
 
@@ -35,6 +35,8 @@ else:
         download,
 
     rule download:
+        input:
+            config=run_config_file,
         output:
             touch(download_flag("{name}")),
         log:
@@ -47,47 +49,33 @@ else:
         resources:
             mem_mb=2000,
             runtime=600,
-        params:
-            root=DATA["root"],
         shell:
-            "ifcn data download --dataset {wildcards.name} --out {params.root} > {log} 2>&1"
+            "ifcn data download --config {input.config:q} --dataset {wildcards.name:q}"
+            " > {log:q} 2>&1"
 
-    rule convert_train:
-        input:
-            download_flags,
-        output:
-            DATA["train_json"],
-        log:
-            log_file("convert_train"),
-        benchmark:
-            benchmark_file("convert_train")
-        conda:
-            "../../environment.yml"
-        threads: 4
-        resources:
-            mem_mb=16000,
-            runtime=240,
-        params:
-            source=convert_arguments("train"),
-        shell:
-            "ifcn data convert {params.source} --workers {threads} --out {output} > {log} 2>&1"
+    for split in ("train", "val"):
 
-    rule convert_val:
-        input:
-            download_flags,
-        output:
-            DATA["val_json"],
-        log:
-            log_file("convert_val"),
-        benchmark:
-            benchmark_file("convert_val")
-        conda:
-            "../../environment.yml"
-        threads: 4
-        resources:
-            mem_mb=16000,
-            runtime=240,
-        params:
-            source=convert_arguments("val"),
-        shell:
-            "ifcn data convert {params.source} --workers {threads} --out {output} > {log} 2>&1"
+        rule:
+            name:
+                f"convert_{split}"
+            input:
+                downloads=[download_flag(name) for name in DATASET.downloads],
+                config=run_config_file,
+            output:
+                DATA[f"{split}_json"],
+            log:
+                log_file(f"convert_{split}"),
+            benchmark:
+                benchmark_file(f"convert_{split}")
+            conda:
+                "../../environment.yml"
+            threads: 4
+            resources:
+                mem_mb=16000,
+                runtime=240,
+            params:
+                split=split,
+                settings=config_json(convert_request(DATA, split)),
+            shell:
+                "ifcn data convert --config {input.config:q} --split {params.split:q}"
+                " --workers {threads} --out {output:q} > {log:q} 2>&1"

@@ -4,8 +4,9 @@
 
 rule evaluate:
     input:
-        gt=split_json,
+        gt=split_data("json"),
         proposals="{folder}/{split}/proposals.h5",
+        config=run_config_file,
     output:
         ar="{folder}/{split}/ar.json",
         curve="{folder}/{split}/recall_iou.csv",
@@ -26,10 +27,9 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     params:
-        max_dets=setting("evaluate", "max_dets"),
-        matching=setting("evaluate", "matching"),
-        first_n=first_n_option,
+        # data.first_n applies to the evaluation images (data.val_json)
+        settings=settings("evaluate", "data.first_n"),
     shell:
-        "ifcn evaluate --gt {input.gt} --proposals {input.proposals}"
-        " --max-dets {params.max_dets} --matching {params.matching} {params.first_n}"
-        " --workers {threads} --out {output.ar} > {log} 2>&1"
+        "ifcn evaluate --config {input.config:q} --gt {input.gt:q}"
+        " --proposals {input.proposals:q} --workers {threads} --out {output.ar:q}"
+        " > {log:q} 2>&1"

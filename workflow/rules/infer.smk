@@ -5,7 +5,7 @@
 rule infer:
     input:
         model="{folder}/train/model_final.pt",
-        images=split_json,
+        images=split_data("json"),
         config=run_config_file,
     output:
         temp("{folder}/{split}/shards/candidates-{shard}.h5"),
@@ -21,20 +21,23 @@ rule infer:
         runtime=240,
         gpu=0,
     params:
-        image_root=split_images,
-        shards=len(SHARDS),
+        image_root=split_data("images"),
+        shards=config["infer"]["shards"],
         settings=settings("model", "infer"),
     shell:
-        "ifcn infer --config {input.config} --checkpoint {input.model}"
-        " --images {input.images} --image-root {params.image_root}"
-        " --shard {wildcards.shard}/{params.shards} --device auto --out {output} > {log} 2>&1"
+        "ifcn infer --config {input.config:q} --checkpoint {input.model:q}"
+        " --images {input.images:q} --image-root {params.image_root:q}"
+        " --shard {wildcards.shard}/{params.shards:q} --device auto --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule merge:
     input:
         shard_files,
     output:
-        maybe_temp("{folder}/{split}/candidates.h5", config["infer"]["keep_candidates"]),
+        "{folder}/{split}/candidates.h5"
+        if config["infer"]["keep_candidates"]
+        else temp("{folder}/{split}/candidates.h5"),
     log:
         "{folder}/logs/merge_{split}.log",
     benchmark:
@@ -46,12 +49,13 @@ rule merge:
         mem_mb=4000,
         runtime=60,
     shell:
-        "ifcn merge --inputs {input} --out {output} > {log} 2>&1"
+        "ifcn merge --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule nms:
     input:
-        "{folder}/{split}/candidates.h5",
+        candidates="{folder}/{split}/candidates.h5",
+        config=run_config_file,
     output:
         "{folder}/{split}/proposals.h5",
     log:
@@ -65,10 +69,7 @@ rule nms:
         mem_mb=8000,
         runtime=120,
     params:
-        iou=setting("nms", "iou"),
-        top_n=setting("nms", "top_n"),
-        mask_threshold=setting("nms", "mask_threshold"),
+        settings=settings("nms"),
     shell:
-        "ifcn nms --candidates {input} --out {output} --iou {params.iou}"
-        " --top-n {params.top_n} --mask-threshold {params.mask_threshold}"
-        " --workers {threads} > {log} 2>&1"
+        "ifcn nms --config {input.config:q} --candidates {input.candidates:q}"
+        " --out {output:q} --workers {threads} > {log:q} 2>&1"

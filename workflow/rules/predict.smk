@@ -5,7 +5,8 @@
 
 rule predict_infer:
     input:
-        model=predict_checkpoint,
+        # predict.checkpoint, or the run's own trained model
+        model=config["predict"]["checkpoint"] or result("train/model_final.pt"),
         config=run_config_file,
     output:
         temp(result("predict/candidates.h5")),
@@ -24,13 +25,14 @@ rule predict_infer:
         images=predict_images,
         settings=settings("model", "infer", "predict"),
     shell:
-        "ifcn infer --config {input.config} --checkpoint {input.model}"
-        " --image-dir {params.images} --device auto --out {output} > {log} 2>&1"
+        "ifcn infer --config {input.config:q} --checkpoint {input.model:q}"
+        " --image-dir {params.images:q} --device auto --out {output:q} > {log:q} 2>&1"
 
 
 rule predict_nms:
     input:
-        result("predict/candidates.h5"),
+        candidates=result("predict/candidates.h5"),
+        config=run_config_file,
     output:
         result("predict/proposals.h5"),
     log:
@@ -44,18 +46,16 @@ rule predict_nms:
         mem_mb=8000,
         runtime=120,
     params:
-        iou=setting("nms", "iou"),
-        top_n=setting("nms", "top_n"),
-        mask_threshold=setting("nms", "mask_threshold"),
+        settings=settings("nms"),
     shell:
-        "ifcn nms --candidates {input} --out {output} --iou {params.iou}"
-        " --top-n {params.top_n} --mask-threshold {params.mask_threshold}"
-        " --workers {threads} > {log} 2>&1"
+        "ifcn nms --config {input.config:q} --candidates {input.candidates:q}"
+        " --out {output:q} --workers {threads} > {log:q} 2>&1"
 
 
 rule predict_pictures:
     input:
-        result("predict/proposals.h5"),
+        proposals=result("predict/proposals.h5"),
+        config=run_config_file,
     output:
         directory(result("predict/pictures")),
     log:
@@ -70,10 +70,10 @@ rule predict_pictures:
         runtime=60,
     params:
         images=predict_images,
-        top_n=setting("predict", "pictures"),
+        settings=settings("predict.pictures"),
     shell:
-        "ifcn viz --each --proposals {input} --image-root {params.images}"
-        " --top-n {params.top_n} --out {output} > {log} 2>&1"
+        "ifcn viz --each --config {input.config:q} --proposals {input.proposals:q}"
+        " --image-root {params.images:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule predict:

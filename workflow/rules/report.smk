@@ -27,14 +27,12 @@ rule figures:
         runtime=30,
         gpu=0,
     params:
-        image_root=DATA["val_images"],
-        pictures=config["report"]["pictures"],
         out=parent_of_output("index"),
-        settings=settings("infer"),
+        settings=settings("data.val_images", "infer", "report.pictures"),
     shell:
-        "ifcn viz --config {input.config} --checkpoint {input.model}"
-        " --proposals {input.proposals} --images {input.images} --image-root {params.image_root}"
-        " --pictures {params.pictures} --device auto --out {params.out} > {log} 2>&1"
+        "ifcn viz --config {input.config:q} --checkpoint {input.model:q}"
+        " --proposals {input.proposals:q} --images {input.images:q} --pictures"
+        " --device auto --out {params.out:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -46,7 +44,7 @@ rule report:
         figures=result("figures/figures.json"),
         pictures=picture_files(),
         train_log=result("train/train_log.csv"),
-        ablations=report_ablation_files,
+        ablations=ablation_tables,
     output:
         report=result("report.md"),
         ar_table=report(
@@ -78,12 +76,13 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
-        ablations=report_ablation_options,
+        ablations=report_ablations,
         benchmarks=result("benchmarks"),
-        settings=run_settings,
+        settings=settings(*config),
     shell:
-        "ifcn report --config {input.config} --ar {input.ar} --segm-eval {input.segm_eval}"
-        " --figures {input.figures} --train-log {input.train_log} --loss-plot {output.loss}"
-        " --ar-table {output.ar_table} --map-table {output.map_table} {params.ablations}"
-        " --benchmarks {params.benchmarks}"
-        " --out {output.report} > {log} 2>&1"
+        "ifcn report --config {input.config:q} --ar {input.ar:q}"
+        " --segm-eval {input.segm_eval:q} --figures {input.figures:q}"
+        " --train-log {input.train_log:q} --loss-plot {output.loss:q}"
+        " --ar-table {output.ar_table:q} --map-table {output.map_table:q}"
+        " {params.ablations:q} --benchmarks {params.benchmarks:q}"
+        " --out {output.report:q} > {log:q} 2>&1"

@@ -26,7 +26,7 @@ rule train:
     params:
         out=parent_of_output("model"),
         launcher=train_launcher,
-        settings=training_settings,
+        settings=trained_by("train"),
     shell:
-        "{params.launcher} train --config {input.config} --out {params.out}"
-        " --resume auto > {log} 2>&1"
+        "{params.launcher:q} train --config {input.config:q} --out {params.out:q}"
+        " --resume auto > {log:q} 2>&1"

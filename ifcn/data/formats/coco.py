@@ -17,14 +17,10 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from ifcn.data.cocojson import (
-    polygons_outside,
-    read_instances,
-    rle_area_bbox,
-    segmentation_to_rle,
-    size_class,
-)
 from ifcn.data.formats import Converted, map_images
+from ifcn.data.instances import read_instances
+from ifcn.data.masks import polygons_outside, segmentation_to_rle, size_class
+from ifcn.data.rle import rle_area_bbox
 from ifcn.errors import IfcnError
 
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd")

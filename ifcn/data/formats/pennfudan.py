@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ifcn.data.cocojson import assemble_dataset, instances_from_label_map
 from ifcn.data.formats import Converted, apply_exclude, image_size, map_images, read_index_png
+from ifcn.data.instances import assemble_dataset
+from ifcn.data.masks import instances_from_label_map
 from ifcn.errors import IfcnError
 
 VAL_SIZE = 50

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from ifcn.data.cocojson import assemble_dataset, encode_mask, instances_from_label_map
 from ifcn.data.formats import (
     VOC_CLASSES,
     VOID,
@@ -32,6 +31,9 @@ from ifcn.data.formats import (
     read_name_list,
     voc_categories,
 )
+from ifcn.data.instances import assemble_dataset
+from ifcn.data.masks import instances_from_label_map
+from ifcn.data.rle import encode_mask
 from ifcn.errors import IfcnError
 
 

@@ -1,0 +1,44 @@
+"""Download a backbone's ImageNet weights where ifcn looks for them.
+
+The file is torchvision's (the URL its `Weights` enums carry), checked against the SHA-256
+prefix in its name, and written atomically into torchvision's hub cache
+(`<torch hub dir>/checkpoints`), where `model.pretrained: true` finds it with no other setting;
+with `--out DIR` it lands in DIR instead, and `model.weights` must name it. Offline, the error
+names the URL and the file to place where by hand.
+
+The command `ifcn weights fetch` is `ifcn.commands.weights_fetch`.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import torch
+
+from ifcn.errors import IfcnError
+from ifcn.model.backbone import imagenet_weight_paths, imagenet_weight_urls
+
+
+def fetch_weights(backbone: str, out_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """The ImageNet weights file of ``backbone``, downloaded unless it is already there."""
+    url = imagenet_weight_urls(backbone)[0]
+    folder = imagenet_weight_paths(backbone)[0].parent if out_dir is None else Path(out_dir)
+    dest = folder / Path(url).name
+    if dest.is_file():
+        return dest
+    match = torch.hub.HASH_REGEX.search(dest.name)
+    where = "download it by hand and place it at this path"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(
+            url, str(dest), hash_prefix=match.group(1) if match else None, progress=progress
+        )
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise IfcnError(f"cannot download {url} ({reason}); {where}", dest) from None
+    except RuntimeError as exc:  # torch.hub's hash check
+        raise IfcnError(f"{url} is corrupt ({exc}); {where}", dest) from None
+    except OSError as exc:
+        raise IfcnError(f"cannot write the weights ({exc.strerror or exc})", dest) from None
+    return dest

@@ -1,0 +1,173 @@
+"""Image-centric training of InstanceFCN (paper §3.3, DESIGN §5).
+
+One image per process per step, SGD with momentum 0.9 and weight decay 5e-4, lr multiplied by
+``lr_gamma`` after ``lr_step`` of the iterations. The same command runs as one process or under
+``torchrun`` / ``srun`` (ifcn.training.distributed, docs/slurm.md): each rank takes its own image
+and DDP averages the gradients, so the effective batch is the world size W and ``train.iters``
+counts optimiser steps of W images (config/README.md says how to scale iters and lr with W).
+Checkpoints are written by rank 0 alone, atomically, every ``checkpoint_period`` steps and at
+the end; ``--resume`` continues exactly: data order, augmentation and window sampling of step i
+depend only on (seed, i, rank). SIGTERM (SLURM preemption, torchrun shutting down) makes every
+rank finish its step, rank 0 write a checkpoint, and all exit with an error that says so.
+
+The command `ifcn train` is `ifcn.commands.train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ifcn.criterion import build_criterion
+from ifcn.data.crops import build_train_dataset
+from ifcn.data.overlap import require_disjoint
+from ifcn.errors import IfcnError
+from ifcn.model import build_model
+from ifcn.training import checkpoint, distributed, engine
+from ifcn.training.hooks import lr_scheduler
+from ifcn.training.log import LogFormat
+from ifcn.training.run_folder import output_folder, start_run
+from ifcn.training.sampler import step_seed
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# train_log.csv: the terms of eq. (1), the windows they were taken on, and timings
+LOG = LogFormat(
+    name="train_log.csv",
+    columns=(
+        "iteration",
+        "loss",
+        "loss_objectness",
+        "loss_mask",
+        "lr",
+        "num_pos",
+        "num_neg",
+        "data_seconds",
+        "seconds",
+    ),
+    desc="train",
+    postfix={"loss": "loss", "pos": "num_pos"},
+)
+
+
+def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    if amp is None:
+        return None
+    if device.type != "cuda":
+        raise IfcnError(f"--amp {amp} needs a CUDA device; this run is on {device.type}")
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise IfcnError("--amp bf16 needs a GPU with bfloat16 (Ampere or newer); use --amp fp16")
+    return AMP_DTYPES[amp]
+
+
+def _instance_losses(
+    model: nn.Module,
+    sample: dict,
+    iteration: int,
+    *,
+    criterion: nn.Module,
+    device: torch.device,
+    seed: int,
+    rank: int,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
+    """The loss of eq. (1) on one image; its windows are sampled by (seed, iteration, rank)."""
+    image = sample["image"][None].to(device, non_blocking=True)
+    target = {
+        key: sample[key].to(device, non_blocking=True) for key in ("boxes", "masks", "iscrowd")
+    }
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        outputs = model(image)
+    outputs = {key: value.float() for key, value in outputs.items()}
+    generator = torch.Generator().manual_seed(step_seed(seed + 1, iteration, rank))
+    return criterion(outputs, target, generator)
+
+
+def require_unseen_val(data: dict) -> None:
+    """Refuse to train on evaluation images (paper §4.1): the config's val JSON, when it exists,
+    must share no image with the training JSON unless ``data.allow_shared_images``."""
+    val_json = data.get("val_json")
+    if data.get("allow_shared_images") or not val_json or not Path(val_json).is_file():
+        return
+    if Path(val_json).resolve() == Path(data["train_json"]).resolve():
+        raise IfcnError(
+            "the training JSON is also the evaluation JSON (data.train_json = data.val_json); "
+            "set data.allow_shared_images: true if that is meant",
+            val_json,
+        )
+    require_disjoint(data["train_json"], val_json, data["train_images"], data["val_images"])
+
+
+def run_training(
+    config: dict,
+    out_dir: str | Path,
+    resume: str | None = None,
+    device_name: str = "auto",
+    amp: str | None = None,
+    show_progress: bool = True,
+    cudnn_benchmark: bool = False,
+) -> Path:
+    """Train and return the path of model_final.pt. Raises IfcnError on bad input or faults."""
+    out_dir = output_folder(out_dir)
+    train_cfg = config["train"]
+    info, device = distributed.init_distributed_mode(device_name)
+    amp_dtype = _amp_dtype(amp, device)
+
+    dataset = build_train_dataset(config)
+
+    def check() -> None:
+        dataset.verify_images()
+        require_unseen_val(config["data"])
+
+    distributed.run_on_main(check, device)
+
+    def check_resumable(state: dict, path: Path, auto: bool) -> None:
+        checkpoint.check_compatible(state, config, path)
+        difference = checkpoint.training_difference(state["config"], config) if auto else None
+        if difference is not None:
+            raise checkpoint.other_settings_error(difference, path)
+
+    with start_run(
+        out_dir, resume, info, device,
+        kind=checkpoint.PROPOSAL_MODEL, check=check_resumable, iters=train_cfg["iters"],
+        show_progress=show_progress,
+    ) as run:  # fmt: skip
+        torch.manual_seed(train_cfg["seed"])
+        model = build_model(config["model"]).to(device)
+        criterion = build_criterion(config, model)
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=train_cfg["lr"],
+            momentum=train_cfg["momentum"],
+            weight_decay=train_cfg["weight_decay"],
+        )
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+        loss_fn = functools.partial(
+            _instance_losses,
+            criterion=criterion,
+            device=device,
+            seed=train_cfg["seed"],
+            rank=info.rank,
+            amp_dtype=amp_dtype,
+        )
+        return engine.fit(
+            model,
+            loss_fn,
+            optimizer,
+            lr_scheduler(optimizer, train_cfg),
+            dataset,
+            train_cfg,
+            run,
+            log=LOG,
+            extras={"kind": checkpoint.PROPOSAL_MODEL, "config": config},
+            scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
+        )
