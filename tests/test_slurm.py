@@ -106,23 +106,50 @@ class SlurmRun:
     returncode: int
     log: str
     profile: dict
-    jobs: list[dict[str, str]]  # scontrol show job, this run's jobs
+    jobs: list[dict[str, str]]  # scontrol show job: this run's jobs, each as last seen
     requeued: str  # the train job SLURM requeued
     stopped_at: int  # the iteration its SIGTERM checkpoint holds
     first_resume: str  # train.log of the requeued job's second start
     retried_after: int  # newest checkpoint when the job was cancelled with SIGTERM
 
 
-def _wait(condition, what: str, process: subprocess.Popen, timeout: float = 900):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process.poll() is not None:
-            raise AssertionError(f"the workflow ended while {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out {what}")
+class Watch:
+    """Waits on a running workflow, and keeps the last record of every job slurmctld shows
+    (it forgets a job MinJobAge = 10 minutes after its end, and a slow run lasts longer)."""
+
+    def __init__(self, process: subprocess.Popen, cluster: Cluster) -> None:
+        self.process, self.cluster = process, cluster
+        self.jobs: dict[str, dict[str, str]] = {}
+        self.recorded = 0.0
+
+    def record(self) -> None:
+        self.jobs |= {job["JobId"]: job for job in self.cluster.jobs()}
+        self.recorded = time.monotonic()
+
+    def until(self, condition, what: str, timeout: float = 1800):
+        """``condition()``'s first true value, polled every 0.05 s; the jobs every 2 s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if time.monotonic() - self.recorded > 2:
+                self.record()
+            value = condition()
+            if value:
+                return value
+            if self.process.poll() is not None:
+                raise AssertionError(f"the workflow ended while {what}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out {what}")
+
+    def finish(self, timeout: float = 1800) -> int:
+        """The workflow's exit status, once it has ended."""
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for the workflow to end")
+            self.record()
+            time.sleep(2)
+        self.record()
+        return self.process.returncode
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +181,7 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=bind_to_parent(signal.SIGKILL),  # not left polling a dead cluster
         )  # fmt: skip
+    watch = Watch(process, slurm_cluster)
     try:
 
         def train_job() -> dict | None:
@@ -164,29 +192,26 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
             ]
             return running[0] if running else None
 
-        _wait(lambda: _checkpoints(checkpoints), "waiting for the first checkpoint", process)
-        requeued = _wait(train_job, "looking for the training job", process)["JobId"]
+        watch.until(lambda: _checkpoints(checkpoints), "waiting for the first checkpoint")
+        requeued = watch.until(train_job, "looking for the training job")["JobId"]
         slurm_cluster.command("scontrol", "requeue", requeued)
 
-        stopped = _wait(
+        stopped = watch.until(
             lambda: re.search(r"stopped by SIGTERM at iteration (\d+)", _text(train_log)),
             "waiting for the training to checkpoint and stop",
-            process,
         )
         stopped_at = int(stopped.group(1))
 
-        first_resume = _wait(
+        first_resume = watch.until(
             lambda: "resuming from" in _text(train_log) and _text(train_log),
             "waiting for the requeued job to resume",
-            process,
         )
-        newer = _wait(
+        newer = watch.until(
             lambda: [i for i in _checkpoints(checkpoints) if i > stopped_at],
             "waiting for a checkpoint of the requeued job",
-            process,
         )
         slurm_cluster.command("scancel", "--signal=TERM", "--full", requeued)
-        process.wait(timeout=1800)  # minutes on a quiet machine; a busy one takes long
+        returncode = watch.finish()  # minutes on a quiet machine, many more on a busy one
     finally:
         if process.poll() is None:  # a failed check: the cluster's stop cancels its jobs
             process.kill()
@@ -195,10 +220,10 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     uuid = re.search(r"SLURM run ID: (\S+)", text).group(1)
     return SlurmRun(
         work=work,
-        returncode=process.returncode,
+        returncode=returncode,
         log=text,
         profile=profile,
-        jobs=[job for job in slurm_cluster.jobs() if job["JobName"] == uuid],
+        jobs=[job for job in watch.jobs.values() if job["JobName"] == uuid],
         requeued=requeued,
         stopped_at=stopped_at,
         first_resume=first_resume,
