@@ -24,7 +24,7 @@ import copy
 import functools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +310,34 @@ def override_option(
         table = {}
         parser.set_defaults(config_overrides=table)
     table[key] = (flag, action.dest)
+
+
+def schema_type(key: str) -> Callable[[str], Any]:
+    """An argparse ``type`` for a flag that sets no config key but takes the values of one
+    (of its entries for an array key): ``--scale`` of `ifcn viz` takes an ``infer.scales``
+    entry. A value outside the key's range is the flag's error, in the schema's words."""
+    sub = schema_of(key)
+    if sub is None:
+        raise KeyError(f"no config key {key!r}")
+    if "array" in _schema_types(sub):
+        sub = sub["items"]
+    types = _schema_types(sub)
+    convert: Callable[[str], Any] = (
+        int if "integer" in types else float if "number" in types else str
+    )
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
+        errors = list(_validator(sub).iter_errors(value))
+        if errors:
+            raise argparse.ArgumentTypeError(_first(errors).message)
+        return value
+
+    return parse
 
 
 def given_overrides(args: argparse.Namespace) -> dict[str, Any]:
