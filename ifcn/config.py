@@ -23,13 +23,14 @@ import argparse
 import copy
 import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ifcn import atomic
+from ifcn import atomic, strict_yaml
 from ifcn.data import datasets
 from ifcn.errors import IfcnError
 
@@ -57,12 +58,34 @@ def _schema() -> dict:
         return yaml.load(f, Loader=_SAFE_LOADER)
 
 
-def _validator(schema: dict) -> Any:
-    """A JSON-schema validator of ``schema``. jsonschema is imported here, not with the module:
-    its import costs a light command (evaluate, nms) a tenth of a second."""
+@functools.cache
+def _validator_class() -> Any:
+    """Draft 2020-12 as a config means it: an integer is an int (jsonschema takes 5.0, which
+    later breaks a range() or a tensor shape), and no number is NaN or infinite (jsonschema's
+    minimum and maximum compare False with NaN, so ``--score-threshold nan`` passed)."""
     import jsonschema
 
-    return jsonschema.Draft202012Validator(schema)
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    check_type = base.VALIDATORS["type"]
+
+    def finite_type(validator: Any, types: Any, instance: Any, schema: dict) -> Any:
+        if isinstance(instance, float) and not math.isfinite(instance):
+            yield jsonschema.ValidationError(f"{instance} is not a finite number")
+        else:
+            yield from check_type(validator, types, instance, schema)
+
+    return jsonschema.validators.extend(
+        base, validators={"type": finite_type}, type_checker=checker
+    )
+
+
+def _validator(schema: dict) -> Any:
+    """A validator of ``schema`` (`_validator_class`). jsonschema is imported here, not with
+    the module: its import costs a light command (evaluate, nms) a tenth of a second."""
+    return _validator_class()(schema)
 
 
 def load_schema() -> dict:
@@ -151,6 +174,7 @@ def _first(errors: list) -> Any:
 def validate_config(config: dict, source: str | Path = "<config>") -> dict:
     """Validate `config`; return a copy with every default filled in and every path derived."""
     schema = _schema()
+    config = strict_yaml.resolve_words(config, schema)
     # an empty config breaks no rule of the schema, which requires nothing (a test checks):
     # the schema's defaults need no validator
     errors = list(_validator(schema).iter_errors(config)) if config else []
@@ -170,15 +194,18 @@ def validate_config(config: dict, source: str | Path = "<config>") -> dict:
 
 
 def read_config_file(path: str | Path) -> dict:
-    """The mapping a YAML config file holds (not yet validated)."""
+    """The mapping a YAML config file holds (not yet validated), read by `ifcn.strict_yaml`:
+    no alias bombs, duplicate keys, octal or base-60 numbers."""
     path = Path(path)
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = strict_yaml.load(f)
     except FileNotFoundError:
         raise IfcnError("config file not found", path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise IfcnError(f"cannot read the config file ({exc})", path) from None
+    except strict_yaml.StrictYamlError as exc:
+        raise IfcnError(str(exc), path) from None
     except yaml.YAMLError as exc:
         raise IfcnError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
     raw = {} if raw is None else raw
@@ -222,6 +249,7 @@ def set_keys(
         name = (names or {}).get(dotted, dotted)
         sub = schema_of(dotted)
         if sub is not None:
+            value = strict_yaml.resolve_words(value, sub)
             errors = list(_validator(sub).iter_errors(value))
             if errors:
                 raise IfcnError(f"{name}: {_first(errors).message}")
@@ -284,6 +312,34 @@ def override_option(
     table[key] = (flag, action.dest)
 
 
+def schema_type(key: str) -> Callable[[str], Any]:
+    """An argparse ``type`` for a flag that sets no config key but takes the values of one
+    (of its entries for an array key): ``--scale`` of `ifcn viz` takes an ``infer.scales``
+    entry. A value outside the key's range is the flag's error, in the schema's words."""
+    sub = schema_of(key)
+    if sub is None:
+        raise KeyError(f"no config key {key!r}")
+    if "array" in _schema_types(sub):
+        sub = sub["items"]
+    types = _schema_types(sub)
+    convert: Callable[[str], Any] = (
+        int if "integer" in types else float if "number" in types else str
+    )
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
+        errors = list(_validator(sub).iter_errors(value))
+        if errors:
+            raise argparse.ArgumentTypeError(_first(errors).message)
+        return value
+
+    return parse
+
+
 def given_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config key -> value of each `override_option` flag given on the command line."""
     table = getattr(args, "config_overrides", None) or {}
@@ -316,6 +372,17 @@ def _schema_types(schema: dict) -> set[str]:
     return {kind} if isinstance(kind, str) else set(kind)
 
 
+def yaml_value(text: str, name: str) -> Any:
+    """A command-line value read as YAML by `ifcn.strict_yaml` (an error names the flag
+    ``name``); text that is not YAML stays text, for the schema to judge."""
+    try:
+        return strict_yaml.load(text)
+    except strict_yaml.StrictYamlError as exc:
+        raise IfcnError(f"{name}: {exc}") from None
+    except yaml.YAMLError:
+        return text
+
+
 def coerce_overrides(overrides: Mapping, schema: dict | None = None) -> dict:
     """Command-line values as the schema types them.
 
@@ -329,17 +396,11 @@ def coerce_overrides(overrides: Mapping, schema: dict | None = None) -> dict:
         sub = schema.get("properties", {}).get(key, {})
         types = _schema_types(sub)
         if isinstance(value, str) and "object" in types:
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
+            value = yaml_value(value, f"--config {key}")
         if isinstance(value, Mapping) and "object" in types:
             out[key] = coerce_overrides(value, sub)
         elif isinstance(value, str) and types and "string" not in types:
-            try:
-                out[key] = yaml.safe_load(value)
-            except yaml.YAMLError:
-                out[key] = value
+            out[key] = yaml_value(value, f"--config {key}")
         elif (
             isinstance(value, (int, float)) and not isinstance(value, bool) and types == {"string"}
         ):
@@ -412,6 +473,27 @@ def config_json(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+def _range_text(schema: dict) -> str:
+    """`` (1 to 8192)``, `` (above 0, at most 1)``, ...: a key's range for config/README.md."""
+    parts = []
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if "exclusiveMinimum" in schema:
+        parts.append(f"above {schema['exclusiveMinimum']}")
+    if low is not None and high is not None:
+        parts.append(f"{low} to {high}")
+    elif low is not None:
+        parts.append(f"at least {low}")
+    elif high is not None:
+        parts.append(f"at most {high}")
+    items = schema.get("items")
+    if items is not None:
+        text = f" of {items.get('type')}{_range_text(items)}"
+        if "maxItems" in schema:
+            text += f", {schema.get('minItems', 0)} to {schema['maxItems']} entries"
+        return text
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def schema_markdown() -> str:
     """config/README.md: every key of the schema with its type, default and description (and
     what its annotations mean), then the dataset registry's table."""
@@ -436,6 +518,7 @@ def schema_markdown() -> str:
             kind = " or ".join(kind) if isinstance(kind, list) else kind
             if "enum" in sub:
                 kind += " (" + ", ".join(map(str, sub["enum"])) + ")"
+            kind += _range_text(sub)
             default = "" if sub.get("type") == "object" else json.dumps(sub.get("default"))
             text = " ".join(str(sub.get("description", "")).split()).replace("|", "\\|")
             if sub.get("x-retrain") is False:

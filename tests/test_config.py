@@ -338,3 +338,84 @@ def test_a_flag_given_without_its_value_takes_the_configs(tmp_path):
     argv = ["--config", str(path), "--out", "o", "--pictures"]
     assert command_config(parser.parse_args(argv))["report"]["pictures"] == 4
     assert command_config(parser.parse_args([*argv, "2"]))["report"]["pictures"] == 2
+
+
+def _every_key(node: dict, prefix: str = ""):
+    for key, sub in node.get("properties", {}).items():
+        yield f"{prefix}{key}", sub
+        yield from _every_key(sub, f"{prefix}{key}.")
+
+
+def _types(sub: dict) -> set:
+    kind = sub.get("type", [])
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def test_every_count_and_size_has_a_finite_maximum(tmp_path, capsys):
+    """A slip (``head_channels: 100000000`` asked for 38 GB) fails at once, in one line."""
+    unbounded = [
+        key
+        for key, sub in _every_key(load_schema())
+        if ("integer" in _types(sub) and "maximum" not in sub)
+        or ("array" in _types(sub) and ("maximum" not in sub["items"] or "maxItems" not in sub))
+    ]
+    assert not unbounded
+    path = _write(tmp_path, {"model": {"head_channels": 100_000_000}})
+    assert cli_main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ifcn train: error: {path}: invalid config at 'model.head_channels': 100000000 is "
+        "greater than the maximum of 8192"
+    )
+    # the shipped configs and the schema's defaults lie inside the bounds (a test above loads
+    # each shipped config); so do the defaults:
+    assert validate_config({"train": {"scales": [4096] * 32}})["train"]["scales"][0] == 4096
+
+
+@pytest.mark.parametrize("text,value", [(".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf"),
+                                        (".NaN", "nan")])  # fmt: skip
+def test_nan_and_infinities_never_pass_a_number_check(tmp_path, text, value):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"classify: {{score_threshold: {text}}}\n")
+    with pytest.raises(IfcnError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: invalid config at 'classify.score_threshold': {value} is not a finite number"
+    )
+    # as Snakemake's --config hands it over
+    with pytest.raises(IfcnError, match=r"'nms.iou': nan is not a finite number"):
+        run_config([], {"nms": "{iou: .nan}"})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_flag_is_refused_in_one_line(tmp_path, capsys, value):
+    """`classify predict --score-threshold nan` once wrote 0 results with exit 0."""
+    config = tmp_path / "run.yaml"
+    config.write_text("{}\n")
+    out = tmp_path / "results.json"
+    argv = ["classify", "predict", "--config", str(config), "--checkpoint", "c.pt",
+            "--proposals", "p.h5", "--images", "v.json", "--out", str(out),
+            f"--score-threshold={value}"]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    expected = f"--score-threshold: {float(value)} is not a finite number"
+    assert err == f"ifcn classify predict: error: {expected}" and not out.exists()
+    with pytest.raises(IfcnError, match=f"^--iou: {float(value)} is not a finite number$"):
+        command_config(_nms_args(f"--iou={value}", "--config", str(config)))
+
+
+def test_a_float_is_not_an_integer(tmp_path, capsys):
+    """jsonschema takes 5.0 as an integer; a range() or a tensor shape later did not."""
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  k: 5.0\n")
+    assert cli_main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ifcn train: error: {path}: invalid config at 'model.k': 5.0 is not of type 'integer'"
+    )
+    with pytest.raises(IfcnError, match=r"^train.scales: 128.0 is not of type 'integer'$"):
+        set_keys(validate_config({}), {"train.scales": [128.0]})
+    with pytest.raises(IfcnError, match="True is not of type 'integer'"):
+        validate_config({"model": {"k": True}})
+    assert validate_config({"model": {"k": 5}})["model"]["k"] == 5
+    assert validate_config({"nms": {"iou": 1}})["nms"]["iou"] == 1  # an int is a number

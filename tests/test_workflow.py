@@ -283,6 +283,7 @@ def test_every_path_reaches_the_shell_quoted(tmp_path):
     export, photos = tmp_path / f"export {odd}", tmp_path / f"photos {odd}"
     for folder in (export / "train", export / "val", photos):
         folder.mkdir(parents=True)
+    (photos / "a photo.png").touch()  # the plan lists the photos, it reads none
     tiny = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     config = {
         "run": "odd",
@@ -428,29 +429,86 @@ def test_tiny_pipeline_end_to_end_then_a_change_reruns_only_what_it_touches(tiny
     assert changed == {"figures": 1, "report": 1, "all": 1}
 
 
+def _odd_photos(tmp_path: Path, count: int = 2) -> Path:
+    """A photo folder named with braces, spaces, quotes and command substitutions that would
+    create tmp_path/INJ, INJ2 and INJ3 if a shell ran them (the folder's name holds slashes:
+    nested folders), with ``count`` small photos, "photo {0}.png", ..."""
+    name = f'{{x}} it\'s "odd" $(touch {tmp_path}/INJ) `touch {tmp_path}/INJ2` ;touch INJ3'
+    photos = tmp_path / name
+    photos.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", (150, 130), (40 * i, 90, 160)).save(photos / f"photo {{{i}}}.png")
+    return photos
+
+
+def _injected(tmp_path: Path, work: Path) -> list[Path]:
+    payloads = ("INJ", "INJ2", "INJ3")
+    return [p for p in (*tmp_path.rglob("INJ*"), *work.rglob("INJ*")) if p.name in payloads]
+
+
 @pytest.mark.slow
 def test_predict_target_gives_proposals_and_pictures_of_a_photo_folder(tiny_run, tmp_path):
+    """For real, on a folder whose name would run commands in an unquoted shell line."""
     work = _copy(tiny_run, tmp_path)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in sorted((work / "resources" / "tiny" / "images").iterdir())[:2]:
-        Image.open(name).convert("RGB").save(photos / f"{name.stem}.jpg")
-    given = f"predict={{images: {photos}, pictures: 3}}"
-    plan = planned_jobs(
-        snakemake("-n", "predict", "--configfile", "run.yaml", "--config", given, cwd=work).stdout
-    )
+    photos = _odd_photos(tmp_path / "odd")
+    Image.new("RGB", (150, 130)).save(photos / "photo {0}.jpg")  # x.png and x.jpg stay apart
+    config = yaml.safe_load((work / "run.yaml").read_text())
+    config["predict"] = {"images": str(photos), "pictures": 3}
+    (work / "run.yaml").write_text(yaml.safe_dump(config))
+    plan = planned_jobs(snakemake("-n", "predict", "--configfile", "run.yaml", cwd=work).stdout)
     assert plan == {"predict_infer": 1, "predict_nms": 1, "predict_pictures": 1, "predict": 1}
-    snakemake("--cores", "2", "predict", "--configfile", "run.yaml", "--config", given, cwd=work)
+    snakemake("--cores", "2", "predict", "--configfile", "run.yaml", cwd=work)
     out = work / "results" / "tiny" / "predict"
+    names = sorted(p.name for p in photos.iterdir())
     with Proposals(out / "proposals.h5") as read:
-        assert sorted(read.file_name(i) for i in read.image_ids) == sorted(
-            p.name for p in photos.iterdir()
-        )
-    assert sorted(p.name for p in (out / "pictures").glob("*.png")) == sorted(
-        f"{p.stem}.png" for p in photos.iterdir()
-    )
+        assert sorted(read.file_name(i) for i in read.image_ids) == names
+        assert all(len(read.scores(i, 10)) > 0 for i in read.image_ids)
+    assert sorted(p.name for p in (out / "pictures").glob("*.png")) == [f"{n}.png" for n in names]
+    assert not _injected(tmp_path, work)
+    config["predict"] = {"images": None}
+    (work / "run.yaml").write_text(yaml.safe_dump(config))
     missing = snakemake("-n", "predict", "--configfile", "run.yaml", cwd=work, check=False)
     assert missing.returncode != 0 and "predict.images" in missing.stdout + missing.stderr
+
+
+def test_adding_or_removing_a_photo_reruns_predict(touched_run, tmp_path):
+    """What the photos are is a rerun trigger: a new photo (even one older than the outputs), a
+    changed or a removed one reruns the prediction; once, a rerun said "Nothing to be done" and
+    kept the old list. Names hold '{x}', which Snakemake would read as a wildcard in an input."""
+    work = _copy(touched_run, tmp_path)
+    photos = _odd_photos(tmp_path / "odd")
+    config = yaml.safe_load((work / "run.yaml").read_text())
+    config["predict"] = {"images": str(photos)}
+    (work / "run.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake("-n", "predict", "--configfile", "run.yaml", cwd=work).stdout
+    blocks = [b for b in planned_blocks(plan) if b["rule"].startswith("predict_")]
+    assert {b["rule"] for b in blocks} == {"predict_infer", "predict_nms", "predict_pictures"}
+    for photo in photos.iterdir():
+        os.utime(photo, (999_000, 999_000))
+    snakemake("--touch", "--cores", "1", "predict", "--configfile", "run.yaml", cwd=work)
+    for block in blocks:
+        path = work / block["output"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if block["rule"] == "predict_pictures" else path.touch()
+
+    def jobs() -> dict[str, int]:
+        result = snakemake("-n", "predict", "--configfile", "run.yaml", cwd=work)
+        if "Nothing to be done" in result.stdout + result.stderr:
+            return {}
+        return planned_jobs(result.stdout)
+
+    assert jobs() == {}
+    Image.new("RGB", (150, 130)).save(photos / "new.jpg")
+    os.utime(photos / "new.jpg", (999_000, 999_000))
+    rerun = {"predict_infer": 1, "predict_nms": 1, "predict_pictures": 1, "predict": 1}
+    assert jobs() == rerun
+    (photos / "new.jpg").unlink()
+    assert jobs() == {}
+    Image.new("RGB", (150, 140)).save(photos / "photo {0}.png")  # changed in place
+    assert jobs() == rerun
+    (photos / "photo {0}.png").unlink()
+    assert jobs() == rerun
+    assert not _injected(tmp_path, work)
 
 
 @pytest.mark.slow
@@ -487,29 +545,52 @@ def test_snakemakes_html_report_collects_tables_plots_and_pictures(tiny_run, tmp
 
 @pytest.mark.slow
 def test_reruns_succeed_for_a_normal_user(tiny_run, tmp_path):
-    """As `nobody` on a copy of a finished run it owns: a new nms.iou and --forcerun nms.
+    """As `nobody` on a copy of a finished run it owns, with its own HOME: `--forcerun train`
+    with a new nms.iou retrains from iteration 0 and reruns everything to the report; then the
+    predict target and the data stage run too (every kind of step but downloads).
 
-    CAP_DAC_READ_SEARCH lets the process read the root-owned virtualenv; writes are still
-    checked as nobody's, which is what made protected() outputs fail for normal users.
+    CAP_DAC_READ_SEARCH lets the process read the root-owned virtualenv (under /root); writes
+    are still checked as nobody's, which is what made protected() outputs fail for normal users.
     """
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to become another user")
     work = _copy(tiny_run, tmp_path)
+    photos = _odd_photos(tmp_path / "odd")
     config = yaml.safe_load((work / "run.yaml").read_text())
     config["nms"]["iou"] = 0.7
+    config["predict"] = {"images": str(photos), "pictures": 2}
     (work / "run.yaml").write_text(yaml.safe_dump(config))
-    for path in [work, *work.rglob("*")]:
+    home = tmp_path / "home"
+    home.mkdir()
+    for path in [work, home, *work.rglob("*")]:
         os.chown(path, 65534, 65534, follow_symlinks=False)
     nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
               "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search")  # fmt: skip
-    env = _env(HOME=str(work), MPLCONFIGDIR=str(work / ".mpl"), XDG_CACHE_HOME=str(work / ".cache"))
-    before = (work / "results/tiny/val/proposals.h5").stat().st_mtime
-    snakemake("--cores", "2", "--configfile", "run.yaml", cwd=work, prefix=nobody, env=env)
-    assert (work / "results/tiny/val/proposals.h5").stat().st_mtime > before
-    assert load_config(work / "results/tiny/config.yaml")["nms"]["iou"] == 0.7
+    env = {**_env(HOME=str(home)), "USER": "nobody", "LOGNAME": "nobody"}
+    train = work / "results/tiny/train"
+    before = {name: (train / name).stat().st_mtime for name in ("model_final.pt", "train_log.csv")}
     forced = snakemake(
-        "--cores", "2", "--configfile", "run.yaml", "--forcerun", "nms", cwd=work, prefix=nobody,
-        env=env,
+        "--cores", "2", "--configfile", "run.yaml", "--forcerun", "train", cwd=work,
+        prefix=nobody, env=env,
     )  # fmt: skip
-    assert "rule nms:" in forced.stdout + forced.stderr
-    assert (work / "results/tiny/val/proposals.h5").stat().st_uid == 65534
+    jobs = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", forced.stdout + forced.stderr)
+    assert {"train", "infer", "nms", "evaluate", "classify_train", "report"} <= set(jobs)
+    log = (work / "results/tiny/logs/train.log").read_text()
+    assert "the run was complete; its checkpoints moved to" in log and "steps 0..6" in log
+    assert len(list(train.glob("checkpoints.old-*/model_*.pt"))) == 2
+    assert pd.read_csv(train / "train_log.csv")["iteration"].tolist() == [2, 4, 6]
+    for name, mtime in before.items():
+        assert (train / name).stat().st_mtime > mtime, name
+    assert load_config(work / "results/tiny/config.yaml")["nms"]["iou"] == 0.7
+    assert "3 logged steps up to iteration 6" in (work / "results/tiny/report.md").read_text()
+    snakemake("--cores", "2", "predict", "--configfile", "run.yaml", cwd=work, prefix=nobody,
+              env=env)  # fmt: skip
+    assert len(list((work / "results/tiny/predict/pictures").glob("*.png"))) == 2
+    synth = snakemake(
+        "--cores", "1", "--configfile", "run.yaml", "--forcerun", "synth", "--until", "synth",
+        cwd=work, prefix=nobody, env=env,
+    )  # fmt: skip
+    assert "Rule: synth" in synth.stdout + synth.stderr
+    outputs = [*(work / "results").rglob("*"), *(work / "resources").rglob("*")]
+    assert not [p for p in outputs if p.stat().st_uid != 65534]
+    assert not _injected(tmp_path, work)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ifcn import atomic
+from ifcn import atomic, strict_yaml
 from ifcn.config import command_config, config_option, config_yaml, load_config, set_keys
 from ifcn.errors import IfcnError
 from ifcn.reporting.ablation import ablation_table
@@ -73,6 +73,8 @@ def parse_setting(text: str) -> tuple[str, object]:
     if not sep or not key or "." not in key:
         raise IfcnError(f"--set wants section.key=value, got {text!r}")
     try:
-        return key, yaml.safe_load(value)
+        return key, strict_yaml.load(value)
+    except strict_yaml.StrictYamlError as exc:
+        raise IfcnError(f"--set {key}: {exc}") from None
     except yaml.YAMLError:
         raise IfcnError(f"--set {key}: not a YAML value: {value!r}") from None

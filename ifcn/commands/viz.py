@@ -18,7 +18,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ifcn.config import FROM_CONFIG, command_config, config_option, override_option
+from ifcn.config import (
+    FROM_CONFIG,
+    command_config,
+    config_option,
+    override_option,
+    schema_type,
+)
 from ifcn.errors import IfcnError
 from ifcn.reporting.pictures import draw_folder, draw_image, draw_pictures
 
@@ -49,10 +55,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         parser, "--top-n", "predict.pictures", "proposals drawn per image (--image-id, --each)"
     )
     parser.add_argument(
-        "--scale", type=int, help="shorter side for the score maps (--image-id; default: the "
-        "infer.scales entry nearest the image's own)",
+        "--scale", type=schema_type("infer.scales"), help="shorter side for the score maps "
+        "(--image-id; an infer.scales value; default: the infer.scales entry nearest the image's "
+        "own)",
     )  # fmt: skip
-    parser.add_argument("--windows", type=int, default=4, help="assembled instances shown")
+    parser.add_argument(
+        "--windows", type=int, choices=range(1, 17), default=4, metavar="1..16",
+        help="assembled instances shown",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--out", required=True, help="folder for the PNGs")
     return parser

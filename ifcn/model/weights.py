@@ -11,6 +11,7 @@ The command `ifcn weights fetch` is `ifcn.commands.weights_fetch`.
 
 from __future__ import annotations
 
+import hashlib
 import urllib.error
 from pathlib import Path
 
@@ -21,13 +22,16 @@ from ifcn.model.backbone import imagenet_weight_paths, imagenet_weight_urls
 
 
 def fetch_weights(backbone: str, out_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """The ImageNet weights file of ``backbone``, downloaded unless it is already there."""
+    """The ImageNet weights file of ``backbone``, downloaded unless it is already there (with
+    the SHA-256 its name promises)."""
     url = imagenet_weight_urls(backbone)[0]
     folder = imagenet_weight_paths(backbone)[0].parent if out_dir is None else Path(out_dir)
     dest = folder / Path(url).name
-    if dest.is_file():
-        return dest
     match = torch.hub.HASH_REGEX.search(dest.name)
+    if dest.is_file():
+        if match:
+            _check_hash(dest, match.group(1))
+        return dest
     where = "download it by hand and place it at this path"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -42,3 +46,22 @@ def fetch_weights(backbone: str, out_dir: str | Path | None = None, progress: bo
     except OSError as exc:
         raise IfcnError(f"cannot write the weights ({exc.strerror or exc})", dest) from None
     return dest
+
+
+def _check_hash(path: Path, prefix: str) -> None:
+    """A file already at the destination is kept only if its SHA-256 begins with the ``prefix``
+    its name promises; else IfcnError (it is the user's file: refused, not replaced)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise IfcnError(f"cannot read the weights ({exc.strerror or exc})", path) from None
+    found = digest.hexdigest()
+    if not found.startswith(prefix):
+        raise IfcnError(
+            f"already here, but its SHA-256 begins {found[: len(prefix)]}, not {prefix} as its "
+            "name promises (a damaged or different file): delete it and fetch again",
+            path,
+        )

@@ -5,12 +5,13 @@ atomically. `draw_pictures` draws the report's pictures of the first validation 
 indexes them in figures.json (`ifcn viz --pictures`, the workflow's `figures` rule);
 `draw_image` draws one image's top proposals and score maps (`ifcn viz --image-id`);
 `draw_folder` the top proposals of every image of a proposals file, for photos without
-annotations (`ifcn viz --each`).
+annotations (`ifcn viz --each`), each picture named after its photo inside the output folder.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 
 import cv2
 import matplotlib
@@ -23,7 +24,7 @@ from pycocotools import mask as mask_utils
 from torchvision.ops import nms as box_nms
 
 from ifcn.data.image import image_tensor, load_image, resize_image
-from ifcn.data.instances import read_image_table, read_instances
+from ifcn.data.instances import file_name_fault, read_image_table, read_instances
 from ifcn.errors import IfcnError
 from ifcn.model import load_model
 from ifcn.proposals.format import Proposals, check_image_sets
@@ -315,18 +316,56 @@ def draw_image(
         picture = draw_proposals(image, masks, scores)
         written.append(save_png(picture, out_dir / f"image{image_id}_proposals.png"))
     model, device = _load_model(config, checkpoint, device_name)
-    scale = scale or _nearest_scale(config, image)
+    scale = _nearest_scale(config, image) if scale is None else scale
     picture = score_map_picture(model, image, scale, config["infer"]["max_size"], windows, device)
     written.append(save_png(picture, out_dir / f"image{image_id}_score_maps.png"))
     return written
 
 
+def picture_names(file_names: Mapping[int, str]) -> dict[int, str]:
+    """The picture of each image (id -> file name relative to its folder): the file name with
+    ``.png`` appended, folders kept (``a/x.jpg`` -> ``a/x.jpg.png``), so that x.jpg and x.png
+    give two pictures; names that still meet (X.jpg and x.jpg on a case-blind disk) take the
+    image id (``x.jpg-7.png``). Each name must be relative and free of '..' (else IfcnError)."""
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    for image_id, file_name in file_names.items():
+        fault = file_name_fault(file_name)
+        if fault:
+            raise IfcnError(f"image {image_id}: {fault}")
+        stem = PurePosixPath(file_name).as_posix()
+        name, extra = f"{stem}.png", 0
+        while name.casefold() in taken:
+            extra += 1
+            name = f"{stem}-{image_id}{'' if extra == 1 else f'-{extra}'}.png"
+        taken.add(name.casefold())
+        names[image_id] = name
+    return names
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder``/``name``, refused unless it resolves inside ``folder`` (a symbolic link in
+    the way could lead out)."""
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise IfcnError(f"{name!r} would lie outside {folder}", path)
+    return path
+
+
 def draw_folder(proposals: Path, image_root: Path, out_dir: Path, top_n: int) -> list[Path]:
     """Every image of ``proposals`` with its top ``top_n`` proposals, for images without
-    annotations (`ifcn infer --image-dir`): out_dir/<file_name>.png, folders kept."""
+    annotations (`ifcn infer --image-dir`): out_dir/<file_name>.png (`picture_names`).
+
+    Every file name is checked before anything is drawn (relative, no '..'), and every picture
+    lands inside ``out_dir``: nothing a proposals file says is written outside it."""
     written = []
     with Proposals(proposals) as reader:
-        for image_id in reader.image_ids.tolist():
+        ids = reader.image_ids.tolist()
+        try:
+            outputs = picture_names({image_id: reader.file_name(image_id) for image_id in ids})
+        except IfcnError as exc:
+            raise IfcnError(str(exc), proposals) from None
+        for image_id in ids:
             name = reader.file_name(image_id)
             image = load_image(image_root / name)
             if image.shape[:2] != reader.size(image_id):
@@ -339,7 +378,7 @@ def draw_folder(proposals: Path, image_root: Path, out_dir: Path, top_n: int) ->
             picture = draw_proposals(
                 image, reader.masks(image_id, top_n), reader.scores(image_id, top_n)
             )
-            written.append(save_png(picture, (out_dir / name).with_suffix(".png")))
+            written.append(save_png(picture, _inside(out_dir, outputs[image_id])))
     return written
 
 

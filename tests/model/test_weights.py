@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import random
 import threading
 
 import pytest
@@ -94,3 +95,25 @@ def test_offline_names_the_url_and_the_file_to_place(server, hub, monkeypatch, c
     assert len(err.splitlines()) == 1 and err.startswith("ifcn weights fetch: error: ")
     assert url in err and str(hub / "vgg16-397923af.pth") in err and "by hand" in err
     assert list(hub.iterdir()) == []
+
+
+def test_a_file_already_there_must_have_the_hash_its_name_promises(
+    server, hub, monkeypatch, capsys
+):
+    """1000 random bytes at the destination once passed as the weights (exit 0)."""
+    served, base = server
+    name = _serve_resnet18(served, base, monkeypatch)
+    hub.mkdir(parents=True)
+    planted, junk = hub / name, random.Random(0).randbytes(1000)
+    planted.write_bytes(junk)
+    assert cli_main(["weights", "fetch", "--backbone", "resnet18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"ifcn weights fetch: error: {planted}: ")
+    assert f"not {name.split('-')[1][:8]} as its name promises" in err
+    assert planted.read_bytes() == junk  # the user's file is not replaced
+    # the right file is taken as it is
+    planted.unlink()
+    assert cli_main(["weights", "fetch", "--backbone", "resnet18"]) == 0
+    served.joinpath(name).unlink()  # no download needed the second time
+    assert cli_main(["weights", "fetch", "--backbone", "resnet18"]) == 0
+    assert str(planted) in capsys.readouterr().out

@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ifcn import cli
-from ifcn.config import load_config
+from ifcn.config import load_config, validate_config
 from ifcn.model import build_model
 from ifcn.proposals.format import write_proposals
 from ifcn.reporting.pictures import (
@@ -228,3 +228,94 @@ def test_cli_viz_refuses_proposals_of_another_image_set(validation_run, capsys, 
         assert cli.main([*argv, "--image-id", "5"]) == 2
         assert "proposals of another image set?" in capsys.readouterr().err
         assert not out.exists()
+
+
+def _photo_proposals(path, names, shape=(56, 72)):
+    """proposals.h5 of photos ``names`` (ids 1..n), one proposal each, as `infer --image-dir`
+    writes it (no GT)."""
+    mask = np.zeros(shape, np.uint8)
+    mask[10:30, 10:40] = 1
+    records = [{"image_id": i, "file_name": name, "height": shape[0], "width": shape[1],
+                "scores": np.array([0.9]), "boxes": np.array([[10, 10, 40, 30]], np.float32),
+                "rles": [_rle(mask)["counts"]], "scales": np.array([0])}
+               for i, name in enumerate(names, start=1)]  # fmt: skip
+    attrs = {"config": validate_config({}), "checkpoint_sha256": "0" * 64,
+             "dataset": "photos", "scales": [40], "k": 3, "m": 9}  # fmt: skip
+    write_proposals(path, records, attrs)
+    return path
+
+
+def _files(folder):
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dot-dot"])
+def test_viz_each_writes_nothing_outside_out(tmp_path, capsys, kind):
+    """A proposals file naming /x/victim.png or ../../victim.png once overwrote that file."""
+    rng = np.random.default_rng(0)
+    victim = tmp_path / "victim.png"
+    Image.fromarray((rng.random((56, 72, 3)) * 255).astype(np.uint8)).save(victim)
+    before = victim.read_bytes()
+    images, out = tmp_path / "a" / "images", tmp_path / "b" / "out"
+    images.mkdir(parents=True)
+    Image.open(victim).save(images / "ok.png")
+    name = str(victim) if kind == "absolute" else "../../victim.png"
+    proposals = _photo_proposals(tmp_path / "proposals.h5", ["ok.png", name])
+    files = _files(tmp_path)
+    argv = ["viz", "--each", "--proposals", str(proposals), "--image-root", str(images),
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"ifcn viz: error: {proposals}: image 2")
+    assert ("is absolute" if kind == "absolute" else "contains '..'") in err
+    assert victim.read_bytes() == before and _files(tmp_path) == files
+    assert not out.exists()  # nothing drawn before the names were checked
+
+
+def test_viz_each_keeps_every_photo_apart(tmp_path, capsys):
+    """x.jpg and x.png once both became x.png; case-blind twins take the image id."""
+    rng = np.random.default_rng(1)
+    images, out = tmp_path / "photos", tmp_path / "out"
+    (images / "sub").mkdir(parents=True)
+    names = ["X.jpg", "sub/y.png", "x.jpg", "x.png"]
+    for name in names:
+        Image.fromarray((rng.random((56, 72, 3)) * 255).astype(np.uint8)).save(images / name)
+    proposals = _photo_proposals(tmp_path / "proposals.h5", names)
+    argv = ["viz", "--each", "--proposals", str(proposals), "--image-root", str(images),
+            "--out", str(out), "--top-n", "1"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert [p.relative_to(out).as_posix() for p in _files(out)] == [
+        "X.jpg.png", "sub/y.png.png", "x.jpg-3.png", "x.png.png"
+    ]  # fmt: skip
+    assert capsys.readouterr().out.split() == [
+        str(out / n) for n in ("X.jpg.png", "sub/y.png.png", "x.jpg-3.png", "x.png.png")
+    ]
+
+
+def test_viz_each_refuses_a_link_out_of_out(tmp_path, capsys):
+    images, out, elsewhere = tmp_path / "photos", tmp_path / "out", tmp_path / "elsewhere"
+    for folder in (images / "sub", out, elsewhere):
+        folder.mkdir(parents=True)
+    Image.new("RGB", (72, 56)).save(images / "sub" / "a.png")
+    (out / "sub").symlink_to(elsewhere)
+    proposals = _photo_proposals(tmp_path / "proposals.h5", ["sub/a.png"])
+    argv = ["viz", "--each", "--proposals", str(proposals), "--image-root", str(images),
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "'sub/a.png.png' would lie outside" in capsys.readouterr().err
+    assert not list(elsewhere.iterdir())
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [("-50", "-50 is less than the minimum of 16"), ("0", "0 is less than the minimum of 16"),
+     ("5000", "5000 is greater than the maximum of 4096"), ("1.5", "not an integer: '1.5'")],
+)  # fmt: skip
+def test_viz_scale_must_be_an_inference_scale(capsys, value, message):
+    """--scale -50 once drew a 1x1 image and --scale 0 silently meant the default."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["viz", "--image-id", "1", "--out", "o", f"--scale={value}"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ifcn viz: error: argument --scale: {message}"
+    )

@@ -1,9 +1,11 @@
 # The run's config, its folders, and the input functions of the rules (no lambdas in rules).
 # What they decide lives in ifcn: ifcn.config, ifcn.data.datasets, ifcn.variants.
+import hashlib
 import os
 import re
 import shlex
 import sys
+from pathlib import Path
 
 # This checkout's ifcn, for the workflow and every job (`ifcn` is `python -m ifcn` with the
 # checkout first on PYTHONPATH): jobs need only the dependencies (the venv of `make`, or
@@ -19,6 +21,7 @@ from ifcn.classify.settings import classifier_summary
 from ifcn.config import prediction_keys, run_config, settings_of, training_settings
 from ifcn.config import config_json, write_run_config
 from ifcn.data.datasets import convert_request, dataset, require_sources
+from ifcn.data.folder import EXTENSIONS, image_files
 from ifcn.errors import IfcnError
 from ifcn.model.backbone import find_pretrained_weights
 from ifcn.variants import TABLES, plan_ablations
@@ -143,6 +146,29 @@ def predict_images(wildcards):
         what = "not a folder" if images else "missing: --config predict='{images: DIR}'"
         raise IfcnError(f"predict.images (your photos) is {what}", CONFIG_FILES[-1])
     return images
+
+
+def predict_photos(wildcards):
+    """Params function: a digest of the photos `ifcn infer --image-dir` will read (as
+    ifcn.data.folder lists them: each one's path, size and time stamp), a rerun trigger, so
+    that adding, removing or changing a photo reruns the prediction. Not the photos as inputs:
+    Snakemake reads a '{x}' in an input's path as a wildcard, and a photo's name may hold one.
+    """
+    folder = Path(predict_images(wildcards))
+    digest = hashlib.sha256()
+    files = image_files(folder)
+    if not files:
+        kinds = ", ".join(e.lstrip(".") for e in EXTENSIONS)
+        raise IfcnError(f"predict.images holds no photos ({kinds})", folder)
+    for name in files:
+        try:
+            stat = (folder / name).stat()
+        except OSError as exc:
+            raise IfcnError(f"cannot read the photo ({exc.strerror})", folder / name)
+        digest.update(
+            f"{name.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
+    return f"{len(files)} photos, sha256 {digest.hexdigest()}"
 
 
 def predict_outputs(wildcards):

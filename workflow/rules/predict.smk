@@ -1,6 +1,7 @@
 # Proposals for your own photos (no annotations): `snakemake predict --config
 # predict='{images: DIR}'` -> results/<run>/predict/proposals.h5 and a picture of each photo's
-# top proposals under results/<run>/predict/pictures/. Uses the run's NMS settings.
+# top proposals under results/<run>/predict/pictures/. Uses the run's NMS settings. What the
+# photos are is a rerun trigger (predict_photos): adding, removing or changing one reruns it.
 
 
 rule predict_infer:
@@ -23,6 +24,7 @@ rule predict_infer:
         gpu=0,
     params:
         images=predict_images,
+        photos=predict_photos,
         settings=settings("model", "infer", "predict"),
     shell:
         "ifcn infer --config {input.config:q} --checkpoint {input.model:q}"
