@@ -19,6 +19,7 @@ import sys
 import textwrap
 
 from ifcn.errors import IfcnError, describe_os_error
+from ifcn.mplconfig import matplotlib_config_dir
 
 # command (words) -> module holding get_args_parser() and main(args)
 COMMANDS: dict[tuple[str, ...], str] = {
@@ -251,7 +252,11 @@ def _fail(prog: str, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with matplotlib_config_dir():  # a writable matplotlib folder for a user without a home
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     words = next((w for w in COMMANDS if tuple(argv[: len(w)]) == w), None)
     if words is None:
         groups = {w[0] for w in COMMANDS if len(w) > 1}
