@@ -31,6 +31,7 @@ from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
 from ifcn.proposals.format import Proposals, ProposalsPerProcess
+from ifcn.signals import dataloader_worker
 from ifcn.training import checkpoint
 from ifcn.training.distributed import resolve_device
 
@@ -213,6 +214,7 @@ def run_prediction(
         batch_size=None,
         num_workers=int(cfg["workers"]),
         pin_memory=device.type == "cuda",
+        worker_init_fn=dataloader_worker,
     )
     results = []
     try:

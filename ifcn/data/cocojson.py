@@ -39,6 +39,7 @@ from pycocotools import mask as mask_utils
 
 from ifcn.atomic import atomic_path
 from ifcn.errors import IfcnError
+from ifcn.signals import worker_process
 
 # COCO's object-size limits (pixels of mask area), as in COCOeval's areaRng.
 SMALL_AREA = 32**2
@@ -740,6 +741,7 @@ _CHECKS: tuple = ()
 
 def _set_parts(parts: list[tuple[memoryview, int]], text: mmap.mmap, checks: tuple) -> None:
     global _PARTS, _TEXT, _CHECKS
+    worker_process()
     _PARTS, _TEXT, _CHECKS = parts, text, checks
 
 

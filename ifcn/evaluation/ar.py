@@ -39,6 +39,7 @@ from ifcn.evaluation.recall import (
     greedy_hits,
     recall_ratio,
 )
+from ifcn.signals import held, worker_process
 
 AREA_CHOICES = {"coco": list(COCO_AREA_RANGES), "all": ["all"]}
 
@@ -96,6 +97,7 @@ _JOB: _Job | None = None
 
 def _set_job(job: _Job) -> None:
     global _JOB
+    worker_process()
     _JOB = job
 
 
@@ -328,9 +330,11 @@ def plot_recall_iou(result: Evaluation, path: Path) -> None:
 
 def _plot_server(connection: Connection, parents: Connection) -> None:
     """Import matplotlib, then draw each (result, path) received; answer None or the error."""
+    worker_process()
     parents.close()  # the parent's end, inherited by a fork: EOF only once it is closed there
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
+    with held():  # a stop inside a C extension's import would be an ImportError's traceback
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
 
     while True:
         try:

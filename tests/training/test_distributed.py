@@ -321,7 +321,7 @@ def test_sigterm_to_one_srun_task_stops_all_at_one_checkpoint_and_resumes_exactl
     finally:
         for task in tasks:
             task.kill()
-    assert [t.returncode for t in tasks] == [2, 2], errors
+    assert [t.returncode for t in tasks] == [143, 143], errors
     stopped = [re.search(r"stopped by SIGTERM at iteration (\d+)", line) for line in errors]
     assert all(stopped), errors
     iteration = int(stopped[0].group(1))

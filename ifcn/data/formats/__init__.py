@@ -18,6 +18,7 @@ import numpy as np
 from ifcn.data.image import open_image
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
+from ifcn.signals import worker_process
 
 # PASCAL VOC's 20 classes; category id = index + 1, as in SegmentationClass and SBD.
 VOC_CLASSES = tuple(
@@ -114,7 +115,7 @@ def map_images(
                 out.append(fn(x))
                 bar.update()
             return out
-        with multiprocessing.Pool(workers) as pool:
+        with multiprocessing.Pool(workers, worker_process) as pool:
             chunk = max(1, min(64, total // (4 * workers)))
             for result in pool.imap(fn, items, chunksize=chunk):
                 out.append(result)
