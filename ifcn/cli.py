@@ -3,9 +3,12 @@
 Each stage module defines `get_args_parser(add_help=True)` and `main(args)`; this layer only
 parses, calls, and turns the two failures of normal use into one line and exit status 2: bad
 input (`IfcnError`) and a file the system refuses (`OSError`: unwritable folder, full disk).
-Anything else is a bug and keeps its traceback. The stage modules' docstrings are written for
-developers, so the one-line summary and the example that `--help` shows live here, in `HELP`.
-Modules are imported lazily so a light stage (evaluate, nms) does not pay for importing torch.
+Anything else is a bug and keeps its traceback. SIGTERM and SIGINT, from the moment the CLI
+starts, end a stage with one line and 143 / 130 (`ifcn.signals`, whatever error the interrupted
+code then raises), and every stage gets a writable matplotlib folder (`ifcn.mplconfig`). The
+stage modules' docstrings are written for developers, so the one-line summary and the example
+that `--help` shows live here, in `HELP`. Modules are imported lazily so a light stage
+(evaluate, nms) does not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import contextlib
 import difflib
 import importlib
 import os
+import signal
 import sys
 import textwrap
 
+from ifcn import signals
 from ifcn.errors import IfcnError, describe_os_error
+from ifcn.mplconfig import matplotlib_config_dir
 
 # command (words) -> module holding get_args_parser() and main(args)
 COMMANDS: dict[tuple[str, ...], str] = {
@@ -148,8 +154,9 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
 
 EXIT_STATUS = (
     "exit status: 0 done; 2 bad usage, bad input or a file the system refused\n"
-    "(one line on stderr naming the file); 130 interrupted; 1 an unexpected error\n"
-    "(a bug: its traceback follows)."
+    "(one line on stderr naming the file); 143 stopped by SIGTERM, 130 by SIGINT\n"
+    "(Ctrl-C), leaving no temporaries; 1 an unexpected error (a bug: its traceback\n"
+    "follows)."
 )
 
 
@@ -254,13 +261,21 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
-def _fail(prog: str, message: str) -> int:
+def _fail(prog: str, message: str, status: int = 2) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    restore = signals.install()  # before a stage's imports: Ctrl-C during them is one line too
+    try:
+        with matplotlib_config_dir():
+            return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        restore()
+
+
+def _main(argv: list[str]) -> int:
     words = next((w for w in COMMANDS if tuple(argv[: len(w)]) == w), None)
     if words is None:
         groups = {w[0] for w in COMMANDS if len(w) > 1}
@@ -280,26 +295,48 @@ def main(argv: list[str] | None = None) -> int:
             stream.write(_group_usage(argv[0]))
             return 2 if stream is sys.stderr else 0
         return _unknown(argv)
-    module_name = COMMANDS[words]
     prog = "ifcn " + " ".join(words)
-    module = importlib.import_module(module_name)
-    parser: argparse.ArgumentParser = module.get_args_parser()
-    parser.prog = prog
-    _user_help(parser, words)
-    args = parser.parse_args(argv[len(words) :])
+    args = None
     try:
-        result = module.main(args)
+        try:
+            module = importlib.import_module(COMMANDS[words])
+            parser: argparse.ArgumentParser = module.get_args_parser()
+            parser.prog = prog
+            _user_help(parser, words)
+            args = parser.parse_args(argv[len(words) :])
+            result = module.main(args)
+        except BaseException as exc:
+            stop = _stop_behind(exc)
+            if stop is None:
+                raise
+            return _stopped(prog, stop)
     except IfcnError as exc:
-        return _fail(prog, str(exc))
+        return _fail(prog, str(exc), getattr(exc, "exit_status", 2))
     except BrokenPipeError:
         _silence_stdout()
         return 1
     except OSError as exc:
         return _fail(prog, describe_os_error(exc, writing=getattr(args, "out", None)))
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    stop = signals.requested()
+    if stop is not None:  # its exception was swallowed on the way (see ifcn.signals)
+        return _stopped(prog, stop)
     return int(result or 0)
+
+
+def _stop_behind(exc: BaseException) -> signals.Stopped | None:
+    """The stop that ended the stage, if a signal did: what it interrupted may surface as
+    another error (an import failing half-way, a C library's own error)."""
+    if isinstance(exc, SystemExit):
+        return None
+    stop = signals.requested()
+    if stop is None and isinstance(exc, KeyboardInterrupt):
+        stop = exc if isinstance(exc, signals.Stopped) else signals.Stopped(signal.SIGINT)
+    return stop
+
+
+def _stopped(prog: str, stop: signals.Stopped) -> int:
+    print(f"{prog}: stopped by {stop.name}", file=sys.stderr)
+    return stop.exit_status
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from ifcn.data.jsonio import load_json, write_json_atomic
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
 from ifcn.proposals.format import Proposals, ProposalsPerProcess, check_image_sets
+from ifcn.signals import dataloader_worker
 from ifcn.training import checkpoint
 
 
@@ -199,6 +200,7 @@ def run_prediction(
         batch_size=None,
         num_workers=int(cfg["workers"]),
         pin_memory=device.type == "cuda",
+        worker_init_fn=dataloader_worker,
     )
     results = []
     try:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from ifcn.data.formats import map_images
+from ifcn.data.image import load_image
 from ifcn.data.instances import read_instances
 from ifcn.data.masks import polygons_outside, segmentation_to_rle, size_class
 from ifcn.data.overlap import recorded_image_root
@@ -103,16 +103,20 @@ def _check_image(item: tuple) -> tuple[list[str], Counter, list[tuple]]:
     warnings: Counter = Counter()
     where = f"image {image_id} ('{os.path.basename(path)}')"
     try:
-        with Image.open(path) as im:
-            if im.size != (width, height):
-                problems.append(
-                    f"{where}: file is {im.size[0]}x{im.size[1]}, the JSON says {width}x{height}"
-                )
-            im.load()
-    except FileNotFoundError:
-        problems.append(f"{where}: file not found")
-    except (OSError, SyntaxError, ValueError) as exc:
-        problems.append(f"{where}: unreadable ({exc})")
+        pixels = load_image(path)  # what every stage reads, so refused where they refuse
+    except IfcnError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        problems.append(
+            f"{where}: file not found"
+            if reason == "image file not found"
+            else f"{where}: unreadable ({reason})"
+        )
+    else:
+        if pixels.shape[:2] != (height, width):
+            problems.append(
+                f"{where}: file is {pixels.shape[1]}x{pixels.shape[0]}, the JSON says "
+                f"{width}x{height}"
+            )
     sizes = []
     for aid, category, crowd, seg, stored_area, stored_bbox in anns:
         rle = segmentation_to_rle(seg, height, width)

@@ -23,6 +23,7 @@ import orjson
 from ifcn.data.jsonio import gc_paused, is_int, is_number, map_file, parse_json, read_bytes
 from ifcn.data.rle import all_well_formed, is_size, well_formed
 from ifcn.errors import IfcnError
+from ifcn.signals import worker_process
 
 
 @dataclass
@@ -150,6 +151,7 @@ _CHECKS: tuple = ()
 
 def _set_parts(parts: list[tuple[memoryview, int]], text: mmap.mmap, checks: tuple) -> None:
     global _PARTS, _TEXT, _CHECKS
+    worker_process()
     _PARTS, _TEXT, _CHECKS = parts, text, checks
 
 

@@ -12,6 +12,7 @@ The command `ifcn data synth` is `ifcn.commands.data_synth`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ import pycocotools.mask as mask_utils
 
 from ifcn import atomic
 from ifcn.errors import IfcnError
+from ifcn.signals import held, worker_process
 
 CATEGORIES: tuple[dict, ...] = (
     {"id": 1, "name": "ellipse", "supercategory": "shape"},
@@ -326,6 +328,7 @@ def _make_image(job: tuple[int, str, int, SynthParams, str]) -> tuple[dict, list
 
 
 def _init_worker() -> None:
+    worker_process()
     cv2.setNumThreads(1)
 
 
@@ -360,7 +363,9 @@ def generate_dataset(out_dir: str | Path, settings: Mapping, workers: int = 1) -
     if workers > 1:
         # spawn, not fork: a forked child deadlocks on OpenCV's thread pool if the parent used it
         context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, initializer=_init_worker) as pool:
+        with contextlib.ExitStack() as stack:
+            with held():  # until its workers can handle a signal (see ifcn.signals)
+                pool = stack.enter_context(context.Pool(workers, initializer=_init_worker))
             results = pool.map(_make_image, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
     else:
         results = [_make_image(job) for job in jobs]

@@ -39,6 +39,7 @@ from ifcn.evaluation.recall import (
     recall_ratio,
 )
 from ifcn.reporting.plots import Plotter, plot_recall_iou
+from ifcn.signals import worker_process
 
 AREA_CHOICES = {"coco": list(COCO_AREA_RANGES), "all": ["all"]}
 
@@ -96,6 +97,7 @@ _JOB: _Job | None = None
 
 def _set_job(job: _Job) -> None:
     global _JOB
+    worker_process()
     _JOB = job
 
 

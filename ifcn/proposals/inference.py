@@ -28,6 +28,7 @@ from ifcn.data.image import image_tensor, load_image, resize_image
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import CandidateWriter, ImageCandidates
+from ifcn.signals import dataloader_worker
 from ifcn.windows import rank_windows
 
 
@@ -201,6 +202,7 @@ def run_inference(
         num_workers=int(infer_cfg["workers"]),
         collate_fn=single,
         pin_memory=device.type == "cuda",
+        worker_init_fn=dataloader_worker,
     )
     waited, start = 0.0, time.perf_counter()
     with CandidateWriter(out, {**attrs, "mask_size": mask_size(model, m)}) as writer:

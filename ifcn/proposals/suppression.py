@@ -23,6 +23,7 @@ from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import Candidates, ImageCandidates
 from ifcn.proposals.format import ProposalWriter
 from ifcn.proposals.resample import render, tight_boxes
+from ifcn.signals import worker_process
 
 
 def nms_image(record: ImageCandidates, settings: Mapping) -> dict:
@@ -59,6 +60,7 @@ _worker: dict = {}
 
 
 def _init_worker(path: str, settings: dict) -> None:
+    worker_process()
     torch.set_num_threads(1)
     _worker["reader"] = Candidates(path)
     _worker["settings"] = settings

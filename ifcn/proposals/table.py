@@ -317,12 +317,14 @@ class TableWriter:
         """Drop everything written so far; the target path is left untouched. Never raises:
         closing a file on a full disk can fail again, and the temporary must go anyway."""
         self._open = False
-        if self._file is not None:
-            with contextlib.suppress(Exception):
-                self._file.close()
-        self._close_scratch()
-        with contextlib.suppress(OSError):
-            self._tmp.unlink(missing_ok=True)
+        try:  # the unlink even when a stop raised again (ifcn.signals) interrupts the close
+            if self._file is not None:
+                with contextlib.suppress(Exception):
+                    self._file.close()
+            self._close_scratch()
+        finally:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
 
 
 class TableReader:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ifcn import atomic
 from ifcn.errors import IfcnError
+from ifcn.signals import held, worker_process
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,9 +107,11 @@ def plot_loss(log: pd.DataFrame, path: str | Path) -> Path:
 
 def _plot_server(connection: Connection, parents: Connection) -> None:
     """Import matplotlib, then run each (plot, args) received; answer None or the error."""
+    worker_process()
     parents.close()  # the parent's end, inherited by a fork: EOF only once it is closed there
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
+    with held():  # a stop inside a C extension's import would be an ImportError's traceback
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
 
     while True:
         try:

@@ -126,7 +126,8 @@ def resolve_device(
     announce: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> torch.device:
-    """The device of ``--device``; each process of a node takes its local GPU.
+    """The device of ``--device`` (auto, cpu, cuda or cuda:N); each process of a node takes its
+    local GPU when none is named. A device that this machine lacks is an IfcnError.
 
     ``auto`` is CUDA when available, else the CPU, and says which on stderr (``announce``) —
     except on a job that was given GPUs (`assigned_gpus`): there a missing CUDA is a broken
@@ -147,14 +148,25 @@ def resolve_device(
         if announce:
             print(f"ifcn: --device auto: running on {describe(device)}", file=sys.stderr)
         return device
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise IfcnError(f"--device cuda asked for, but {_no_cuda_reason()}")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise IfcnError(f"unknown device {name!r}; choose auto, cpu or cuda") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise IfcnError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise IfcnError(f"--device {name} asked for, but {_no_cuda_reason()}")
+    count = torch.cuda.device_count()
+    if device.index is None:
+        return torch.device("cuda", local_rank % count)
+    if device.index >= count:
+        raise IfcnError(
+            f"--device {name} asked for, but PyTorch sees {count} CUDA device(s): "
+            f"cuda:0..cuda:{count - 1}"
+        )
+    return device
 
 
 def describe(device: torch.device) -> str:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
+from ifcn.signals import SignalStop
 from ifcn.training import checkpoint
 from ifcn.training.distributed import DistInfo, broadcast_flag, run_on_main
 from ifcn.training.log import TrainLog
@@ -271,8 +272,9 @@ class StopRequest:
 
 class StopOnSigterm(HookBase):
     """SIGTERM on any rank: every rank finishes its step, the step is checkpointed, and all
-    stop with an error that says how to continue. A SIGTERM during the last step lets the run
-    finish (model_final.pt is one write away), so that a complete run never looks stopped."""
+    stop with an error that says how to continue (exit status 143, as any stage stopped by
+    SIGTERM). A SIGTERM during the last step lets the run finish (model_final.pt is one write
+    away), so that a complete run never looks stopped."""
 
     def __init__(self, checkpointer: Checkpointer, device: torch.device):
         self.checkpointer, self.device = checkpointer, device
@@ -289,7 +291,7 @@ class StopOnSigterm(HookBase):
         requested = broadcast_flag(self.stop.requested, self.device)
         if requested and self.trainer.iter < self.trainer.max_iter:
             path = self.checkpointer.checkpoint_now()
-            raise IfcnError(
+            raise SignalStop(
                 f"stopped by SIGTERM at iteration {self.trainer.iter}; checkpoint {path} "
                 "written; rerun with --resume auto to continue",
                 self.checkpointer.out_dir,

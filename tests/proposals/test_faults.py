@@ -416,8 +416,8 @@ def test_infer_on_a_folder_of_jpegs_writes_a_valid_proposal_file(tmp_path, capsy
                      "--top-n", "3", "--out", str(pictures)])  # fmt: skip
     assert code == 0
     drawn = sorted(str(p.relative_to(pictures)) for p in pictures.rglob("*.png"))
-    assert drawn == ["a.png", "b/c.png", "b/z.png"]
-    assert np.asarray(Image.open(pictures / "b" / "z.png")).shape == (50, 70, 3)
+    assert drawn == ["a.jpeg.png", "b/c.jpg.png", "b/z.JPG.png"]  # <file_name>.png
+    assert np.asarray(Image.open(pictures / "b" / "z.JPG.png")).shape == (50, 70, 3)
     code = cli.main(["viz", "--each", "--proposals", str(proposals), "--image-root",
                      str(tmp_path), "--out", str(pictures)])  # fmt: skip
     _one_line_failure(capsys, code, tmp_path / "a.jpeg")

@@ -139,6 +139,54 @@ def test_device_auto_on_a_gpu_job_without_cuda_is_an_error_that_says_how_to_over
         distributed.resolve_device("cuda", environ={})
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("cuda", "--device cuda asked for, but "),
+        ("cuda:0", "--device cuda:0 asked for, but "),
+        ("cuda:3", "--device cuda:3 asked for, but "),
+        ("mps", "unknown device 'mps'; choose auto, cpu, cuda or cuda:N"),
+        ("cuda:x", "unknown device 'cuda:x'; choose auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_one_line(monkeypatch, name, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(IfcnError) as raised:
+        distributed.resolve_device(name, environ={})
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_a_gpu_index_beyond_the_gpus_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.resolve_device("cuda:1", environ={}) == torch.device("cuda", 1)
+    with pytest.raises(IfcnError, match=r"--device cuda:2 asked for, but PyTorch sees 2 CUDA "
+                       r"device\(s\): cuda:0..cuda:1"):  # fmt: skip
+        distributed.resolve_device("cuda:2", environ={})
+
+
+@pytest.mark.parametrize("command", ["infer", "train", "viz"])
+def test_device_cuda_0_without_cuda_is_one_line_from_each_stage(
+    monkeypatch, capsys, tmp_path, command
+):
+    from ifcn import cli
+    from tests.proposals.runs import small_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    images, config, model = small_run(tmp_path)
+    args = {
+        "infer": ["--config", str(config), "--checkpoint", str(model), "--images", str(images),
+                  "--out", str(tmp_path / "c.h5")],
+        "train": ["--config", str(config), "--out", str(tmp_path / "run")],
+        "viz": ["--config", str(config), "--checkpoint", str(model), "--images", str(images),
+                "--image-id", "5", "--out", str(tmp_path / "pictures")],
+    }[command]  # fmt: skip
+    assert cli.main([command, *args, "--device", "cuda:0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda:0 asked for, but" in err[0], err
+    assert not (tmp_path / "c.h5").exists()
+
+
 def test_device_auto_takes_the_local_gpu_when_cuda_is_available(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -274,7 +322,7 @@ def test_sigterm_to_one_srun_task_stops_all_at_one_checkpoint_and_resumes_exactl
     finally:
         for task in tasks:
             task.kill()
-    assert [t.returncode for t in tasks] == [2, 2], errors
+    assert [t.returncode for t in tasks] == [143, 143], errors
     stopped = [re.search(r"stopped by SIGTERM at iteration (\d+)", line) for line in errors]
     assert all(stopped), errors
     iteration = int(stopped[0].group(1))

@@ -186,7 +186,7 @@ def test_sigterm_checkpoints_the_step_it_stopped_at_and_exits_non_zero(
     finally:
         task.kill()
     last = err.decode().strip().splitlines()[-1]
-    assert task.returncode == 2, err.decode()[-3000:]
+    assert task.returncode == 143, err.decode()[-3000:]
     found = re.fullmatch(
         r"ifcn train: error: \S+: stopped by SIGTERM at iteration (\d+); checkpoint (\S+) "
         r"written; rerun with --resume auto to continue",

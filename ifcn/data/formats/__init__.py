@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from ifcn.data.image import open_image
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
+from ifcn.signals import worker_process
 
 # PASCAL VOC's 20 classes; category id = index + 1, as in SegmentationClass and SBD.
 VOC_CLASSES = tuple(
@@ -47,21 +48,16 @@ def voc_categories() -> list[dict]:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the image header, without decoding the pixels."""
-    if not path.is_file():
-        raise IfcnError("image file not found", path)
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as exc:
-        raise IfcnError(f"cannot read image ({exc})", path) from None
+    with open_image(path) as im:
+        return im.size
 
 
 def read_index_png(path: Path, image_path: Path, size: tuple[int, int]) -> np.ndarray:
     """H×W array of the indices of a palette (or grey) PNG whose size must equal its image's."""
-    if not path.is_file():
+    if not path.exists():
         raise IfcnError("mask file not found", path)
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.mode not in ("P", "L"):
                 raise IfcnError(f"expected a palette PNG of indices, got mode {im.mode}", path)
             if im.size != size:
@@ -119,7 +115,7 @@ def map_images(
                 out.append(fn(x))
                 bar.update()
             return out
-        with multiprocessing.Pool(workers) as pool:
+        with multiprocessing.Pool(workers, worker_process) as pool:
             chunk = max(1, min(64, total // (4 * workers)))
             for result in pool.imap(fn, items, chunksize=chunk):
                 out.append(result)
