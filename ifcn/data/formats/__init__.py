@@ -107,13 +107,18 @@ def name_image_ids(names: list[str]) -> list[int]:
 
 
 def map_images(
-    fn: Callable[[Any], Any], items: Iterable[Any], total: int, workers: int, desc: str
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    total: int,
+    workers: int,
+    desc: str,
+    unit: str = "img",
 ) -> list[Any]:
     """`[fn(x) for x in items]` over `workers` processes, in order, with a progress bar."""
     if workers < 1:
         raise IfcnError(f"--workers must be at least 1, got {workers}")
     out: list[Any] = []
-    with progress_bar(total=total, desc=desc, unit="img", leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit=unit, leave=False) as bar:
         if workers <= 1:
             for x in items:
                 out.append(fn(x))
