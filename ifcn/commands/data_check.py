@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from ifcn.atomic import atomic_path
-from ifcn.data.check import check_dataset, format_report
+from ifcn.data.check import check_dataset, forget, format_report, record
 from ifcn.data.overlap import require_disjoint
 from ifcn.errors import IfcnError
 
@@ -46,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
     report = check_dataset(args.json, args.images, workers=args.workers)
     print(format_report(report))
     if not report.ok:
+        forget(args.json)
         raise IfcnError(
             f"check failed with {len(report.problems)} problems; first: {report.problems[0]}",
             args.json,
@@ -56,5 +57,10 @@ def main(args: argparse.Namespace) -> int:
     if args.out is not None:
         with atomic_path(args.out) as tmp:
             report.summary.to_csv(tmp)
+    recorded = record(report)
+    if isinstance(recorded, str):
+        print(f"note: the check is not recorded ({recorded}); stages will validate it again")
+    else:
+        print(f"recorded the check in {recorded.path}")
     print(f"check passed: {args.json}")
     return 0

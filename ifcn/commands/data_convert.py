@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ifcn.data.convert import FORMATS, convert, write_converted
+from ifcn.data.formats.coco import AREA_BBOX
 from ifcn.errors import IfcnError
 
 
@@ -50,7 +51,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "the paper's split) instead of --split's; those SBD does not annotate are left out",
     )
     parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes over images"
+        "--area-bbox",
+        choices=AREA_BBOX,
+        help="coco: keep each annotation's area and bbox as the file publishes them, or compute "
+        "them from its mask (default: published for a JSON in COCO's own layout, "
+        "ROOT/annotations/instances_SPLIT.json; mask for exports)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="processes over masks and images",
     )
     return parser
 
@@ -68,8 +79,9 @@ def main(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         image_list=args.image_list,
         workers=args.workers,
+        area_bbox=args.area_bbox,
     )
-    write_converted(converted, args.out)
+    recorded = write_converted(converted, args.out, workers=args.workers)
     d = converted.dataset
     print(
         f"wrote {args.out}: {len(d['images'])} images, {len(d['annotations'])} annotations, "
@@ -78,4 +90,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"image root: {converted.image_root}")
     for note in converted.notes:
         print(f"changed: {note}" if args.format == "coco" else f"note: {note}")
+    if isinstance(recorded, str):
+        print(f"note: the check is not recorded ({recorded}); stages will validate it again")
+    else:
+        print(f"recorded the check in {recorded.path}")
     return 0

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pycocotools.coco is imported by `Instances.coco`, which nee
 # A polygon vertex may lie outside its image (it is clipped) by at most one image side.
 POLYGON_MARGIN = 1.0
 NUMBER_TYPES = frozenset((int, float))  # of JSON numbers as orjson parses them
+PLAIN_NAMES = "file names with '\\' separators or a leading './' (read as plain '/' paths)"
 
 
 def assemble_dataset(
@@ -170,7 +171,8 @@ def validate_instances(data: Any, path: str | Path, *, collect: bool = False) ->
     an RLE whose size is not its image's or whose runs do not cover exactly its pixels; an
     `area` or `bbox` that is not finite, negative or beyond the image; `iscrowd` other than 0/1.
     Quirks (tolerated, counted): boolean or missing `iscrowd`, polygon parts of fewer than 3
-    points, polygon vertices outside the image, file names with '\\' separators or './'.
+    points, polygon vertices outside the image, file names with '\\' separators or './'
+    (the validated image entries hold them as plain '/' paths, `plain_file_name`).
     """
     path = Path(path)
     require_coco_shape(data, path)
@@ -224,8 +226,10 @@ def _validate_images(records: list, findings: Findings) -> dict[int, dict]:
         if reason:
             findings.problem(f"{where}: {reason}")
             continue
-        if "\\" in image["file_name"] or image["file_name"].startswith("./"):
-            findings.quirks["file names with '\\' separators or a leading './'"] += 1
+        plain = plain_file_name(image["file_name"])
+        if plain != image["file_name"]:
+            findings.quirks[PLAIN_NAMES] += 1
+            image = {**image, "file_name": plain}
         if "ignore" in image:
             reason = rle_fault(image["ignore"], height, width)
             if reason:
@@ -237,6 +241,15 @@ def _validate_images(records: list, findings: Findings) -> dict[int, dict]:
         findings.problem(f"image {image_id}: 'ignore' {reason}")
         del out[image_id]
     return out
+
+
+def plain_file_name(name: str) -> str:
+    """A file name as every stage joins it to the image root: '/' separators, no leading './'.
+    Windows exports write 'sub\\a.jpg', which no POSIX path lookup finds."""
+    name = name.replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 def file_name_fault(name: Any) -> str | None:
@@ -452,5 +465,8 @@ def _bbox_fault(bbox: Any, height: int, width: int) -> str | None:
 
 
 def read_image_table(json_path: str | Path) -> dict[int, dict]:
-    """Image entries of a validated COCO JSON by id (file_name, height, width)."""
-    return read_instances(json_path).image_table()
+    """Image entries of a validated COCO JSON by id (file_name, height, width): from its check
+    record when it has one (`ifcn.data.store`, which builds on this module)."""
+    from ifcn.data.store import read_image_set
+
+    return read_image_set(json_path).images

@@ -199,7 +199,10 @@ def encode_segmentations(
             np.bincount(owner[usable], minlength=len(rows)),
             np.bincount(owner[~usable], minlength=len(rows)), lengths, xy, rles,
         ))  # fmt: skip
-    done = map_images(_encode_job, jobs, len(jobs), workers, "masks", unit="job")
+    workers = min(workers, max(1, len(jobs)))
+    done = map_images(
+        _encode_job, jobs, len(jobs), workers, "masks", unit="job", quiet=len(jobs) <= 1
+    )
     dropped = np.zeros(n, np.int64)
     dropped[where] = np.concatenate([d for *_, d in done]) if done else []
     return MaskTable(

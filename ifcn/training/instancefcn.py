@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ifcn.criterion import build_criterion
 from ifcn.data.crops import build_train_dataset
 from ifcn.data.overlap import require_disjoint
+from ifcn.data.store import open_store
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from ifcn.training import checkpoint, distributed, engine
@@ -34,6 +35,8 @@ from ifcn.training.run_folder import output_folder, start_run
 from ifcn.training.sampler import step_seed, worker_count
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The run folder's record of a training JSON that no `data check` recorded (ifcn.data.store).
+ANNOTATIONS = "annotations"
 # train_log.csv: the terms of eq. (1), the windows they were taken on, and timings
 LOG = LogFormat(
     name="train_log.csv",
@@ -123,13 +126,20 @@ def run_training(
     info, device = distributed.init_distributed_mode(device_name)
     amp_dtype = _amp_dtype(amp, device)
 
-    dataset = build_train_dataset(config)
+    made = {}
 
-    def check() -> None:
+    def prepare() -> str:
+        """The training JSON's checked annotations (its check record, or a validation of this
+        run recorded in the run folder), its image files, no evaluation image among them."""
+        made["dataset"] = dataset = build_train_dataset(config, cache_dir=out_dir / ANNOTATIONS)
         dataset.verify_images()
         require_unseen_val(config["data"])
+        return str(dataset.record(out_dir / ANNOTATIONS))
 
-    distributed.run_on_main(check, device)
+    record = distributed.run_on_main(prepare, device)
+    dataset = made.get("dataset") or build_train_dataset(
+        config, store=open_store(record, config["data"]["train_json"])
+    )
 
     def check_resumable(state: dict, path: Path, auto: bool) -> None:
         checkpoint.check_compatible(state, config, path)

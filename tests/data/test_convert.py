@@ -472,7 +472,9 @@ def test_cli_writes_json_with_image_root_that_check_accepts(tmp_path, voc_coco, 
     printed = capsys.readouterr().out
     assert f"image root: {root / 'JPEGImages'}" in printed
     assert "3 images, 6 annotations, 20 categories" in printed
-    assert sorted(p.name for p in out.parent.iterdir()) == ["voc_val.json"]
+    assert f"recorded the check in {out}.checked.h5" in printed
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["voc_val.json", "voc_val.json.checked.h5"]
     assert cli.main(["data", "check", "--json", str(out), "--workers", "1"]) == 0
 
 
