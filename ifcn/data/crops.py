@@ -117,6 +117,9 @@ class CropInstances(Dataset):
         """See `CocoInstances.record`."""
         return self.dataset.record(cache_dir)
 
+    def close(self) -> None:
+        self.dataset.close()
+
     def draw_centre(self, sample: dict, rng: np.random.Generator) -> tuple[float, float]:
         """(y, x) the crop is centred on: a positive window's centre, or a uniform point."""
         height, width = sample["size"]

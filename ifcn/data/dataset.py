@@ -71,6 +71,10 @@ class CocoInstances(torch.utils.data.Dataset):
             path = self.image_path(self.image_ids[int(missing[0])])
             raise IfcnError(f"image file missing (listed in {self.json_path})", path)
 
+    def close(self) -> None:
+        """Let go of the annotations' record (its file mapping)."""
+        self.store.close()
+
     @property
     def categories(self) -> list[dict]:
         """The JSON's categories, sorted by id."""

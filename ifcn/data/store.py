@@ -115,6 +115,11 @@ class AnnotationStore:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
 
+    def close(self) -> None:
+        """Drop the arrays (and with them the file's mapping, once no view is left)."""
+        self.arrays = {}
+        self._names = None
+
     def __len__(self) -> int:
         return len(self.arrays["image_id"])
 

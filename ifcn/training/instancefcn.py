@@ -127,19 +127,16 @@ def run_training(
     amp_dtype = _amp_dtype(amp, device)
 
     made = {}
+    annotations = out_dir / ANNOTATIONS
 
-    def prepare() -> str:
-        """The training JSON's checked annotations (its check record, or a validation of this
-        run recorded in the run folder), its image files, no evaluation image among them."""
-        made["dataset"] = dataset = build_train_dataset(config, cache_dir=out_dir / ANNOTATIONS)
-        dataset.verify_images()
+    def prepare() -> None:
+        """The training JSON's checked annotations (its check record, a record of this run, or
+        the JSON validated now), its image files, no evaluation image among them."""
+        made["dataset"] = build_train_dataset(config, cache_dir=annotations)
+        made["dataset"].verify_images()
         require_unseen_val(config["data"])
-        return str(dataset.record(out_dir / ANNOTATIONS))
 
-    record = distributed.run_on_main(prepare, device)
-    dataset = made.get("dataset") or build_train_dataset(
-        config, store=open_store(record, config["data"]["train_json"])
-    )
+    distributed.run_on_main(prepare, device)
 
     def check_resumable(state: dict, path: Path, auto: bool) -> None:
         checkpoint.check_compatible(state, config, path)
@@ -151,7 +148,13 @@ def run_training(
         out_dir, resume, info, device,
         kind=checkpoint.PROPOSAL_MODEL, check=check_resumable, iters=train_cfg["iters"],
         show_progress=show_progress,
-    ) as run:  # fmt: skip
+    ) as run, contextlib.ExitStack() as stack:  # fmt: skip
+        # a validation made now is recorded in the run folder, for the other ranks and resumes
+        record = distributed.run_on_main(lambda: str(made["dataset"].record(annotations)), device)
+        dataset = made.get("dataset") or build_train_dataset(
+            config, store=open_store(record, config["data"]["train_json"])
+        )
+        stack.callback(dataset.close)  # the record's mapping: nothing holds the run folder
         torch.manual_seed(train_cfg["seed"])
         model = build_model(config["model"]).to(device)
         criterion = build_criterion(config, model)
