@@ -113,7 +113,8 @@ def convert(
 
 
 def write_converted(converted: Converted, out: Path, workers: int = 1) -> AnnotationStore | str:
-    """Validate the converted JSON as every reader will and read every image file it lists
+    """Validate the converted JSON as every reader will (RLE texts that the converter encoded
+    itself, with its MaskTable, are not decoded again) and read every image file it lists
     (`ifcn.data.image_files`), then write it atomically, recording its image root and the
     conversion notes, and record the check beside it (`ifcn.data.store`). Returns the record,
     or why it could not be written."""
@@ -121,7 +122,8 @@ def write_converted(converted: Converted, out: Path, workers: int = 1) -> Annota
     info = converted.dataset.setdefault("info", {})
     info["image_root"] = os.path.relpath(converted.image_root.resolve(), out.parent.resolve())
     info["conversion_notes"] = list(converted.notes)
-    instances = validate_instances(converted.dataset, out)
+    made_here = converted.masks is not None  # the converter encoded every mask itself
+    instances = validate_instances(converted.dataset, out, encoded_here=made_here)
     ids = sorted(instances.images)
     items = [
         (str(converted.image_root / instances.images[i]["file_name"]),

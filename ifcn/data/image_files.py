@@ -59,7 +59,7 @@ def image_fault(path: str | os.PathLike, height: int, width: int) -> str | None:
                     w, h = image.size
                     return f"file is {w}x{h}, the JSON says {width}x{height}"
                 if image.format == "JPEG":
-                    if data.find(_EOI, _scan_start(data)) < 0:
+                    if data.rfind(_EOI) < _scan_start(data):
                         raise OSError("image file is truncated (no end-of-image marker)")
                 elif image.format == "PNG":
                     image.verify()

@@ -114,9 +114,9 @@ class Instances:
     def encode_masks(self, workers: int = 1) -> MaskTable:
         """Every annotation's mask (in `annotations` order) as compressed RLE with its area and
         tight box: what `rle` gives one by one, made in bulk over `workers` processes."""
-        sizes = np.array(
-            [self.image_size(a["image_id"]) for a in self.annotations], np.int64
-        ).reshape(-1, 2)
+        size = {i: (image["height"], image["width"]) for i, image in self.images.items()}
+        sizes = np.array([size[a["image_id"]] for a in self.annotations], np.int64)
+        sizes = sizes.reshape(-1, 2)
         return encode_segmentations(
             [a["segmentation"] for a in self.annotations],
             sizes,
@@ -160,8 +160,14 @@ def read_instances(path: str | Path, *, collect: bool = False) -> Instances:
     return instances
 
 
-def validate_instances(data: Any, path: str | Path, *, collect: bool = False) -> Instances:
+def validate_instances(
+    data: Any, path: str | Path, *, collect: bool = False, encoded_here: bool = False
+) -> Instances:
     """Check every image, category and annotation of a COCO instances JSON.
+
+    `encoded_here`: the compressed RLE texts of the annotations were made by pycocotools'
+    encoder in this process (a converter's output), so they are not decoded again; every other
+    rule applies.
 
     Problems (raised, or listed with `collect`): a record that is not an object; ids that are not
     integers or repeat; an annotation of an unknown image or category; an image size that is not
@@ -185,7 +191,7 @@ def validate_instances(data: Any, path: str | Path, *, collect: bool = False) ->
         if isinstance(image, dict) and is_int(image.get("id")) and image["id"] not in images
     }
     annotations, polygons = _validate_annotations(
-        data["annotations"], images, refused, categories, findings
+        data["annotations"], images, refused, categories, findings, encoded_here
     )
     return Instances(path, data, images, categories, annotations, findings, polygons)
 
@@ -258,6 +264,8 @@ def file_name_fault(name: Any) -> str | None:
         return "file_name is missing or empty"
     if "\x00" in name:
         return "file_name holds a NUL character"
+    if not name.startswith("/") and ".." not in name and "\\" not in name and ":" not in name:
+        return None  # a plain relative name (nearly all of them): no path parsing needed
     plain = name.replace("\\", "/")
     if PurePosixPath(plain).is_absolute() or PureWindowsPath(name).anchor:
         return f"file_name {name!r} is absolute; it must be relative to the image root"
@@ -272,7 +280,8 @@ def _validate_annotations(
     refused: set[int],
     categories: dict[int, dict],
     findings: Findings,
-) -> list[dict]:
+    encoded_here: bool = False,
+) -> tuple[list[dict], PolygonTable]:
     kept: dict[int, dict] = {}
     seen: set[int] = set()
     rles: list[tuple[int, Any, int, int]] = []
@@ -312,7 +321,7 @@ def _validate_annotations(
             polygons.append((aid, ann["segmentation"], height, width))
         kept[aid] = ann
     polygon_faults, table = _polygon_faults(polygons, findings)
-    for aid, reason in [*polygon_faults, *_string_faults(rles)]:
+    for aid, reason in [*polygon_faults, *([] if encoded_here else _string_faults(rles))]:
         findings.problem(f"annotation {aid}: {reason}")
         del kept[aid]
     return list(kept.values()), table

@@ -46,13 +46,17 @@ def require_disjoint(
     val_json: str | Path,
     train_images: str | Path | None = None,
     val_images: str | Path | None = None,
+    *,
+    train: ImageSet | None = None,
 ) -> int:
     """Raise an IfcnError naming `val_json` if it shares an image with `train_json`.
 
     Image roots default to the JSONs' info.image_root. The image tables come from the JSONs'
-    check records when they have them (`read_image_set`). Returns the number of val images.
+    check records when they have them (`read_image_set`), the training JSON's from `train` when
+    the caller has read it. Returns the number of val images.
     """
-    train, val = read_image_set(train_json), read_image_set(val_json)
+    train = train if train is not None else read_image_set(train_json)
+    val = read_image_set(val_json)
     train_root = (
         Path(train_images)
         if train_images is not None

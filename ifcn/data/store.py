@@ -145,6 +145,10 @@ class AnnotationStore:
             )
         }  # fmt: skip
 
+    def image_set(self) -> ImageSet:
+        """The image table and `info` of the JSON (as `read_image_set` reads them)."""
+        return ImageSet(self.json_path, self.image_table(), self.info)
+
     def annotation_slice(self, index: int) -> slice:
         """The rows of image `index`'s annotations."""
         offset = self.arrays["ann_offset"]
@@ -156,6 +160,18 @@ class AnnotationStore:
         chars = self.arrays["rle_chars"]
         index = np.arange(len(offset) - 1)[rows]
         return [chars[offset[k] : offset[k + 1]].tobytes() for k in index.tolist()]
+
+    def checked_texts(self) -> list[bytes]:
+        """Every annotation's RLE text (in row order), all checked at once as `rles` checks
+        one image's."""
+        texts = self.texts(slice(None))
+        rows = np.diff(self.arrays["ann_offset"])
+        pixels = np.repeat(self.arrays["height"] * self.arrays["width"], rows)
+        for k, fault in enumerate(rle_text_faults(texts, pixels)):
+            if fault:
+                ann = int(self.arrays["ann_id"][k])
+                raise _damaged(self.path, f"annotation {ann}: {fault}", self.json_path)
+        return texts
 
     def rles(self, index: int) -> list[dict]:
         """Image `index`'s masks as pycocotools RLEs (bytes counts), checked to cover exactly

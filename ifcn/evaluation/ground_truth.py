@@ -62,7 +62,7 @@ def _from_store(store: AnnotationStore) -> GroundTruth:
     ids = store["image_id"].tolist()
     shapes = zip(store["height"].tolist(), store["width"].tolist(), strict=True)
     sizes = dict(zip(ids, shapes, strict=True))
-    texts = [t["counts"] for index in range(len(ids)) for t in store.rles(index)]
+    texts = store.checked_texts()
     image_of = np.repeat(np.arange(len(ids)), np.diff(store["ann_offset"])).tolist()
     stored = store["area"].tolist()
     rows = [

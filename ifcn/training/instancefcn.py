@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ifcn.criterion import build_criterion
 from ifcn.data.crops import build_train_dataset
 from ifcn.data.overlap import require_disjoint
-from ifcn.data.store import open_store
+from ifcn.data.store import ImageSet, open_store
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from ifcn.training import checkpoint, distributed, engine
@@ -94,9 +94,10 @@ def _instance_losses(
     return criterion(outputs, target, generator)
 
 
-def require_unseen_val(data: dict) -> None:
+def require_unseen_val(data: dict, train: ImageSet | None = None) -> None:
     """Refuse to train on evaluation images (paper §4.1): the config's val JSON, when it exists,
-    must share no image with the training JSON unless ``data.allow_shared_images``."""
+    must share no image with the training JSON (its image set `train`, when read already) unless
+    ``data.allow_shared_images``."""
     val_json = data.get("val_json")
     if data.get("allow_shared_images") or not val_json or not Path(val_json).is_file():
         return
@@ -106,7 +107,9 @@ def require_unseen_val(data: dict) -> None:
             "set data.allow_shared_images: true if that is meant",
             val_json,
         )
-    require_disjoint(data["train_json"], val_json, data["train_images"], data["val_images"])
+    require_disjoint(
+        data["train_json"], val_json, data["train_images"], data["val_images"], train=train
+    )
 
 
 def run_training(
@@ -134,7 +137,7 @@ def run_training(
         the JSON validated now), its image files, no evaluation image among them."""
         made["dataset"] = build_train_dataset(config, cache_dir=annotations)
         made["dataset"].verify_images()
-        require_unseen_val(config["data"])
+        require_unseen_val(config["data"], made["dataset"].store.image_set())
 
     distributed.run_on_main(prepare, device)
 
