@@ -203,14 +203,18 @@ def coco_train_json(path: Path, scale: float, seed: int = 0) -> dict:
 
 
 def image_folder(folder: Path, names: list[str], seed: int = 0) -> None:
-    """Every name a hard link to one 640x480 JPEG (a blurred noise picture, ~50 KB)."""
+    """Every name a hard link to one 640x480 JPEG (a blurred noise picture, ~50 KB); a copy of
+    it per 60,000 names (ext4 links a file at most 65,000 times)."""
     folder.mkdir(parents=True, exist_ok=True)
-    one = folder.parent / f".{folder.name}.jpg"
-    if not one.exists():
+    first = folder.parent / f".{folder.name}.0.jpg"
+    if not first.exists():
         rng = np.random.default_rng(seed)
         noise = rng.normal(128, 40, (HEIGHT // 4, WIDTH // 4, 3)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(noise).resize((WIDTH, HEIGHT), Image.BILINEAR).save(one, quality=90)
-    for name in names:
+        Image.fromarray(noise).resize((WIDTH, HEIGHT), Image.BILINEAR).save(first, quality=90)
+    for i, name in enumerate(names):
+        one = folder.parent / f".{folder.name}.{i // 60000}.jpg"
+        if not one.exists():
+            shutil.copy(first, one)
         target = folder / name
         if not target.exists():
             os.link(one, target)

@@ -28,6 +28,7 @@ import pandas as pd
 from ifcn.data.formats import map_images
 from ifcn.data.image_files import image_item
 from ifcn.data.instances import Instances, read_instances
+from ifcn.data.jsonio import gc_paused
 from ifcn.data.masks import LARGE_AREA, SMALL_AREA, MaskTable
 from ifcn.data.overlap import recorded_image_root
 from ifcn.data.store import AnnotationStore, check_record, proof_path
@@ -58,6 +59,7 @@ class CheckReport:
         return not self.problems
 
 
+@gc_paused()
 def check_dataset(
     json_path: str | Path, images_dir: str | Path | None = None, workers: int = 1
 ) -> CheckReport:

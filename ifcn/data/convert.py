@@ -24,6 +24,7 @@ from ifcn.data.formats.sbd import convert_sbd
 from ifcn.data.formats.voc import convert_voc
 from ifcn.data.image_files import image_item
 from ifcn.data.instances import validate_instances
+from ifcn.data.jsonio import gc_paused
 from ifcn.data.store import AnnotationStore, check_record, proof_path
 from ifcn.errors import IfcnError
 
@@ -112,6 +113,7 @@ def convert(
     return _SPLIT_CONVERTERS[fmt](root, split, exclude=exclude, workers=workers, **lists)
 
 
+@gc_paused()
 def write_converted(converted: Converted, out: Path, workers: int = 1) -> AnnotationStore | str:
     """Validate the converted JSON as every reader will (RLE texts that the converter encoded
     itself, with its MaskTable, are not decoded again) and read every image file it lists

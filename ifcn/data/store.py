@@ -37,6 +37,7 @@ import numpy as np
 
 from ifcn.atomic import atomic_path
 from ifcn.data.instances import Instances, read_instances
+from ifcn.data.jsonio import gc_paused
 from ifcn.data.masks import MaskTable
 from ifcn.data.rle import all_well_formed, rle_text_faults
 from ifcn.errors import IfcnError
@@ -192,6 +193,7 @@ def _damaged(path: Path | None, what: str, json_path: Path) -> IfcnError:
     )
 
 
+@gc_paused()
 def build_store(
     instances: Instances,
     masks: MaskTable,
@@ -378,6 +380,7 @@ def cache_path(cache_dir: str | Path, json_path: str | Path, sha256: str) -> Pat
     return Path(cache_dir) / f"{Path(json_path).name}.{sha256[:16]}{SUFFIX}"
 
 
+@gc_paused()
 def checked_annotations(
     json_path: str | Path,
     *,

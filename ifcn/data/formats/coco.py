@@ -17,7 +17,6 @@ names, odd polygons, corrupt RLE, ...). The masks are rasterised in pycocotools'
 from __future__ import annotations
 
 import os
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from ifcn.data.formats import Converted
 from ifcn.data.instances import PLAIN_NAMES, read_instances
+from ifcn.data.jsonio import gc_paused
 from ifcn.data.masks import MaskTable, encode_segmentations, size_class
 from ifcn.errors import IfcnError
 
@@ -32,6 +32,7 @@ ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation", "area", "bbo
 AREA_BBOX = ("published", "mask")
 
 
+@gc_paused()
 def convert_coco(
     json_path: Path,
     image_root: Path,
@@ -150,7 +151,7 @@ def _with_masks(
         )
         area_changed += area_off
         bbox_changed += bbox_off
-        if area_off and isinstance(stored_area, Real):
+        if area_off and type(stored_area) in (int, float):
             size_changed += size_class(stored_area) != size_class(area)
         size = [int(v) for v in sizes[k]]
         body = {**a, "segmentation": {"size": size, "counts": texts[k].decode()}}
@@ -195,4 +196,4 @@ def _with_masks(
 
 
 def _close(value: Any, target: float, tol: float) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and abs(value - target) <= tol
+    return type(value) in (int, float) and abs(value - target) <= tol  # a JSON number
