@@ -29,7 +29,7 @@ from ifcn.data.formats import map_images
 from ifcn.data.image_files import image_item
 from ifcn.data.instances import Instances, read_instances
 from ifcn.data.jsonio import gc_paused
-from ifcn.data.masks import LARGE_AREA, SMALL_AREA, MaskTable
+from ifcn.data.masks import LARGE_AREA, SMALL_AREA, MaskTable, stale_fields
 from ifcn.data.overlap import recorded_image_root
 from ifcn.data.store import AnnotationStore, check_record, proof_path
 from ifcn.errors import IfcnError
@@ -123,16 +123,8 @@ def _stale_fields(
     anns: list[dict], masks: MaskTable, nonempty: np.ndarray, warnings: Counter
 ) -> None:
     """Count the stored areas and boxes that disagree with their (non-empty) masks."""
-    nan = float("nan")
-    stored_area = np.array([a.get("area", nan) for a in anns], np.float64)
-    boxes = [a.get("bbox") for a in anns]
-    stored_box = np.array(
-        [b if isinstance(b, list) and len(b) == 4 else [nan] * 4 for b in boxes], np.float64
-    ).reshape(-1, 4)
-    area = masks.area.astype(np.float64)
-    area_ok = np.abs(stored_area - area) <= np.maximum(1.0, 0.01 * area)
-    box_ok = (np.abs(stored_box - masks.bbox) <= 1.0).all(1)
-    stale_area, stale_box = int((nonempty & ~area_ok).sum()), int((nonempty & ~box_ok).sum())
+    area_off, box_off = stale_fields(anns, masks)
+    stale_area, stale_box = int((nonempty & area_off).sum()), int((nonempty & box_off).sum())
     if stale_area:
         warnings["area differs from the mask area by more than 1%"] += stale_area
     if stale_box:

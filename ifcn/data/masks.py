@@ -254,3 +254,21 @@ def _encode_job(job: tuple) -> tuple[list[bytes], np.ndarray, np.ndarray, np.nda
             area[batch] = mask_utils.area(rles_b)
             bbox[batch] = mask_utils.toBbox(rles_b)
     return counts, area, bbox, dropped
+
+
+def stored_fields(anns: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The `area` ([n]) and `bbox` ([n, 4]) that annotations store, NaN where they have none."""
+    nan = float("nan")
+    area = np.array([a.get("area", nan) for a in anns], np.float64)
+    boxes = [a.get("bbox") for a in anns]
+    box = [b if isinstance(b, list) and len(b) == 4 else [nan] * 4 for b in boxes]
+    return area, np.array(box, np.float64).reshape(-1, 4)
+
+
+def stale_fields(anns: Sequence[dict], masks: MaskTable) -> tuple[np.ndarray, np.ndarray]:
+    """Which stored areas are off the mask's by more than 1% (at least a pixel) and which
+    stored boxes off its tight box by more than 1 px (a missing field is off)."""
+    area, box = stored_fields(anns)
+    mask_area = masks.area.astype(np.float64)
+    area_ok = np.abs(area - mask_area) <= np.maximum(1.0, 0.01 * mask_area)
+    return ~area_ok, ~(np.abs(box - masks.bbox) <= 1.0).all(1)

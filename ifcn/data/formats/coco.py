@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ifcn.data.formats import Converted
 from ifcn.data.instances import PLAIN_NAMES, read_instances
 from ifcn.data.jsonio import gc_paused
-from ifcn.data.masks import MaskTable, encode_segmentations, size_class
+from ifcn.data.masks import (
+    LARGE_AREA,
+    SMALL_AREA,
+    MaskTable,
+    encode_segmentations,
+    stale_fields,
+    stored_fields,
+)
 from ifcn.errors import IfcnError
 
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd")
@@ -135,31 +141,30 @@ def _with_masks(
 ) -> tuple[list[dict], MaskTable]:
     """The annotations with their masks as compressed RLE, `area` and `bbox` from the mask or
     as published (`area_bbox`), those with an empty mask dropped; the masks of those kept."""
-    out = []
-    polygons = area_changed = bbox_changed = size_changed = filled = 0
     kept = np.flatnonzero(masks.area > 0)
+    area_off, bbox_off = (flags[kept] for flags in stale_fields(anns, masks))
+    stored_area, stored_box = (values[kept] for values in stored_fields(anns))
+    mask_class = np.digitize(masks.area[kept], [SMALL_AREA, LARGE_AREA])
+    moved = area_off & ~np.isnan(stored_area)
+    size_changed = int(
+        (moved & (np.digitize(stored_area, [SMALL_AREA, LARGE_AREA]) != mask_class)).sum()
+    )
+    area_changed, bbox_changed = int(area_off.sum()), int(bbox_off.sum())
+    missing = np.isnan(stored_area) | np.isnan(stored_box).any(1)
+    filled = int(missing.sum()) if area_bbox == "published" else 0
+    take_area = area_bbox == "mask" or None
     texts, areas, boxes = masks.counts, masks.area.tolist(), masks.bbox.tolist()
+    polygons = 0
+    out = []
     for k in kept.tolist():
-        a, area, bbox = anns[k], areas[k], boxes[k]
+        a = anns[k]
         polygons += isinstance(a["segmentation"], list)
-        stored_area, stored_box = a.get("area"), a.get("bbox")
-        area_off = not _close(stored_area, area, max(1.0, 0.01 * area))
-        bbox_off = not (
-            isinstance(stored_box, list)
-            and len(stored_box) == 4
-            and all(_close(o, n, 1.0) for o, n in zip(stored_box, bbox, strict=True))
-        )
-        area_changed += area_off
-        bbox_changed += bbox_off
-        if area_off and type(stored_area) in (int, float):
-            size_changed += size_class(stored_area) != size_class(area)
-        size = [int(v) for v in sizes[k]]
-        body = {**a, "segmentation": {"size": size, "counts": texts[k].decode()}}
-        if area_bbox == "mask" or stored_area is None:
-            body["area"] = area
-        if area_bbox == "mask" or stored_box is None:
-            body["bbox"] = bbox
-        filled += area_bbox == "published" and (stored_area is None or stored_box is None)
+        height, width = sizes[k].tolist()
+        body = {**a, "segmentation": {"size": [height, width], "counts": texts[k].decode()}}
+        if take_area or "area" not in a:
+            body["area"] = areas[k]
+        if take_area or "bbox" not in a:
+            body["bbox"] = boxes[k]
         out.append(body)
     empty = len(anns) - len(kept)
     parts = int(masks.dropped_parts.sum())
@@ -193,7 +198,3 @@ def _with_masks(
         clipped=masks.clipped[kept],
         dropped_parts=masks.dropped_parts[kept],
     )
-
-
-def _close(value: Any, target: float, tol: float) -> bool:
-    return type(value) in (int, float) and abs(value - target) <= tol  # a JSON number
