@@ -15,7 +15,7 @@ VENV_DIR := $(VENV_CACHE)/venv-$(PINS_HASH)
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
-# benchmarks/scale.py makes COCO-sized files (~20 GB of memory at --scale 1): `make bench
+# benchmarks/scale.py makes COCO-sized files (~6 GB of memory at --scale 1): `make bench
 # SCALE_ARGS="--scale 0.1"` for a quick run
 SCALE_ARGS ?=
 # Commands run against this checkout even if the shared venv was last pointed at another clone.
