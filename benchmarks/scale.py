@@ -53,6 +53,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -357,7 +358,7 @@ def measure(command: list[str], cwd: Path = ROOT) -> dict:
         raise SystemExit(f"failed ({process.returncode}): {' '.join(command)}\n{text[-3000:]}")
     peak_rss = int(maxrss.read_text().split()[-1]) * 1024
     maxrss.unlink()
-    return {"seconds": wall, "peak_rss": peak_rss, **peaks, "output": text[-2000:]}
+    return {"seconds": wall, "peak_rss": peak_rss, **peaks, "output": text}
 
 
 def python(*args: str) -> list[str]:
@@ -531,12 +532,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         coco_config = yaml.safe_load((ROOT / "config" / "coco.yaml").read_text())
         coco_config["infer"]["shards"] = 64
         (plan / "coco64.yaml").write_text(yaml.safe_dump(coco_config))
-        r = step("snakemake -n", [shutil.which("snakemake") or "snakemake", "-n", "--quiet",
+        r = step("snakemake -n", [shutil.which("snakemake") or "snakemake", "-n",
                                   "--snakefile", str(ROOT / "Snakefile"), "--directory", str(plan),
                                   "--configfile", str(plan / "coco64.yaml"), "--cores", "2"],
                  cwd=plan)  # fmt: skip
+        jobs = re.search(r"^total\s+(\d+)", r["output"], re.M)
         lines.append(("snakemake -n --configfile config/coco.yaml, infer.shards: 64",
-                      f"{r['seconds']:.1f} s", "reported"))  # fmt: skip
+                      f"{r['seconds']:.1f} s ({jobs[1] if jobs else '?'} jobs planned)",
+                      "reported"))  # fmt: skip
     if "merge" not in args.skip:
         shards = candidate_shards(work / "raw", args.merge_images, args.shards)
         size = sum(p.stat().st_size for p in shards)
