@@ -225,7 +225,7 @@ def rle_fault(rle: Any, height: int, width: int) -> str | None:
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
         return None
-    if not isinstance(counts, list) or not all(map(is_int, counts)):
+    if not isinstance(counts, list) or not {int}.issuperset(map(type, counts)):  # `is_int`
         return "RLE counts are neither a string nor a list of integers"
     if counts and min(counts) < 0:
         return "RLE counts hold a negative run"

@@ -67,8 +67,8 @@ class _Job:
             objects = self.gt.objects[image_id]
             gt_rles = self.gt.rles(image_id)
             offset = len(areas)
-            for (_, area, ann_id), rle in zip(objects, gt_rles, strict=True):
-                areas.append(float(mask_utils.area(rle)) if area is None else area)
+            for _, area, ann_id in objects:
+                areas.append(area)
                 counted.append(ann_id != 0)
             found = detections.get(image_id)
             if not gt_rles or found is None or not len(found.scores):
@@ -226,6 +226,19 @@ def evaluate(
             raise IfcnError(f"{message} (e.g. id {absent[0]}); pass --allow-missing", source.path)
         notes.append(f"warning: {message}: counted as images without proposals")
 
+    objects = sum(len(gt.objects[i]) for i in image_ids)
+    empty = sum(gt.empty[i] for i in image_ids)
+    if objects and empty == objects:
+        raise IfcnError(
+            f"every one of the {objects} ground-truth masks of the evaluated images is empty "
+            "(no pixel): no proposal can recall any; check the JSON with `ifcn data check`",
+            gt.path,
+        )
+    if empty:
+        notes.append(
+            f"warning: {empty} of the {objects} ground-truth masks are empty (no pixel): "
+            "counted as objects, as COCOeval counts them, though no proposal can recall them"
+        )
     uncounted = sum(ann_id == 0 for i in image_ids for _, _, ann_id in gt.objects[i])
     if matching == "coco" and uncounted:
         notes.append(
