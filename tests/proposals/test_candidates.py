@@ -47,7 +47,7 @@ def test_round_trip_keeps_every_column_and_attribute(tmp_path):
         for record in records:
             _same(read.get(record.image_id), record)
         attrs = read.attrs
-    assert attrs["config"] == {"model": {"k": 3}} and attrs["scales"] == [100, 150]
+    assert attrs["config"] == {"model": {"k": 3}} and attrs["scales"] == [30, 54]
     assert attrs["objectness"] == "logit" and attrs["format"] == "ifcn-candidates"
     assert attrs["storage"] == "score_maps" and attrs["format_version"] == 2
     assert not list(tmp_path.glob(".c.h5*"))
