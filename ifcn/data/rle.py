@@ -152,59 +152,90 @@ def all_well_formed(chars: np.ndarray, offset: np.ndarray) -> bool:
     return not len(chars) or not ((chars[offset[1:] - 1] - np.uint8(_FIRST)) & _MORE).any()
 
 
-def run_totals(texts: Sequence[bytes], height: int, width: int) -> np.ndarray:
-    """Pixels covered by the runs of each compressed RLE text, or -1 where the text is not
-    well formed (empty, a character outside '0'..'o', the last count cut off). A mask of a
-    height × width image must cover exactly height × width.
-    """
-    n = len(texts)
-    out = np.full(n, -1, dtype=np.int64)
-    chars, start, stop, lengths = _joined(texts)
-    empty, outside, cut = _form_faults(chars, start, stop, lengths)
-    keep = np.flatnonzero(~(empty | outside | cut))
-    if not len(keep):
-        return out
-    # The same text with a zero run in front: its area counts the original's off runs. Its
-    # counts are 0, c0, c1, c2, ...: the text of c0 and c1, then c2 − c0 (the fourth count is
-    # written less the second), then the original's text from its fourth count on, unchanged.
-    ends = np.flatnonzero(chars - _FIRST < _MORE)  # the last character of every count
-    start, stop, lengths = start[keep], stop[keep], lengths[keep]
-    first = np.searchsorted(ends, start)
-    three = np.searchsorted(ends, stop) - first >= 3
-    at = [ends[np.minimum(first + i, len(ends) - 1)] + 1 for i in range(3)]  # count i ends
-    cut_at = np.where(three, at[1], stop)  # keep start..cut_at, replace cut_at..rest by c2 − c0
-    rest = np.where(three, at[2], stop)
-    x0 = _value(chars, start, at[0])
-    x2 = _value(chars, np.where(three, at[1], start), np.where(three, at[2], at[0]))
-    fourth, size = _characters(np.where(three, x2 - x0, 0))
-    fourth = fourth[np.repeat(three, size)]
-    size = np.where(three, size, 0)
-    dropped = rest - cut_at
-    kept = np.delete(chars, _ranks(dropped) + np.repeat(cut_at, dropped))
-    # positions in `kept`: each text starts (and its fourth count goes) earlier by what the
-    # texts before it lost
-    lost = np.cumsum(dropped) - dropped
-    where = np.concatenate([start - lost, np.repeat(cut_at - lost, size)])
-    # a text's fourth count goes before the next text's '0' at the same position
-    order = np.argsort(2 * where + np.repeat([1, 0], [len(start), len(fourth)]), kind="stable")
-    values = np.concatenate([np.full(len(start), _FIRST, np.uint8), fourth])
-    shifted = np.insert(kept, where[order], values[order])
-    begins = start - lost + np.arange(len(start)) + np.cumsum(size) - size
-    ends = begins + lengths + 1 - dropped + size
-    data = shifted.tobytes()
-    texts_off = [data[b:e] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
-    kept_texts = texts if len(keep) == n else [texts[i] for i in keep.tolist()]
-    out[keep] = _areas(kept_texts, height, width) + _areas(texts_off, height, width)
+def run_totals(texts: Sequence[bytes], height: int = 0, width: int = 0) -> np.ndarray:
+    """Pixels covered by the runs of each compressed RLE text, as pycocotools reads them, or -1
+    where the text is not well formed (empty, a character outside '0'..'o', the last count cut
+    off) or holds a count longer than MAX_RLE_CHARS characters. A mask of a height × width
+    image must cover exactly height × width (the size is not needed to count)."""
+    chars, start, _, lengths = _joined(texts)
+    empty, outside, cut = _form_faults(chars, start, start + lengths, lengths)
+    bad = empty | outside | cut
+    if not bad.any():
+        return joined_run_totals(chars, np.append(start, len(chars)))
+    out = np.full(len(texts), -1, dtype=np.int64)
+    keep = np.flatnonzero(~bad)
+    if len(keep):
+        kept = [texts[i] for i in keep.tolist()]
+        chars, start, _, _ = _joined(kept)
+        out[keep] = joined_run_totals(chars, np.append(start, len(chars)))
     return out
 
 
-def _areas(texts: list[bytes], height: int, width: int) -> np.ndarray:
-    """pycocotools' areas (on pixels) of compressed RLE texts, int64."""
-    size = [height, width]
-    rles = [{"size": size, "counts": text} for text in texts]
-    # pycocotools 2.0.11 with NumPy 2 fails on 256 or more RLEs at once (a uint8 length)
-    parts = [mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+# the value of a number of one character, by character (as pycocotools decodes it)
+_ONE_CHARACTER = np.array(
+    [
+        0 if c < _FIRST else ((c - _FIRST) & _BITS) - (((c - _FIRST) & _SIGN) << 1)
+        for c in range(256)
+    ],
+    dtype=np.int64,
+)
+
+
+def joined_run_totals(chars: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """`run_totals` of well-formed texts joined (uint8): text i is chars[offset[i]:offset[i+1]].
+
+    As pycocotools reads them (`rleFrString`): each count's value from its characters, run m
+    (m > 2) that value plus run m - 2, every run kept as a 32-bit unsigned int, so a negative
+    run is a huge one. The totals are exact sums of those runs, not modulo 2**32: a text
+    covers height × width pixels here only if pycocotools' IoU, area and decoding see exactly
+    that many (on any other total its IoU loops forever). One pass over the characters, then
+    cumulative sums over the counts: almost every count is one character, the few longer ones
+    are decoded apart. -1 marks a text with a count longer than MAX_RLE_CHARS characters.
+    """
+    n = len(offset) - 1
+    if n <= 0:
+        return np.zeros(max(n, 0), dtype=np.int64)
+    final = chars < _FIRST + _MORE  # the last character of each count
+    ends = np.flatnonzero(final)
+    values = _ONE_CHARACTER[chars[ends]]
+    too_long = np.zeros(0, dtype=np.int64)
+    more = np.flatnonzero(~final)  # characters that continue a count: few
+    if len(more):
+        longer = np.unique(np.searchsorted(ends, more))
+        begin = np.where(longer > 0, ends[longer - 1] + 1, 0)
+        size = ends[longer] - begin + 1
+        too_long = longer[size > MAX_RLE_CHARS]
+        size = np.minimum(size, MAX_RLE_CHARS)
+        value = np.zeros(len(longer), dtype=np.int64)
+        for k in range(int(size.max())):
+            has = np.flatnonzero(size > k)
+            code = chars[begin[has] + k].astype(np.int64) - _FIRST
+            value[has] |= (code & _BITS) << (5 * k)
+        negative = (chars[ends[longer]].astype(np.int64) - _FIRST) & _SIGN != 0
+        value[negative] -= np.int64(1) << (5 * size[negative])
+        values[longer] = value
+    first = np.searchsorted(ends, offset[:-1])  # each text's first count
+    count = np.diff(np.append(first, len(ends)))
+    heads = values[first]
+    values[first] = 0
+    # Run m > 2 adds run m - 2: within a text, the runs at odd counts from the second and at
+    # even counts from the third are running sums. Counts of one parity within a text have one
+    # parity in the whole array, so each half of the array (even, odd indices) is summed once
+    # and each text's part less what came before it; the head (count 0) holds 0 there.
+    runs = np.empty(len(values), dtype=np.int64)
+    last = first + count
+    for parity in (0, 1):
+        sums = np.cumsum(values[parity::2])
+        lo, hi = (first + 1 - parity) // 2, (last + 1 - parity) // 2  # the text's range here
+        base = np.where(lo > 0, sums[np.maximum(lo - 1, 0)], 0)
+        runs[parity::2] = sums - np.repeat(base, hi - lo)
+    runs[first] = heads
+    runs &= 0xFFFFFFFF  # pycocotools' unsigned runs
+    totals = np.add.reduceat(runs, first) if len(runs) else np.zeros(n, dtype=np.int64)
+    totals[count == 0] = 0
+    if len(too_long):
+        totals[np.searchsorted(first, too_long, side="right") - 1] = -1
+    return totals
 
 
 def is_size(size: Any) -> bool:
