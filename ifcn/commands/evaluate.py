@@ -1,8 +1,9 @@
 """`ifcn evaluate`: mask Average Recall of proposals (paper §4, DESIGN §8).
 
 Reads a COCO instances JSON and proposals (proposals.h5, or a COCO results JSON so that other
-systems' proposals are scored by the same code) and writes ar.json, recall_iou.csv and
-recall_iou.png, all or none. AR@N equals pycocotools' COCOeval (iouType='segm', useCats=0).
+systems' proposals are scored by the same code) and writes ar.json and, named after it,
+ar.recall_iou.csv and ar.recall_iou.png, all or none. AR@N equals pycocotools' COCOeval
+(iouType='segm', useCats=0).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from ifcn.atomic import output_file
 from ifcn.evaluation.ar import AREA_CHOICES, evaluate, format_table, write_outputs
 from ifcn.reporting.plots import Plotter
 
@@ -51,11 +53,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--workers", type=int, default=_default_workers(), metavar="N",
         help="processes computing mask IoUs (default: the CPUs available)",
     )  # fmt: skip
-    parser.add_argument("--out", required=True, type=Path, help="ar.json (CSV and PNG beside it)")
+    parser.add_argument(
+        "--out", required=True,
+        help="ar.json to write; the recall curve goes beside it (ar.recall_iou.csv, .png)",
+    )  # fmt: skip
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    out = output_file(args.out)
     with Plotter() as plotter:
         result = evaluate(
             args.gt,
@@ -79,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
             },
             "inputs": result.inputs,
         }
-        write_outputs(result, args.out, record, plotter)
+        write_outputs(result, out, record, plotter)
     print(format_table(result))
     return 0
 

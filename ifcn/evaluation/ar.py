@@ -10,9 +10,11 @@ because ties in IoU go to the later GT. torch is never imported here: start-up t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 import ifcn
-from ifcn import atomic
-from ifcn.atomic import atomic_path
+from ifcn.atomic import temporary_path, write_error
 from ifcn.data.jsonio import gc_paused
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ground_truth import GroundTruth, load_ground_truth
@@ -215,7 +216,7 @@ def evaluate(
         if first_n < 1:
             raise IfcnError("--first-n must be positive")
         image_ids = image_ids[:first_n]
-    notes = []
+    notes = list(source.notes)
     unknown = sorted(source.image_ids - gt.sizes.keys())
     if unknown:
         listed = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
@@ -305,31 +306,74 @@ def _write_csv(result: Evaluation, path: Path) -> None:
             writer.writerow([f"{t:.2f}"] + [f"{v:.6f}" if v >= 0 else "" for v in row])
 
 
+def output_paths(out: Path) -> dict[str, Path]:
+    """What `ifcn evaluate --out out` writes: the recall curve named after `out`, beside it
+    (ar.json: ar.recall_iou.csv and ar.recall_iou.png), so that evaluations sharing a folder
+    keep their own curves; `out` itself (the figures) last."""
+    out = Path(out)
+    stem = out.stem if out.suffix else out.name
+    return {
+        "csv": out.with_name(f"{stem}.recall_iou.csv"),
+        "png": out.with_name(f"{stem}.recall_iou.png"),
+        "json": out,
+    }
+
+
 def write_outputs(
     result: Evaluation, out: Path, record: dict[str, Any], plotter: Plotter | None = None
 ) -> dict[str, Path]:
-    """ar.json at `out`, recall_iou.csv and recall_iou.png beside it; ar.json is written last.
-    The figure is drawn by `plotter` if given."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out.parent / "recall_iou.csv", "png": out.parent / "recall_iou.png"}
-    with atomic_path(paths["csv"]) as tmp:
-        _write_csv(result, tmp)
-    ar = result.ar
-    figure = (
-        CURVE_IOU_THRESHOLDS,
-        {n: result.curve[:, m] for m, n in enumerate(result.max_dets)},
-        {n: float(ar[0, m]) for m, n in enumerate(result.max_dets)},
-        f"Recall vs IoU ({result.matching} matching, {result.num_images} images)",
-        paths["png"],
-    )
-    if plotter is not None:
-        plotter.draw(plot_recall_iou, *figure)
-    else:
-        plot_recall_iou(*figure)
-    summary = result.summary()
-    summary.update(record)
-    summary["outputs"] = {"recall_iou_csv": paths["csv"].name, "recall_iou_png": paths["png"].name}
-    summary["ifcn_version"] = ifcn.__version__
-    atomic.write_text(out, json.dumps(summary, indent=2) + "\n")
-    paths["json"] = out
+    """ar.json at `out` and the recall curve beside it (`output_paths`), all or none: each is
+    written to a temporary file and they are renamed into place together at the end, ar.json
+    last; a failure on the way (a full disk) removes the temporaries and any of the set
+    already renamed. The figure is drawn by `plotter` if given."""
+    paths = output_paths(out)
+    temporaries: dict[str, Path] = {}
+    try:
+        for key, path in paths.items():
+            temporaries[key] = temporary_path(path)
+        try:
+            _write_csv(result, temporaries["csv"])
+        except OSError as exc:
+            raise write_error(exc, paths["csv"]) from None
+        ar = result.ar
+        figure = (
+            CURVE_IOU_THRESHOLDS,
+            {n: result.curve[:, m] for m, n in enumerate(result.max_dets)},
+            {n: float(ar[0, m]) for m, n in enumerate(result.max_dets)},
+            f"Recall vs IoU ({result.matching} matching, {result.num_images} images)",
+            temporaries["png"],
+        )
+        try:
+            if plotter is not None:
+                plotter.draw(plot_recall_iou, *figure)
+            else:
+                plot_recall_iou(*figure)
+        except IfcnError as exc:  # it names the temporary file: name the output instead
+            message = str(exc).replace(str(temporaries["png"]), str(paths["png"]))
+            raise IfcnError(message) from None
+        summary = result.summary()
+        summary.update(record)
+        summary["outputs"] = {"recall_iou_csv": paths["csv"].name,
+                              "recall_iou_png": paths["png"].name}  # fmt: skip
+        summary["ifcn_version"] = ifcn.__version__
+        try:
+            temporaries["json"].write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:
+            raise write_error(exc, paths["json"]) from None
+        _rename_together(temporaries, paths)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
     return paths
+
+
+def _rename_together(temporaries: dict[str, Path], paths: dict[str, Path]) -> None:
+    """Rename each temporary onto its path, in order; if one fails, remove the whole set."""
+    for key, path in paths.items():
+        try:
+            os.replace(temporaries[key], path)
+        except OSError as exc:
+            for done in paths.values():
+                with contextlib.suppress(OSError):
+                    done.unlink(missing_ok=True)
+            raise write_error(exc, path) from None

@@ -22,6 +22,7 @@ class GroundTruth:
 
     path: Path
     sizes: dict[int, tuple[int, int]]  # image id -> (height, width)
+    file_names: dict[int, str]  # image id -> file_name
     # image id -> [(segmentation, area or None, annotation id)], in COCOeval's order
     objects: dict[int, list[tuple[Any, float | None, int]]]
     crowd: dict[int, int]  # image id -> number of crowd GTs
@@ -39,6 +40,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     """Read and validate a COCO instances JSON; the masks are converted later, per image."""
     instances = read_instances(path)
     sizes = {i: (im["height"], im["width"]) for i, im in instances.images.items()}
+    file_names = {i: im["file_name"] for i, im in instances.images.items()}
     category_rank = {c: r for r, c in enumerate(sorted(instances.categories))}
     rows = []
     crowd = dict.fromkeys(sizes, 0)
@@ -54,4 +56,6 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     objects: dict[int, list] = {i: [] for i in sizes}
     for image_id, _, _, segmentation, area, ann_id in rows:
         objects[image_id].append((segmentation, None if area is None else float(area), ann_id))
-    return GroundTruth(instances.path, sizes, objects, crowd, category_rank, instances.sha256)
+    return GroundTruth(
+        instances.path, sizes, file_names, objects, crowd, category_rank, instances.sha256
+    )

@@ -289,7 +289,7 @@ def test_first_n_keeps_the_first_image_ids_in_sorted_order(tmp_path):
     assert evaluate(paths["gt"], paths["json"], first_n=2).num_images == 2
 
 
-def test_cli_writes_ar_json_csv_and_png_beside_out(tmp_path, capsys):
+def test_cli_writes_ar_json_and_the_curve_named_after_it(tmp_path, capsys):
     paths = square_case(tmp_path)
     out = tmp_path / "eval" / "ar.json"
     argv = [
@@ -309,20 +309,138 @@ def test_cli_writes_ar_json_csv_and_png_beside_out(tmp_path, capsys):
     assert report["options"]["matching"] == "coco" and report["num_images"] == 1
     assert set(report["inputs"]) == {str(paths["gt"]), str(paths["h5"])}
     assert all(len(digest) == 64 for digest in report["inputs"].values())
-    csv_lines = (out.parent / "recall_iou.csv").read_text().splitlines()
+    assert report["outputs"] == {"recall_iou_csv": "ar.recall_iou.csv",
+                                 "recall_iou_png": "ar.recall_iou.png"}  # fmt: skip
+    csv_lines = (out.parent / "ar.recall_iou.csv").read_text().splitlines()
     assert csv_lines[0] == "iou,recall@1,recall@4" and len(csv_lines) == 52
     assert csv_lines[1].startswith("0.50,") and csv_lines[-1].startswith("1.00,")
-    assert (out.parent / "recall_iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out.parent / "ar.recall_iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "ar.json",
-        "recall_iou.csv",
-        "recall_iou.png",
+        "ar.recall_iou.csv",
+        "ar.recall_iou.png",
     ]
     table = capsys.readouterr().out
     assert "AR@4" in table and "medium" in table and len(table.splitlines()) < 25
+    # a second evaluation in the folder keeps its own curve, and leaves the first's alone
+    first_csv = (out.parent / "ar.recall_iou.csv").read_text()
+    assert run_cli(paths, "json", out.parent / "ar_json", "--max-dets", "1") == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "ar.json",
+        "ar.recall_iou.csv",
+        "ar.recall_iou.png",
+        "ar_json",
+        "ar_json.recall_iou.csv",
+        "ar_json.recall_iou.png",
+    ]
+    assert (out.parent / "ar.recall_iou.csv").read_text() == first_csv
+    assert (out.parent / "ar_json.recall_iou.csv").read_text().startswith("iou,recall@1\n")
 
 
-def run_cli(paths: dict[str, Path], source: str, out: Path, *extra: str) -> int:
+def test_out_ending_in_a_slash_is_a_folder_and_refused(tmp_path, capsys):
+    paths = square_case(tmp_path)
+    out = tmp_path / "eval" / "ar.json"
+    assert run_cli(paths, "h5", f"{out}/") == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"ifcn evaluate: error: {out}/: ends in '/', which names a folder; give the "
+        "name of the file to write"
+    ), err
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("where", ["csv", "png", "json"])
+def test_a_failure_while_writing_leaves_all_outputs_or_none(tmp_path, capsys, monkeypatch, where):
+    import os
+
+    from ifcn.evaluation import ar as ar_module
+    from ifcn.reporting import plots
+
+    paths = square_case(tmp_path)
+    out = tmp_path / "eval" / "ar.json"
+    assert run_cli(paths, "h5", out, "--max-dets", "1") == 0  # an earlier evaluation's
+    earlier = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert len(earlier) == 3
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    replace = os.replace
+
+    def rename(source, target):  # the last rename of the set fails
+        if Path(target).name == "ar.json":
+            full()
+        replace(source, target)
+
+    if where == "csv":
+        monkeypatch.setattr(ar_module, "_write_csv", full)
+    elif where == "png":
+        monkeypatch.setattr(plots, "save_png", full)  # in the plotting process too (forked)
+    else:
+        monkeypatch.setattr(ar_module.os, "replace", rename)
+    assert run_cli(paths, "h5", out, "--workers", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err, err
+    left = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert left == (earlier if where != "json" else {}), sorted(left)  # never a mix
+
+
+def _ifcn(*args: object, limit: int | None = None, timeout: int = 300):
+    """`python -m ifcn` in a process of its own (optionally with RLIMIT_FSIZE `limit` bytes)."""
+    import os
+    import resource
+
+    def limits() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-m", "ifcn", *map(str, args)], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)}, cwd=root, timeout=timeout,
+        preexec_fn=limits,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root), unmounted afterwards."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_while_evaluate_writes_leaves_nothing(tmp_path, small_disk):
+    paths = square_case(tmp_path)
+    (small_disk / "filler").write_bytes(b"\0" * (40 << 10))  # room for the CSV, not the PNG
+    done = _ifcn("evaluate", "--gt", paths["gt"], "--proposals", paths["h5"], "--out",
+                 small_disk / "ar.json", "--workers", "1")  # fmt: skip
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(err) == 1 and "No space left" in err[0], done.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_file_size_limit_while_evaluate_writes_leaves_nothing(tmp_path):
+    paths = square_case(tmp_path)
+    out = tmp_path / "eval" / "ar.json"
+    done = _ifcn("evaluate", "--gt", paths["gt"], "--proposals", paths["h5"], "--out", out,
+                 "--workers", "1", limit=8 << 10)  # fmt: skip  # the CSV fits, the PNG does not
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(err) == 1 and "File too large" in err[0], done.stderr
+    assert str(out.parent / "ar.recall_iou.png") in err[0]
+    assert list(out.parent.iterdir()) == []
+
+
+def run_cli(paths: dict[str, Path], source: str, out: Path | str, *extra: str) -> int:
     argv = [
         "evaluate",
         "--gt",
