@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ifcn.atomic import output_file
 from ifcn.errors import IfcnError
 from ifcn.proposals.suppression import run_nms
 
@@ -44,6 +45,7 @@ def main(args: argparse.Namespace) -> int:
         raise IfcnError("need 0 <= --iou <= 1, --top-n >= 1 and 0 <= --mask-threshold <= 1")
     if args.workers < 0:
         raise IfcnError(f"--workers must be 0 (one per CPU) or more, got {args.workers}")
+    output_file(args.out)  # not a name ending in '/'
     if Path(args.out).is_dir():
         raise IfcnError("is a folder; give a file name to write", args.out)
     count = run_nms(
