@@ -225,10 +225,11 @@ def joined_run_totals(chars: np.ndarray, offset: np.ndarray) -> np.ndarray:
     runs = np.empty(len(values), dtype=np.int64)
     last = first + count
     for parity in (0, 1):
-        sums = np.cumsum(values[parity::2])
+        half = values[parity::2]
+        sums = np.zeros(len(half) + 1, dtype=np.int64)  # sums[i]: of the first i
+        np.cumsum(half, out=sums[1:])
         lo, hi = (first + 1 - parity) // 2, (last + 1 - parity) // 2  # the text's range here
-        base = np.where(lo > 0, sums[np.maximum(lo - 1, 0)], 0)
-        runs[parity::2] = sums - np.repeat(base, hi - lo)
+        runs[parity::2] = sums[1:] - np.repeat(sums[lo], hi - lo)
     runs[first] = heads
     runs &= 0xFFFFFFFF  # pycocotools' unsigned runs
     totals = np.add.reduceat(runs, first) if len(runs) else np.zeros(n, dtype=np.int64)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import ifcn
-from ifcn.data.rle import run_totals
+from ifcn.data.rle import rle_text_faults, run_totals
 from ifcn.errors import IfcnError
 from ifcn.proposals.table import Column, TableReader, TableWriter
 from ifcn.provenance import run_provenance
@@ -117,18 +117,10 @@ def check_image(
         raise IfcnError(f"{where}: RLE counts must be bytes (COCO compressed RLE)", path) from None
     wrong = np.flatnonzero(covered != height * width)
     if len(wrong):
-        row, total = int(wrong[0]), int(covered[wrong[0]])
-        problem = (
-            "is not COCO compressed RLE text (empty, a character outside '0'..'o', a count "
-            "cut off or longer than 6 characters)"
-            if total < 0
-            else f"covers {total} pixels"
-        )
-        raise IfcnError(
-            f"{where}: the mask of row {row} {problem}; the {width}x{height} image has "
-            f"{height * width}",
-            path,
-        )
+        row = int(wrong[0])
+        fault = rle_text_faults([rles[row]], np.array([height * width]))[0]
+        fault = fault or f"RLE runs cover {int(covered[row])} pixels"  # (they agree)
+        raise IfcnError(f"{where}: the mask of row {row}: {fault} ({width}x{height})", path)
 
 
 class ProposalWriter:

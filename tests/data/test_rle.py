@@ -98,6 +98,27 @@ def test_run_totals_agree_with_a_plain_decoder_on_damaged_text():
     assert (totals != h * w).sum() >= 30  # most damage shows
 
 
+def test_run_totals_are_exact_sums_of_the_runs_pycocotools_reads():
+    rng = np.random.default_rng(5)
+    texts, expected = [], []
+    for _ in range(400):  # random runs, a few negative, of 1 to 40 counts; and some long ones
+        counts = rng.integers(-3, 2000, int(rng.integers(1, 40))).tolist()
+        if rng.random() < 0.1:
+            counts[int(rng.integers(len(counts)))] = int(rng.integers(2**20, 2**28))
+        texts.append(encode_counts(np.array(counts), np.array([len(counts)]))[0])
+        runs = _reference_counts(texts[-1])
+        assert runs == counts
+        expected.append(sum(r % 2**32 for r in runs))  # maskApi.c keeps runs as unsigned ints
+    assert run_totals(texts).tolist() == expected
+    # a negative run whose total modulo 2**32 is the image's (pycocotools' area would agree)
+    h, w = 30, 40
+    sneaky = encode_counts(np.array([10, -5, h * w - 5]), np.array([3]))[0]
+    assert run_totals([sneaky], h, w).tolist() == [2**32 + h * w]
+    assert rle_text_faults([sneaky], np.array([h * w])) == ["RLE counts hold a negative run"]
+    # one count, one count of several characters, a 7-character count
+    assert run_totals([b"P2", b"0P2", b"1", b"O``````0"]).tolist() == [64, 64, 1, -1]
+
+
 def test_run_totals_refuse_what_is_not_rle_text():
     assert run_totals([b"", b"\x00", b"3i", b"~~"], 5, 5).tolist() == [-1] * 4
     assert run_totals([], 5, 5).tolist() == []

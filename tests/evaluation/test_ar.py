@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import subprocess
@@ -17,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ifcn import cli
+from ifcn.data.rle import encode_counts
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ar import evaluate
 from ifcn.evaluation.recall import COCO_IOU_THRESHOLDS
@@ -641,3 +643,79 @@ def test_results_without_category_id_are_scored(tmp_path):
     got = evaluate(paths["gt"], paths["json"], max_dets=[10])
     want = evaluate(paths["gt"], paths["h5"], max_dets=[10])
     np.testing.assert_array_equal(got.recall, want.recall)
+
+
+# --- proposals of other images, masks whose runs miss the image (issue 23) ----------------------
+
+
+def test_proposals_of_other_images_with_the_same_ids_and_sizes_are_refused(tmp_path, capsys):
+    paths = square_case(tmp_path)
+    gt = json.loads(paths["gt"].read_text())
+    gt["images"][0]["file_name"] = "other.jpg"  # same id, same size: another photo
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(gt))
+    assert run_cli({**paths, "gt": other}, "h5", tmp_path / "ar.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ifcn evaluate: error: {paths['h5']}: image 1 is '1.png' here but 'other.jpg' in "
+        f"{other}: proposals of other images?"
+    ), err
+    assert not (tmp_path / "ar.json").exists()
+    # an equivalent JSON (other bytes, the same images) is fine, and says nothing
+    gt["images"][0]["file_name"] = "1.png"
+    other.write_text(json.dumps(gt, indent=1))
+    assert run_cli({**paths, "gt": other}, "h5", tmp_path / "ar.json") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_gt_changed_since_the_proposals_were_made_gets_a_note(tmp_path, capsys):
+    paths = square_case(tmp_path)
+    with h5py.File(paths["h5"], "r+") as f:  # what infer records: the GT file and its hash
+        f.attrs["dataset"] = str(paths["gt"])
+        f.attrs["dataset_sha256"] = hashlib.sha256(paths["gt"].read_bytes()).hexdigest()
+    assert run_cli(paths, "h5", tmp_path / "ar.json") == 0
+    assert capsys.readouterr().err == ""
+    gt = json.loads(paths["gt"].read_text())
+    gt["annotations"] = gt["annotations"][:2]  # an annotation dropped: the images agree
+    paths["gt"].write_text(json.dumps(gt))
+    assert run_cli(paths, "h5", tmp_path / "ar.json") == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"note: {paths['h5']} was made from {paths['gt']} when its SHA-256 was")
+    assert "its images agree by id, size and file name" in err and len(err.splitlines()) == 1
+
+
+def _rle_text(counts: list[int]) -> str:
+    """COCO compressed RLE text of any run lengths, negative ones included."""
+    return encode_counts(np.array(counts), np.array([len(counts)]))[0].decode()
+
+
+# runs of a 120x120 image over the medium GT (rows 0..40 of columns 60..100), a run missing;
+# and runs adding up to the image with a negative one (pycocotools reads it as 2**32 - 5)
+SHORT_RUNS = [60 * 120] + [40, 80] * 39 + [40]
+NEGATIVE_RUN = [60 * 120, -5, 45] + [80, 40] * 39 + [120 * 120 - 60 * 120 - 40 * 40 - 80 * 39]
+
+
+@pytest.mark.parametrize("source", ["json", "h5"])
+@pytest.mark.parametrize("counts", [SHORT_RUNS, NEGATIVE_RUN], ids=["short", "negative"])
+def test_a_mask_whose_runs_miss_the_image_is_refused_not_looped_on(tmp_path, source, counts):
+    paths = square_case(tmp_path)
+    text = _rle_text(counts)
+    if source == "json":
+        results = json.loads(paths["json"].read_text())
+        results[1]["segmentation"]["counts"] = text
+        paths["json"].write_text(json.dumps(results))
+    else:  # the writer refuses it: damage the file behind its back
+        with h5py.File(paths["h5"], "r+") as f:
+            rles = f["proposals/rle"][:].tolist()
+            rles[1] = text.encode()
+            del f["proposals/rle"]
+            f["proposals/rle"] = np.array(rles, dtype=f"S{max(map(len, rles))}")
+    out = tmp_path / "ar.json"
+    done = _ifcn("evaluate", "--gt", paths["gt"], "--proposals", paths[source], "--out", out,
+                 "--workers", "2", timeout=120)  # fmt: skip  # pycocotools' IoU never returned
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(err) == 1, done.stderr
+    where = "result 1: " if source == "json" else "image 1: the mask of row 1: "
+    assert f"{paths[source]}: {where}" in err[0], err
+    assert ("negative run" if counts is NEGATIVE_RUN else "pixels") in err[0], err
+    assert not out.exists()
