@@ -22,9 +22,10 @@ import orjson
 
 from ifcn.data.jsonio import gc_paused, is_int, is_number, map_file, parse_json, read_bytes
 from ifcn.data.rle import (
+    RunStats,
     all_well_formed,
     is_size,
-    joined_run_totals,
+    joined_run_stats,
     rle_text_faults,
     well_formed,
 )
@@ -39,6 +40,7 @@ class Results:
     image_id: np.ndarray  # (R,) int64
     score: np.ndarray  # (R,) float64
     category_rank: np.ndarray  # (R,) int64: position among the sorted category ids; -1: none
+    masks: RunStats  # (R,) each: the masks' pixels, area and bounds (`ifcn.data.rle`)
     text: bytes | mmap.mmap  # the results' compressed RLE counts
     text_start: np.ndarray  # (R,) int64: result r's counts are text[start[r]:end[r]]
     text_end: np.ndarray  # (R,) int64
@@ -103,8 +105,8 @@ def read_results(
 def _columns(
     data: list, sizes: Mapping[int, tuple[int, int]], categories: Collection[int]
 ) -> tuple | None:
-    """(image ids, scores, category ids, counts text, text offsets) of results that pass every
-    check of `read_results`, or None if one does not."""
+    """(image ids, scores, category ranks, mask stats, counts text, text offsets) of results
+    that pass every check of `read_results`, or None if one does not."""
     try:
         if set(map(type, data)) - {dict}:
             return None
@@ -146,12 +148,13 @@ def _columns(
         return None
     # the runs add up to the image (pycocotools' IoU loops forever on any other total)
     pixels = np.fromiter((h * w for h, w in rle_sizes), np.int64, len(rle_sizes))
-    if (joined_run_totals(chars, offset) != pixels).any():
+    masks = joined_run_stats(chars, offset)
+    if (masks.covered != pixels).any():
         return None
     # a category's rank is its position among the sorted category ids (-1: no category_id)
     rank = {c: r for r, c in enumerate(sorted(categories))}
     ranks = np.fromiter(map(rank.get, category_ids, itertools.repeat(-1)), np.int64, len(data))
-    return np.asarray(image_ids, np.int64), score, ranks, text, offset
+    return np.asarray(image_ids, np.int64), score, ranks, masks, text, offset
 
 
 _PARTS: list[tuple[memoryview, int]] = []  # (part, where its counts text goes in _TEXT)
@@ -225,10 +228,12 @@ def _parse_in_parts(
             raw[comma], raw[opening] = ord(","), space
     if any(c is None for c in columns):
         return None
-    ids, scores, cats, offsets = zip(*columns, strict=True)
+    ids, scores, cats, masks, offsets = zip(*columns, strict=True)
+    masks = RunStats(*(np.concatenate(column) for column in zip(*masks, strict=True)))
     starts = np.concatenate([o[:-1] for o in offsets])
     ends = np.concatenate([o[1:] for o in offsets])
-    return np.concatenate(ids), np.concatenate(scores), np.concatenate(cats), text, starts, ends
+    return (np.concatenate(ids), np.concatenate(scores), np.concatenate(cats), masks, text,
+            starts, ends)  # fmt: skip
 
 
 def _first_fault(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ifcn.data.results import read_results
+from ifcn.data.rle import RunStats
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ground_truth import GroundTruth
 from ifcn.provenance import file_sha256
@@ -26,10 +27,12 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 @dataclass
 class ImageDetections:
-    """One image's proposals as read: RLE counts, scores, and COCOeval's tie order."""
+    """One image's proposals as read: RLE counts, scores, what their runs say (area and columns,
+    from the check of every reader), and COCOeval's tie order."""
 
     counts: list
     scores: np.ndarray
+    masks: RunStats
     tie: np.ndarray | None = None  # category rank of each result (JSON results only)
 
 
@@ -59,7 +62,10 @@ class ResultsJson:
             if rows is not None:
                 counts = self.results.counts(rows)
                 out[image_id] = ImageDetections(
-                    counts, self.results.score[rows], self.results.category_rank[rows]
+                    counts,
+                    self.results.score[rows],
+                    self.results.masks.take(rows),
+                    self.results.category_rank[rows],
                 )
         return out
 
@@ -117,8 +123,8 @@ class ProposalsH5:
         found = [i for i in image_ids if i in self._row]
         if not found:
             return {}
-        images = self._reader.iter_images(found)
-        return {p.image_id: ImageDetections(p.rles, p.scores) for p in images}
+        images = self._reader.iter_checked(found)
+        return {p.image_id: ImageDetections(p.rles, p.scores, masks) for p, masks in images}
 
     def close(self) -> None:
         """Close this process's handle of the file."""

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import ifcn
-from ifcn.data.rle import rle_text_faults, run_totals
+from ifcn.data.rle import RunStats, rle_text_faults, run_stats
 from ifcn.errors import IfcnError
 from ifcn.proposals.table import Column, TableReader, TableWriter
 from ifcn.provenance import run_provenance
@@ -80,8 +80,9 @@ def check_image(
     scales: np.ndarray,
     num_scales: int,
     path: Path,
-) -> None:
-    """Raise an IfcnError naming `path` and the image unless its proposals follow the format."""
+) -> RunStats:
+    """Raise an IfcnError naming `path` and the image unless its proposals follow the format;
+    return what summing the masks' runs found (`ifcn.data.rle.RunStats`)."""
     where = f"image {image_id}"
     if len(boxes) != len(scores) or len(rles) != len(scores) or len(scales) != len(scores):
         raise IfcnError(
@@ -90,7 +91,7 @@ def check_image(
             path,
         )
     if not len(scores):
-        return
+        return run_stats([])
     if not np.isfinite(scores).all():
         raise IfcnError(f"{where}: scores hold NaN or infinity", path)
     if (np.diff(scores) > 0).any():
@@ -112,15 +113,16 @@ def check_image(
             f"{where}: scale index outside 0..{num_scales - 1} (the scales attribute)", path
         )
     try:
-        covered = run_totals(rles)  # joins the texts: anything but bytes is a TypeError
+        stats = run_stats(rles)  # joins the texts: anything but bytes is a TypeError
     except TypeError:
         raise IfcnError(f"{where}: RLE counts must be bytes (COCO compressed RLE)", path) from None
-    wrong = np.flatnonzero(covered != height * width)
+    wrong = np.flatnonzero(stats.covered != height * width)
     if len(wrong):
         row = int(wrong[0])
         fault = rle_text_faults([rles[row]], np.array([height * width]))[0]
-        fault = fault or f"RLE runs cover {int(covered[row])} pixels"  # (they agree)
+        fault = fault or f"RLE runs cover {int(stats.covered[row])} pixels"  # (they agree)
         raise IfcnError(f"{where}: the mask of row {row}: {fault} ({width}x{height})", path)
+    return stats
 
 
 class ProposalWriter:
@@ -286,7 +288,7 @@ class Proposals:
         """One image's proposals (the best `top_n`), checked."""
         n = self._table.index(image_id)
         lo, hi = int(self._offset[n]), int(self._offset[n + 1])
-        return self._record(n, self._table.read("proposals", lo, hi), lo, top_n)
+        return self._record(n, self._table.read("proposals", lo, hi), lo, top_n)[0]
 
     __getitem__ = get
 
@@ -313,8 +315,11 @@ class Proposals:
             return np.zeros((0, *self.size(image_id)), dtype=np.uint8)
         return np.moveaxis(mask_utils.decode(rles), 2, 0)
 
-    def _record(self, n: int, block: dict, base: int, top_n: int | None) -> ImageProposals:
-        """Image n's proposals from a block of rows starting at row `base`, checked."""
+    def _record(
+        self, n: int, block: dict, base: int, top_n: int | None
+    ) -> tuple[ImageProposals, RunStats]:
+        """Image n's proposals from a block of rows starting at row `base`, checked, and what
+        summing their masks' runs found."""
         lo, hi = int(self._offset[n]) - base, int(self._offset[n + 1]) - base
         record = ImageProposals(
             image_id=int(self._table.image_ids[n]),
@@ -326,18 +331,29 @@ class Proposals:
             rles=block["rle"][lo:hi],
             scales=block["scale"][lo:hi],
         )
-        check_image(record.image_id, record.height, record.width, record.scores, record.boxes,
-                    record.rles, record.scales, self._num_scales, self.path)  # fmt: skip
+        masks = check_image(
+            record.image_id, record.height, record.width, record.scores, record.boxes,
+            record.rles, record.scales, self._num_scales, self.path,
+        )  # fmt: skip
         if top_n is not None:
             keep = max(int(top_n), 0)
             record.scores, record.boxes = record.scores[:keep], record.boxes[:keep]
             record.rles, record.scales = record.rles[:keep], record.scales[:keep]
-        return record
+            masks = masks.take(slice(0, keep))
+        return record, masks
 
     def iter_images(
         self, image_ids: Iterable[int] | None = None, top_n: int | None = None
     ) -> Iterator[ImageProposals]:
         """The given images (all by default) in file order, read in large sequential blocks."""
+        for record, _ in self.iter_checked(image_ids, top_n):
+            yield record
+
+    def iter_checked(
+        self, image_ids: Iterable[int] | None = None, top_n: int | None = None
+    ) -> Iterator[tuple[ImageProposals, RunStats]]:
+        """`iter_images`, each image with what summing its masks' runs found (their areas and
+        columns, which evaluation uses to leave pairs out of the IoUs)."""
         if image_ids is None:
             order = np.arange(len(self))
         else:
@@ -385,11 +401,11 @@ class ProposalsPerProcess:
     def get(self, image_id: int, top_n: int | None = None) -> ImageProposals:
         return self._proposals().get(image_id, top_n=top_n)
 
-    def iter_images(
+    def iter_checked(
         self, image_ids: Iterable[int], top_n: int | None = None
-    ) -> Iterator[ImageProposals]:
-        """`Proposals.iter_images`: the images in file order, read in large blocks."""
-        return self._proposals().iter_images(image_ids, top_n)
+    ) -> Iterator[tuple[ImageProposals, RunStats]]:
+        """`Proposals.iter_checked`: the images in file order, read in large blocks."""
+        return self._proposals().iter_checked(image_ids, top_n)
 
     def close(self) -> None:
         """Close this process's handle."""
