@@ -719,3 +719,34 @@ def test_a_mask_whose_runs_miss_the_image_is_refused_not_looped_on(tmp_path, sou
     assert f"{paths[source]}: {where}" in err[0], err
     assert ("negative run" if counts is NEGATIVE_RUN else "pixels") in err[0], err
     assert not out.exists()
+
+
+def test_mask_ious_leave_out_only_pairs_below_one_half():
+    from ifcn.data.rle import run_stats
+    from ifcn.evaluation.ar import mask_ious
+
+    rng = np.random.default_rng(4)
+    h, w = 60, 80
+    gts = [box_mask(h, w, *rng.integers(0, 40, 2), *rng.integers(40, 80, 2)) for _ in range(6)]
+    dts = []
+    for _ in range(400):  # GTs shifted, grown, shrunk, cut: many pairs near IoU 1/2
+        mask = gts[rng.integers(len(gts))].copy()
+        mask = np.roll(mask, rng.integers(-12, 13, 2), axis=(0, 1))
+        if rng.random() < 0.5:
+            mask[rng.integers(h) :, :] = 0
+        if rng.random() < 0.3:
+            mask |= box_mask(h, w, *rng.integers(0, 80, 4))
+        dts.append(mask)
+    dts.append(np.zeros((h, w), np.uint8))  # an empty mask
+    dt_rles = [{"size": [h, w], "counts": rle(m)["counts"].encode()} for m in dts]
+    gt_rles = [rle(m) for m in gts]
+    full = np.asarray(mask_utils.iou(dt_rles, gt_rles, np.zeros(len(gts), np.uint8)))
+    masks = run_stats([r["counts"] for r in dt_rles])
+    got = mask_ious(dt_rles, masks, gt_rles, h)
+    near = (full >= 0.4) & (full < 0.6)
+    left_out = (got == 0) & (full > 0)  # pairs pycocotools' IoU would have scanned
+    assert near.sum() > 50 and left_out.sum() > 50, (near.sum(), left_out.sum())
+    computed = got > 0
+    assert np.array_equal(got[computed], full[computed])  # the same bits
+    assert np.array_equal(got >= 0.5, full >= 0.5)  # and nothing that matters left out
+    assert np.array_equal(got[full >= 0.5], full[full >= 0.5])
