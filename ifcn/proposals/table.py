@@ -12,13 +12,13 @@ failure, a full disk included), the reader (format and version checked, the imag
 offsets validated on open, one image's rows on demand, a text column's chunks inflated by
 ISA-L as the writer deflated them, damage an IfcnError naming the file), and the coding of
 attributes. The formats declare their columns and check their values.
+It must not import torch (`ifcn evaluate` imports it and its start-up time counts).
 
 A file is input from anyone, so the reader trusts no size it declares: every dataset it reads
 is reached through hard links only (a soft link may loop, an external link would make ifcn
 open another file) and stored in the file itself (no external or virtual storage), and its
 declared size must fit what the file stores of it (`stored_dataset`) before anything is
 allocated for it.
-It must not import torch (`ifcn evaluate` imports it and its start-up time counts).
 """
 
 from __future__ import annotations
