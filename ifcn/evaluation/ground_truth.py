@@ -26,6 +26,7 @@ class GroundTruth:
 
     path: Path
     sizes: dict[int, tuple[int, int]]  # image id -> (height, width)
+    file_names: dict[int, str]  # image id -> file_name
     # image id -> [(compressed RLE, area, annotation id)], in COCOeval's order; the area is
     # the stored one, or the mask's where the file has none (COCOeval reads the same)
     objects: dict[int, list[tuple[dict, float, int]]]
@@ -52,8 +53,9 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         (a["image_id"], a["category_id"], bool(a.get("iscrowd")), a.get("area"), a["id"])
         for a in instances.annotations
     ]
+    names = {i: im["file_name"] for i, im in instances.images.items()}
     return _ground_truth(
-        instances.path, sizes, sorted(instances.categories), rows,
+        instances.path, sizes, names, sorted(instances.categories), rows,
         masks.counts, masks.area.tolist(), instances.sha256,
     )  # fmt: skip
 
@@ -73,8 +75,9 @@ def _from_store(store: AnnotationStore) -> GroundTruth:
         )
     ]  # fmt: skip
     order = np.argsort(store["file_order"], kind="stable").tolist()  # back to file order
+    names = dict(zip(ids, store.file_names(), strict=True))
     return _ground_truth(
-        store.json_path, sizes, sorted(int(c["id"]) for c in store.categories),
+        store.json_path, sizes, names, sorted(int(c["id"]) for c in store.categories),
         [rows[k] for k in order], [texts[k] for k in order],
         store["mask_area"][order].tolist(), store.json_sha256,
     )  # fmt: skip
@@ -83,6 +86,7 @@ def _from_store(store: AnnotationStore) -> GroundTruth:
 def _ground_truth(
     path: Path,
     sizes: dict[int, tuple[int, int]],
+    file_names: dict[int, str],
     category_ids: list[int],
     rows: list[tuple[int, int, bool, float | None, int]],
     texts: list[bytes],
@@ -107,4 +111,4 @@ def _ground_truth(
     objects: dict[int, list] = {i: [] for i in sizes}
     for image_id, _, _, rle, area, ann_id in kept:
         objects[image_id].append((rle, area, ann_id))
-    return GroundTruth(Path(path), sizes, objects, crowd, category_rank, sha256, empty)
+    return GroundTruth(Path(path), sizes, file_names, objects, crowd, category_rank, sha256, empty)
