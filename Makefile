@@ -15,6 +15,9 @@ VENV_DIR := $(VENV_CACHE)/venv-$(PINS_HASH)
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# benchmarks/scale.py makes COCO-sized files (~6 GB of memory at --scale 1): `make bench
+# SCALE_ARGS="--scale 0.1"` for a quick run
+SCALE_ARGS ?=
 # Commands run against this checkout even if the shared venv was last pointed at another clone.
 export PYTHONPATH := $(CURDIR)
 
@@ -60,6 +63,7 @@ bench: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/postprocess.py --out results/bench/postprocess.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/inference.py --out results/bench/inference.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/train.py --out results/bench/train.json
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/scale.py --out results/bench/scale.json $(SCALE_ARGS)
 
 # A one-node SLURM cluster on this machine (tests/slurm_cluster.py; Debian: apt-get install
 # slurm-wlm munge), to try the slurm profile by hand: `eval "$$(make -s slurm-up)"` points this

@@ -96,6 +96,16 @@ def temporary_path(target: str | Path) -> Path:
             raise IfcnError(f"cannot write here ({exc.strerror})", target) from None
 
 
+def output_file(text: str | Path) -> Path:
+    """An output file named on the command line. A name ending in a path separator names a
+    folder, which `Path` would silently drop: refused, rather than writing `x.json` for
+    `x.json/`."""
+    if isinstance(text, str) and text.endswith(("/", os.sep)):
+        raise IfcnError("ends in '/', which names a folder; give the name of the file to write",
+                        text)  # fmt: skip
+    return Path(text)
+
+
 def write_error(exc: OSError, target: str | Path) -> IfcnError:
     """The one-line error for an OSError while writing `target` (disk full, quota, I/O)."""
     if exc.errno:

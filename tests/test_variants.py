@@ -193,7 +193,7 @@ def test_workflow_runs_the_variants_through_the_stage_rules_and_reuses_the_main_
     for variant in variants:
         folder = f"results/synthetic/ablation/{variant}"
         expected = ["train/model_final.pt", "val/candidates.h5", "val/proposals.h5",
-                    "val/ar.json", "val/recall_iou.csv", "val/recall_iou.png"]  # fmt: skip
+                    "val/ar.json", "val/ar.recall_iou.csv", "val/ar.recall_iou.png"]  # fmt: skip
         assert {f"{folder}/{path}" for path in expected} <= planned, variant
         written = load_config(tmp_path / folder / "config.yaml")  # each folder's own config
         assert written == variant_config(load_config(ROOT / "config" / "config.yaml"), variant)

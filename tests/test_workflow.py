@@ -534,7 +534,7 @@ def test_snakemakes_html_report_collects_tables_plots_and_pictures(tiny_run, tmp
             r"data:[\w/+.-]+;charset=[^;]*;filename=([^;]+);base64,([\w+/=]+)", html
         )
     }
-    for name in ("recall_iou.png", "loss.png", "proposals-1.png", "score_maps-1.png"):
+    for name in ("ar.recall_iou.png", "loss.png", "proposals-1.png", "score_maps-1.png"):
         assert embedded[name][:8] == b"\x89PNG\r\n\x1a\n", name
     table = pd.read_csv(io.BytesIO(embedded["proposals_ar.csv"]))
     ar = json.loads((work / "results" / "tiny" / "val" / "ar.json").read_text())

@@ -79,7 +79,7 @@ def sample_rois(
 
 def category_table(dataset: CocoInstances) -> list[dict]:
     """The GT's categories sorted by id (class c is entry c-1); every annotation must use one."""
-    categories = dataset.coco.dataset.get("categories") or []
+    categories = dataset.categories
     try:
         table = [{"id": int(c["id"]), "name": str(c["name"])} for c in categories]
     except (KeyError, TypeError, ValueError):
@@ -89,14 +89,15 @@ def category_table(dataset: CocoInstances) -> list[dict]:
         raise IfcnError("a category id appears twice", dataset.json_path)
     if not table:
         raise IfcnError("no categories: the classifier needs labelled instances", dataset.json_path)
-    known = {c["id"] for c in table}
-    for ann in dataset.coco.dataset["annotations"]:
-        if ann["category_id"] not in known:
-            raise IfcnError(
-                f"annotation {ann['id']} has category_id {ann['category_id']}, "
-                "which the categories list lacks",
-                dataset.json_path,
-            )
+    used = dataset.store["category_id"]
+    unknown = np.flatnonzero(~np.isin(used, [c["id"] for c in table]))
+    if len(unknown):
+        k = int(unknown[0])
+        raise IfcnError(
+            f"annotation {int(dataset.store['ann_id'][k])} has category_id {int(used[k])}, "
+            "which the categories list lacks",
+            dataset.json_path,
+        )
     return table
 
 
@@ -132,11 +133,12 @@ class RoiSamples(Dataset):
         sample = self.images[(index, seed)]
         image_id = sample["image_id"]
         found = self._file.get(image_id, top_n=self.cfg["top_n"])
-        anns = self.images.coco.imgToAnns.get(image_id, [])
-        gts = [a for a in anns if not a["iscrowd"]]
-        gt_rles = [a["segmentation"] for a in gts]
-        crowd_rles = [a["segmentation"] for a in anns if a["iscrowd"]]
-        gt_labels = np.array([self.class_of[a["category_id"]] for a in gts], np.int64)
+        anns = self.images.annotations(index)
+        crowd = anns["iscrowd"]
+        gt_rles = [r for r, c in zip(anns["rles"], crowd.tolist(), strict=True) if not c]
+        crowd_rles = [r for r, c in zip(anns["rles"], crowd.tolist(), strict=True) if c]
+        gt_labels = np.array([self.class_of[c] for c in anns["category_ids"][~crowd].tolist()])
+        gt_labels = gt_labels.astype(np.int64)
         rles = found.coco_rles() + gt_rles
         boxes = np.concatenate([found.boxes.reshape(-1, 4), rle_boxes(gt_rles)])
         labels = label_rois(

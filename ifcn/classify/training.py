@@ -116,10 +116,11 @@ def run_training(
         scales=cfg["scales"],
         max_size=cfg["max_size"],
         flip=cfg["flip"],
+        reader="ifcn classify train",
     )
     categories = category_table(images)
     with Proposals(proposals_path) as proposals:
-        check_image_sets(proposals, images.coco.imgs, gt_path)
+        check_image_sets(proposals, images.image_table(), gt_path)
     distributed.run_on_main(images.verify_images, device)
     backbone = proposal_backbone(init_from, config) if init_from is not None else None
 

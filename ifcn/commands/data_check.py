@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ifcn.atomic import atomic_path
 from ifcn.config import command_config, config_option
-from ifcn.data.check import check_dataset, format_report
+from ifcn.data.check import check_dataset, forget, format_report, record
 from ifcn.data.datasets import SPLITS
 from ifcn.data.overlap import require_disjoint
 from ifcn.errors import IfcnError
@@ -69,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
     report = check_dataset(json_path, images, workers=args.workers)
     print(format_report(report))
     if not report.ok:
+        forget(json_path)
         raise IfcnError(
             f"check failed with {len(report.problems)} problems; first: {report.problems[0]}",
             json_path,
@@ -79,5 +80,10 @@ def main(args: argparse.Namespace) -> int:
     if args.out is not None:
         with atomic_path(args.out) as tmp:
             report.summary.to_csv(tmp)
+    recorded = record(report)
+    if isinstance(recorded, str):
+        print(f"note: the check is not recorded ({recorded}); stages will validate it again")
+    else:
+        print(f"recorded the check in {recorded.path}")
     print(f"check passed: {json_path}")
     return 0

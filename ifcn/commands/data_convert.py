@@ -16,6 +16,7 @@ from pathlib import Path
 from ifcn.config import command_config, config_option, override_option
 from ifcn.data.convert import FORMATS, convert, write_converted
 from ifcn.data.datasets import SPLITS, convert_request
+from ifcn.data.formats.coco import AREA_BBOX
 from ifcn.errors import IfcnError
 
 # flags that say what to convert, which --config says instead
@@ -62,7 +63,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "the paper's split) instead of --split's; those SBD does not annotate are left out",
     )
     parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes over images"
+        "--area-bbox",
+        choices=AREA_BBOX,
+        help="coco: keep each annotation's area and bbox as the file publishes them, or compute "
+        "them from its mask (default: published for a JSON in COCO's own layout, "
+        "ROOT/annotations/instances_SPLIT.json; mask for exports)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="processes over masks and images",
     )
     return parser
 
@@ -97,9 +108,9 @@ def main(args: argparse.Namespace) -> int:
     fmt = request.pop("fmt")
     converted = convert(
         fmt, request.pop("root"), request.pop("split"), exclude=args.exclude,
-        workers=args.workers, **request,
+        workers=args.workers, area_bbox=args.area_bbox, **request,
     )  # fmt: skip
-    write_converted(converted, out)
+    recorded = write_converted(converted, out, workers=args.workers)
     d = converted.dataset
     print(
         f"wrote {out}: {len(d['images'])} images, {len(d['annotations'])} annotations, "
@@ -108,4 +119,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"image root: {converted.image_root}")
     for note in converted.notes:
         print(f"changed: {note}" if fmt == "coco" else f"note: {note}")
+    if isinstance(recorded, str):
+        print(f"note: the check is not recorded ({recorded}); stages will validate it again")
+    else:
+        print(f"recorded the check in {recorded.path}")
     return 0

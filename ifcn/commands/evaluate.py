@@ -1,10 +1,10 @@
 """`ifcn evaluate`: mask Average Recall of proposals (paper §4, DESIGN §8).
 
 Reads a COCO instances JSON and proposals (proposals.h5, or a COCO results JSON so that other
-systems' proposals are scored by the same code) and writes ar.json, recall_iou.csv and
-recall_iou.png, all or none. AR@N equals pycocotools' COCOeval (iouType='segm', useCats=0).
-The settings are the config's `evaluate` section; `data.first_n` limits the evaluation images
-(`data.val_json`).
+systems' proposals are scored by the same code) and writes ar.json and, named after it,
+ar.recall_iou.csv and ar.recall_iou.png, all or none. AR@N equals pycocotools' COCOeval
+(iouType='segm', useCats=0). The settings are the config's `evaluate` section; `data.first_n`
+limits the evaluation images (`data.val_json`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from ifcn.atomic import output_file
 from ifcn.config import command_config, config_option, evaluation_first_n, override_option
 from ifcn.evaluation.ar import AREA_CHOICES, evaluate, format_table, write_outputs
 from ifcn.reporting.plots import Plotter
@@ -54,7 +55,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--workers", type=int, default=_default_workers(), metavar="N",
         help="processes computing mask IoUs (default: the CPUs available)",
     )  # fmt: skip
-    parser.add_argument("--out", required=True, type=Path, help="ar.json (CSV and PNG beside it)")
+    parser.add_argument(
+        "--out", required=True,
+        help="ar.json to write; the recall curve goes beside it (ar.recall_iou.csv, .png)",
+    )  # fmt: skip
     return parser
 
 
@@ -62,6 +66,7 @@ def main(args: argparse.Namespace) -> int:
     config = command_config(args)
     settings = config["evaluate"]
     first_n = evaluation_first_n(config, args.gt, given=args.first_n is not None)
+    out = output_file(args.out)
     with Plotter() as plotter:
         result = evaluate(
             args.gt,
@@ -84,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
             },
             "inputs": result.inputs,
         }
-        write_outputs(result, args.out, record, plotter)
+        write_outputs(result, out, record, plotter)
     print(format_table(result))
     return 0
 

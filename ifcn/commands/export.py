@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ifcn.atomic import output_file
 from ifcn.config import command_config, config_option
 from ifcn.proposals.export import export_results
 
@@ -22,7 +23,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     config_option(parser, reads=False)
     parser.add_argument("--proposals", required=True, type=Path, help="proposals.h5")
-    parser.add_argument("--out", required=True, type=Path, help="results JSON to write")
+    parser.add_argument("--out", required=True, help="results JSON to write")
     parser.add_argument(
         "--category-id", type=int, default=1, help="category_id of every result (default 1)"
     )
@@ -32,6 +33,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     command_config(args)
-    count = export_results(args.proposals, args.out, args.category_id, args.top_n)
+    count = export_results(args.proposals, output_file(args.out), args.category_id, args.top_n)
     print(f"wrote {count} results to {args.out}")
     return 0

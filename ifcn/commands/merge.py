@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ifcn.atomic import output_file
 from ifcn.config import command_config, config_option
 from ifcn.proposals.merge import merge_candidates
 
@@ -29,6 +30,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     command_config(args)
-    count = merge_candidates(args.inputs, args.out, args.allow_partial)
+    count = merge_candidates(args.inputs, output_file(args.out), args.allow_partial)
     print(f"merged {len(args.inputs)} shards, {count} images: {args.out}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ifcn.atomic import output_file
 from ifcn.config import command_config, config_option, override_option
 from ifcn.errors import IfcnError
 from ifcn.proposals.suppression import run_nms
@@ -39,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
     config = command_config(args)
     if args.workers < 0:
         raise IfcnError(f"--workers must be 0 (one per CPU) or more, got {args.workers}")
+    output_file(args.out)  # not a name ending in '/'
     if Path(args.out).is_dir():
         raise IfcnError("is a folder; give a file name to write", args.out)
     count = run_nms(args.candidates, args.out, config["nms"], args.workers)

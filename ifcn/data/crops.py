@@ -21,13 +21,14 @@ which no instance can ever make a positive window (`check_learnable`).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from ifcn.data.dataset import CocoInstances
+from ifcn.data.store import AnnotationStore
 from ifcn.errors import IfcnError
 from ifcn.windows import (
     POSITIVE,
@@ -104,9 +105,20 @@ class CropInstances(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def store(self) -> AnnotationStore:
+        return self.dataset.store
+
     def verify_images(self) -> None:
-        """Decode and check every image (see `CocoInstances.verify_images`)."""
+        """Check the image files (see `CocoInstances.verify_images`)."""
         self.dataset.verify_images()
+
+    def record(self, cache_dir: str | Path) -> Path:
+        """See `CocoInstances.record`."""
+        return self.dataset.record(cache_dir)
+
+    def close(self) -> None:
+        self.dataset.close()
 
     def draw_centre(self, sample: dict, rng: np.random.Generator) -> tuple[float, float]:
         """(y, x) the crop is centred on: a positive window's centre, or a uniform point."""
@@ -142,20 +154,18 @@ def check_learnable(dataset: CocoInstances, rule: LabelRule, max_size: int | Non
     `train.canonical` wrong for the data). The sizes are the masks' boxes scaled as the
     images will be, with a pixel of slack for rounding.
     """
-    anns = [a for a in dataset.coco.dataset["annotations"] if not a["iscrowd"]]
+    store = dataset.store
+    instance = store["iscrowd"] == 0
     where = dataset.json_path
-    if not anns:
+    if not instance.any():
         raise IfcnError(
             f"no image has an instance annotation (crowd regions aside) among the "
             f"{len(dataset)} training images: every step would see 0 positive windows",
             where,
         )
-    boxes = mask_utils.toBbox([a["segmentation"] for a in anns])
-    image_sizes = np.array(
-        [(dataset.coco.imgs[a["image_id"]]["height"], dataset.coco.imgs[a["image_id"]]["width"])
-         for a in anns],
-        dtype=np.float64,
-    )  # fmt: skip
+    boxes = store["mask_box"][instance]
+    image_of = np.repeat(np.arange(len(store)), np.diff(store["ann_offset"]))[instance]
+    image_sizes = np.stack([store["height"], store["width"]], 1)[image_of].astype(np.float64)
     factors = np.array(dataset.scales, dtype=np.float64)[None, :] / image_sizes.min(1)[:, None]
     if max_size is not None:
         factors = np.minimum(factors, max_size / image_sizes.max(1)[:, None])
@@ -164,7 +174,7 @@ def check_learnable(dataset: CocoInstances, rule: LabelRule, max_size: int | Non
     high = min(rule.canonical_size * 2.0**rule.pos_scale_range, rule.window_side)
     if not ((sizes >= low - 1) & (sizes <= high + 1)).any():
         raise IfcnError(
-            f"none of the {len(anns)} instances can make a positive window: at the training "
+            f"none of the {len(boxes)} instances can make a positive window: at the training "
             f"scales {dataset.scales} their larger sides measure {sizes.min():.0f}-"
             f"{sizes.max():.0f} px, a positive needs {low:.0f}-{high:.0f} px (train.canonical "
             f"{rule.canonical_size:.0f} px x 2^+-{rule.pos_scale_range}); every step would see "
@@ -173,8 +183,11 @@ def check_learnable(dataset: CocoInstances, rule: LabelRule, max_size: int | Non
         )
 
 
-def build_train_dataset(config: dict) -> Dataset:
-    """The training set of a config: full images, or crops when ``train.crop`` is set.
+def build_train_dataset(
+    config: dict, *, store: AnnotationStore | None = None, cache_dir: str | Path | None = None
+) -> CocoInstances | CropInstances:
+    """The training set of a config: full images, or crops when ``train.crop`` is set; its
+    annotations `store` when given, else found or made (see `CocoInstances`).
 
     IfcnError when no instance of it can ever be a positive (`check_learnable`).
     """
@@ -185,6 +198,8 @@ def build_train_dataset(config: dict) -> Dataset:
         scales=train["scales"],
         max_size=train["max_size"],
         flip=train["flip"],
+        store=store,
+        cache_dir=cache_dir,
     )
     rule = LabelRule.from_config(config)
     check_learnable(dataset, rule, train["max_size"])

@@ -1,9 +1,12 @@
 """Training samples from any COCO instances JSON (DESIGN §3, §5).
 
-`CocoInstances` validates the whole JSON and the image folder when it is built, so a bad dataset
-fails before training writes anything. A sample is a pure function of (index, seed): the seed
-alone draws the shorter side and the flip, which makes resumed and distributed training
-reproducible bit for bit.
+`CocoInstances` reads the JSON's checked annotations (`ifcn.data.store`): the record that `data
+check` or `data convert` made of it, or a full validation of a JSON never checked, so a bad
+dataset fails before training writes anything, and a COCO-sized one starts in seconds. Its
+arrays are memory-mapped: the DataLoader workers and the ranks of a training share them. Every
+image file must exist; `verify_images` reads those not read by the check (or changed since).
+A sample is a pure function of (index, seed): the seed alone draws the shorter side and the
+flip, which makes resumed and distributed training reproducible bit for bit.
 """
 
 from __future__ import annotations
@@ -18,20 +21,19 @@ import pycocotools.mask as mask_utils
 import torch
 
 from ifcn.data.image import image_tensor, load_image, resize_image, resize_masks
-from ifcn.data.instances import read_instances
+from ifcn.data.image_files import image_fault, image_stats
 from ifcn.data.masks import mask_boxes
+from ifcn.data.store import AnnotationStore, cache_path, checked_annotations, write_store
 from ifcn.errors import IfcnError
-
-
-def _decoded_size(path: Path) -> tuple[int, int]:
-    image = load_image(path)
-    return image.shape[0], image.shape[1]
 
 
 class CocoInstances(torch.utils.data.Dataset):
     """Images of a COCO instances JSON with all their masks, resized and flipped per (index, seed).
 
-    Crowd annotations are kept, flagged by `iscrowd`, as regions to ignore.
+    Crowd annotations are kept, flagged by `iscrowd`, as regions to ignore. `store` is the
+    JSON's checked annotations when the caller has them (`checked_annotations`, e.g. from the
+    first rank); otherwise they are found or made here, a fresh validation recorded in
+    `cache_dir` when given.
     """
 
     def __init__(
@@ -41,6 +43,10 @@ class CocoInstances(torch.utils.data.Dataset):
         scales: Sequence[int],
         max_size: int | None = None,
         flip: bool = False,
+        *,
+        store: AnnotationStore | None = None,
+        cache_dir: str | Path | None = None,
+        reader: str = "ifcn train",
     ):
         if not scales:
             raise IfcnError("no training scales given", json_path)
@@ -49,33 +55,82 @@ class CocoInstances(torch.utils.data.Dataset):
         self.scales = [int(s) for s in scales]
         self.max_size = max_size
         self.flip = flip
-        instances = read_instances(self.json_path)
-        if not instances.images:
+        self.reader = reader
+        if store is None:
+            store = checked_annotations(
+                self.json_path, reader=reader, cache_dir=cache_dir,
+                workers=min(8, os.cpu_count() or 1),
+            )  # fmt: skip
+        self.store = store
+        if not len(store):
             raise IfcnError("the image list is empty", json_path)
-        self.coco = instances.coco()
-        self.image_ids: list[int] = sorted(instances.images)
-        for image_id in self.image_ids:
-            path = self.image_path(image_id)
-            if not path.is_file():
-                raise IfcnError(f"image file missing (listed in {self.json_path})", path)
+        self.image_ids: list[int] = store["image_id"].tolist()
+        self._stats = image_stats([self.image_root / n for n in store.file_names()])
+        missing = np.flatnonzero(self._stats[:, 0] < 0)
+        if len(missing):
+            path = self.image_path(self.image_ids[int(missing[0])])
+            raise IfcnError(f"image file missing (listed in {self.json_path})", path)
+
+    def close(self) -> None:
+        """Let go of the annotations' record (its file mapping)."""
+        self.store.close()
+
+    @property
+    def categories(self) -> list[dict]:
+        """The JSON's categories, sorted by id."""
+        return self.store.categories
+
+    def image_table(self) -> dict[int, dict]:
+        """Image entries by id: file_name, height and width."""
+        return self.store.image_table()
+
+    def index_of(self, image_id: int) -> int:
+        index = int(np.searchsorted(self.store["image_id"], image_id))
+        if index >= len(self.image_ids) or self.image_ids[index] != image_id:
+            raise KeyError(image_id)
+        return index
 
     def image_path(self, image_id: int) -> Path:
-        return self.image_root / self.coco.imgs[image_id]["file_name"]
+        return self.image_root / self.store.file_names()[self.index_of(image_id)]
+
+    def _faults(self, indices: Sequence[int]) -> list[tuple[int, str]]:
+        """(index, why) of the images among `indices` that are not complete images of their size."""
+        names, height, width = self.store.file_names(), self.store["height"], self.store["width"]
+
+        def fault(i: int) -> str | None:
+            return image_fault(self.image_root / names[i], int(height[i]), int(width[i]))
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found = list(pool.map(fault, indices))
+        return [(i, why) for i, why in zip(indices, found, strict=True) if why]
 
     def verify_images(self) -> None:
-        """Decode every image and check its size against the JSON; IfcnError naming the file."""
-        paths = [self.image_path(i) for i in self.image_ids]
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for image_id, path, size in zip(
-                self.image_ids, paths, pool.map(_decoded_size, paths), strict=True
-            ):
-                self._check_size(image_id, path, size)
+        """Read every image file that its record does not show read by a check (or changed
+        since: another size or modification time); IfcnError naming the first bad file."""
+        recorded = self.store["image_stats"]
+        changed = np.flatnonzero((self._stats != recorded).any(1) | (recorded < 0).any(1))
+        for index, why in self._faults(changed.tolist())[:1]:
+            path = self.image_root / self.store.file_names()[index]
+            raise IfcnError(f"{why} (listed in {self.json_path})", path)
+        if self.store.path is None:  # made now: its record will say the files were read
+            self.store.arrays["image_stats"] = self._stats
+            self.store.images_verified = True
+
+    def record(self, cache_dir: str | Path) -> Path:
+        """The file of the annotations' record: a validation made now is written to
+        `cache_dir` (`ifcn.data.store.cache_path`) first."""
+        if self.store.path is None:
+            target = cache_path(cache_dir, self.json_path, self.store.json_sha256)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.store = write_store(self.store, target)
+        return self.store.path
 
     def _check_size(self, image_id: int, path: Path, size: tuple[int, int]) -> None:
-        img = self.coco.imgs[image_id]
-        if size != (int(img["height"]), int(img["width"])):
+        index = self.index_of(image_id)
+        expected = (int(self.store["height"][index]), int(self.store["width"][index]))
+        if size != expected:
             raise IfcnError(
-                f"decoded size {size[0]}x{size[1]} differs from {img['height']}x{img['width']} "
+                f"decoded size {size[0]}x{size[1]} differs from {expected[0]}x{expected[1]} "
                 f"in {self.json_path}",
                 path,
             )
@@ -90,6 +145,16 @@ class CocoInstances(torch.utils.data.Dataset):
         flipped = bool(rng.random() < 0.5) and self.flip
         return scale, flipped
 
+    def annotations(self, index: int) -> dict:
+        """Image `index`'s annotations in file order: `rles` (pycocotools, bytes counts),
+        `iscrowd` (bool) and `category_ids`."""
+        rows = self.store.annotation_slice(index)
+        return {
+            "rles": self.store.rles(index),
+            "iscrowd": self.store["iscrowd"][rows].astype(bool),
+            "category_ids": self.store["category_id"][rows].astype(np.int64),
+        }
+
     def __getitem__(self, key: tuple[int, int] | int) -> dict:
         """Sample `index` drawn with `seed`; a bare index means the first scale and no flip."""
         if isinstance(key, (tuple, list)):
@@ -100,16 +165,15 @@ class CocoInstances(torch.utils.data.Dataset):
         if not 0 <= index < len(self.image_ids):
             raise IndexError(f"index {index} out of range for {len(self.image_ids)} images")
         image_id = self.image_ids[index]
-        info = self.coco.imgs[image_id]
         path = self.image_path(image_id)
         image = load_image(path)
         orig = (image.shape[0], image.shape[1])
         self._check_size(image_id, path, orig)
 
-        anns = self.coco.imgToAnns.get(image_id, [])
+        anns = self.annotations(index)
         masks = (
-            mask_utils.decode([a["segmentation"] for a in anns]).transpose(2, 0, 1)
-            if anns
+            mask_utils.decode(anns["rles"]).transpose(2, 0, 1)
+            if anns["rles"]
             else np.zeros((0, *orig), np.uint8)
         )
         image, scale = resize_image(image, short_side, self.max_size)
@@ -119,20 +183,19 @@ class CocoInstances(torch.utils.data.Dataset):
             image, masks = image[:, ::-1], masks[:, :, ::-1]
         keep = masks.any((1, 2))
         masks = np.ascontiguousarray(masks[keep])
-        anns = [a for a, k in zip(anns, keep, strict=True) if k]
 
         return {
             "image": image_tensor(image)[0],
             "masks": torch.from_numpy(masks),
             "boxes": torch.from_numpy(mask_boxes(masks)),
-            "iscrowd": torch.tensor([bool(a["iscrowd"]) for a in anns], dtype=torch.bool),
-            "category_ids": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+            "iscrowd": torch.from_numpy(anns["iscrowd"][keep]),
+            "category_ids": torch.from_numpy(anns["category_ids"][keep]),
             "image_id": int(image_id),
             "scale": float(scale),
             "orig_size": orig,
             "size": size,
             "flipped": flipped,
-            "file_name": str(info["file_name"]),
+            "file_name": self.store.file_names()[index],
         }
 
 

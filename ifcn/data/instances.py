@@ -20,13 +20,14 @@ import hashlib
 import io
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ifcn.data.jsonio import gc_paused, is_int, is_number, parse_json, read_bytes
-from ifcn.data.masks import segmentation_to_rle
+from ifcn.data.masks import MaskTable, PolygonTable, encode_segmentations, segmentation_to_rle
 from ifcn.data.rle import MAX_PIXELS, bytes_rle, rle_fault, rle_text_faults
 from ifcn.errors import IfcnError
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:  # pycocotools.coco is imported by `Instances.coco`, which nee
 
 # A polygon vertex may lie outside its image (it is clipped) by at most one image side.
 POLYGON_MARGIN = 1.0
+NUMBER_TYPES = frozenset((int, float))  # of JSON numbers as orjson parses them
+PLAIN_NAMES = "file names with '\\' separators or a leading './' (read as plain '/' paths)"
 
 
 def assemble_dataset(
@@ -90,6 +93,7 @@ class Instances:
     categories: dict[int, dict]
     annotations: list[dict]
     findings: Findings
+    polygons: PolygonTable = field(default_factory=lambda: PolygonTable.empty())
     sha256: str = ""  # of the file's bytes, when read from a file
 
     def image_size(self, image_id: int) -> tuple[int, int]:
@@ -106,6 +110,20 @@ class Instances:
         makes, with polygon parts of fewer than 3 points left out."""
         height, width = self.image_size(ann["image_id"])
         return segmentation_to_rle(ann["segmentation"], height, width)
+
+    def encode_masks(self, workers: int = 1) -> MaskTable:
+        """Every annotation's mask (in `annotations` order) as compressed RLE with its area and
+        tight box: what `rle` gives one by one, made in bulk over `workers` processes."""
+        size = {i: (image["height"], image["width"]) for i, image in self.images.items()}
+        sizes = np.array([size[a["image_id"]] for a in self.annotations], np.int64)
+        sizes = sizes.reshape(-1, 2)
+        return encode_segmentations(
+            [a["segmentation"] for a in self.annotations],
+            sizes,
+            self.polygons,
+            [a["id"] for a in self.annotations],
+            workers,
+        )
 
     def coco(self) -> COCO:
         """pycocotools' COCO index of the validated records: each annotation a copy with its
@@ -142,8 +160,14 @@ def read_instances(path: str | Path, *, collect: bool = False) -> Instances:
     return instances
 
 
-def validate_instances(data: Any, path: str | Path, *, collect: bool = False) -> Instances:
+def validate_instances(
+    data: Any, path: str | Path, *, collect: bool = False, encoded_here: bool = False
+) -> Instances:
     """Check every image, category and annotation of a COCO instances JSON.
+
+    `encoded_here`: the compressed RLE texts of the annotations were made by pycocotools'
+    encoder in this process (a converter's output), so they are not decoded again; every other
+    rule applies.
 
     Problems (raised, or listed with `collect`): a record that is not an object; ids that are not
     integers or repeat; an annotation of an unknown image or category; an image size that is not
@@ -153,7 +177,8 @@ def validate_instances(data: Any, path: str | Path, *, collect: bool = False) ->
     an RLE whose size is not its image's or whose runs do not cover exactly its pixels; an
     `area` or `bbox` that is not finite, negative or beyond the image; `iscrowd` other than 0/1.
     Quirks (tolerated, counted): boolean or missing `iscrowd`, polygon parts of fewer than 3
-    points, polygon vertices outside the image, file names with '\\' separators or './'.
+    points, polygon vertices outside the image, file names with '\\' separators or './'
+    (the validated image entries hold them as plain '/' paths, `plain_file_name`).
     """
     path = Path(path)
     require_coco_shape(data, path)
@@ -165,8 +190,10 @@ def validate_instances(data: Any, path: str | Path, *, collect: bool = False) ->
         for image in data["images"]
         if isinstance(image, dict) and is_int(image.get("id")) and image["id"] not in images
     }
-    annotations = _validate_annotations(data["annotations"], images, refused, categories, findings)
-    return Instances(path, data, images, categories, annotations, findings)
+    annotations, polygons = _validate_annotations(
+        data["annotations"], images, refused, categories, findings, encoded_here
+    )
+    return Instances(path, data, images, categories, annotations, findings, polygons)
 
 
 def _validate_categories(records: list, findings: Findings) -> dict[int, dict]:
@@ -205,8 +232,10 @@ def _validate_images(records: list, findings: Findings) -> dict[int, dict]:
         if reason:
             findings.problem(f"{where}: {reason}")
             continue
-        if "\\" in image["file_name"] or image["file_name"].startswith("./"):
-            findings.quirks["file names with '\\' separators or a leading './'"] += 1
+        plain = plain_file_name(image["file_name"])
+        if plain != image["file_name"]:
+            findings.quirks[PLAIN_NAMES] += 1
+            image = {**image, "file_name": plain}
         if "ignore" in image:
             reason = rle_fault(image["ignore"], height, width)
             if reason:
@@ -220,12 +249,23 @@ def _validate_images(records: list, findings: Findings) -> dict[int, dict]:
     return out
 
 
+def plain_file_name(name: str) -> str:
+    """A file name as every stage joins it to the image root: '/' separators, no leading './'.
+    Windows exports write 'sub\\a.jpg', which no POSIX path lookup finds."""
+    name = name.replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
 def file_name_fault(name: Any) -> str | None:
     """Why `name` cannot be a file name relative to an image root, or None if it can."""
     if not isinstance(name, str) or not name.strip():
         return "file_name is missing or empty"
     if "\x00" in name:
         return "file_name holds a NUL character"
+    if not name.startswith("/") and ".." not in name and "\\" not in name and ":" not in name:
+        return None  # a plain relative name (nearly all of them): no path parsing needed
     plain = name.replace("\\", "/")
     if PurePosixPath(plain).is_absolute() or PureWindowsPath(name).anchor:
         return f"file_name {name!r} is absolute; it must be relative to the image root"
@@ -240,10 +280,12 @@ def _validate_annotations(
     refused: set[int],
     categories: dict[int, dict],
     findings: Findings,
-) -> list[dict]:
+    encoded_here: bool = False,
+) -> tuple[list[dict], PolygonTable]:
     kept: dict[int, dict] = {}
     seen: set[int] = set()
     rles: list[tuple[int, Any, int, int]] = []
+    polygons: list[tuple[int, list, int, int]] = []
     for i, ann in enumerate(records):
         if not isinstance(ann, dict) or not is_int(ann.get("id")):
             findings.problem(f"annotations[{i}] has no integer id")
@@ -275,11 +317,14 @@ def _validate_annotations(
             continue
         if isinstance(ann["segmentation"], dict):
             rles.append((aid, ann["segmentation"], height, width))
+        else:
+            polygons.append((aid, ann["segmentation"], height, width))
         kept[aid] = ann
-    for aid, reason in _string_faults(rles):
+    polygon_faults, table = _polygon_faults(polygons, findings)
+    for aid, reason in [*polygon_faults, *([] if encoded_here else _string_faults(rles))]:
         findings.problem(f"annotation {aid}: {reason}")
         del kept[aid]
-    return list(kept.values())
+    return list(kept.values()), table
 
 
 def _annotation_fault(ann: dict, height: int, width: int, findings: Findings) -> str | None:
@@ -294,12 +339,10 @@ def _annotation_fault(ann: dict, height: int, width: int, findings: Findings) ->
     segmentation = ann.get("segmentation")
     if not segmentation:
         return "no segmentation"
-    if isinstance(segmentation, list):
-        reason = _polygons_fault(segmentation, height, width, findings)
-    else:
+    if not isinstance(segmentation, list):  # polygons are judged together (`_polygon_faults`)
         reason = rle_fault(segmentation, height, width)
-    if reason:
-        return reason
+        if reason:
+            return reason
     if "area" in ann:
         area = ann["area"]
         if not is_number(area) or area < 0:
@@ -309,6 +352,72 @@ def _annotation_fault(ann: dict, height: int, width: int, findings: Findings) ->
     if "bbox" in ann:
         return _bbox_fault(ann["bbox"], height, width)
     return None
+
+
+def _polygon_faults(
+    polygons: list[tuple[int, list, int, int]], findings: Findings
+) -> tuple[list[tuple[int, str]], PolygonTable]:
+    """(key, reason) of every polygon segmentation among (key, polygons, h, w) that is refused,
+    counting the quirks of the others, and the vertices of the others as a `PolygonTable`:
+    `_polygons_fault`'s rules, judged over all vertices of all annotations at once (a
+    COCO-sized file has 40 million). An annotation that the vectorised pass flags is judged
+    again, alone, by `_polygons_fault`, which says why."""
+    if not polygons:
+        return [], PolygonTable.empty()
+    segmentations = [p[1] for p in polygons]
+    parts = list(chain.from_iterable(segmentations))
+    owner = np.repeat(np.arange(len(polygons)), [len(s) for s in segmentations])
+    lengths = np.fromiter((len(p) if type(p) is list else -1 for p in parts), np.int64, len(parts))
+    suspect = np.zeros(len(polygons), bool)
+    suspect[owner[(lengths < 0) | (lengths % 2 == 1)]] = True
+    good = np.flatnonzero(~suspect[owner])
+    if not NUMBER_TYPES.issuperset(map(type, chain.from_iterable(parts[i] for i in good))):
+        for i in good.tolist():
+            if not NUMBER_TYPES.issuperset(map(type, parts[i])):
+                suspect[owner[i]] = True
+        good = np.flatnonzero(~suspect[owner])
+    sizes = np.array([(p[2], p[3]) for p in polygons], np.float64)
+    lengths, owner = lengths[good], owner[good]
+    xy = np.fromiter(chain.from_iterable(parts[i] for i in good), np.float64, int(lengths.sum()))
+    vertices = lengths // 2
+    filled = np.flatnonzero(vertices > 0)
+    outside = np.zeros(len(polygons), bool)
+    if len(filled):
+        starts = (np.cumsum(vertices) - vertices)[filled]
+        x, y = xy[0::2], xy[1::2]
+        nonfinite = np.add.reduceat(~np.isfinite(x) | ~np.isfinite(y), starts) > 0
+        x0, y0 = np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts)
+        x1, y1 = np.maximum.reduceat(x, starts), np.maximum.reduceat(y, starts)
+        height, width = sizes[owner[filled], 0], sizes[owner[filled], 1]
+        lo_x, lo_y = -POLYGON_MARGIN * width, -POLYGON_MARGIN * height
+        far = (x0 < lo_x) | (y0 < lo_y) | (x1 > width - lo_x) | (y1 > height - lo_y)
+        suspect[owner[filled[nonfinite | far]]] = True
+        outside[owner[filled[(x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height)]]] = True
+    short = int(((lengths < 6) & ~suspect[owner]).sum())
+    if short:
+        findings.quirks["polygon parts with fewer than 3 points (left out)"] += short
+    clipped = int((outside & ~suspect).sum())
+    if clipped:
+        findings.quirks["polygons reaching outside their image (clipped)"] += clipped
+    faults = []
+    for k in np.flatnonzero(suspect).tolist():
+        key, segmentation, height, width = polygons[k]
+        reason = _polygons_fault(segmentation, height, width, findings)
+        if reason:
+            faults.append((key, reason))
+    ends = np.cumsum(lengths)
+    passed = np.flatnonzero(~suspect)
+    part_count = np.bincount(owner, minlength=len(polygons))
+    table = PolygonTable(
+        keys=np.array([polygons[k][0] for k in passed.tolist()], np.int64),
+        first_part=(np.cumsum(part_count) - part_count)[passed],
+        parts=part_count[passed],
+        part_start=ends - lengths,
+        part_length=lengths,
+        xy=xy,
+        clipped=outside[passed],
+    )
+    return faults, table
 
 
 def _polygons_fault(polygons: list, height: int, width: int, findings: Findings) -> str | None:
@@ -365,5 +474,8 @@ def _bbox_fault(bbox: Any, height: int, width: int) -> str | None:
 
 
 def read_image_table(json_path: str | Path) -> dict[int, dict]:
-    """Image entries of a validated COCO JSON by id (file_name, height, width)."""
-    return read_instances(json_path).image_table()
+    """Image entries of a validated COCO JSON by id (file_name, height, width): from its check
+    record when it has one (`ifcn.data.store`, which builds on this module)."""
+    from ifcn.data.store import read_image_set
+
+    return read_image_set(json_path).images

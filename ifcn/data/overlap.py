@@ -12,22 +12,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ifcn.data.instances import Instances, read_instances
+from ifcn.data.store import ImageSet, read_image_set
 from ifcn.errors import IfcnError
 
 LISTED = 5
 
 
-def recorded_image_root(instances: Instances) -> Path | None:
+def recorded_image_root(json_path: str | Path, info: object) -> Path | None:
     """The image root a converted JSON records in info.image_root, relative to its folder."""
-    info = instances.data.get("info")
     if isinstance(info, dict) and isinstance(info.get("image_root"), str):
-        return (instances.path.parent / info["image_root"]).resolve()
+        return (Path(json_path).parent / info["image_root"]).resolve()
     return None
 
 
 def shared_images(
-    first: Instances, first_root: Path | None, second: Instances, second_root: Path | None
+    first: ImageSet, first_root: Path | None, second: ImageSet, second_root: Path | None
 ) -> list[int]:
     """Ids (in `second`) of the images that `second` shares with `first`, sorted."""
     names = {(i, image["file_name"]) for i, image in first.images.items()}
@@ -47,14 +46,25 @@ def require_disjoint(
     val_json: str | Path,
     train_images: str | Path | None = None,
     val_images: str | Path | None = None,
+    *,
+    train: ImageSet | None = None,
 ) -> int:
     """Raise an IfcnError naming `val_json` if it shares an image with `train_json`.
 
-    Image roots default to the JSONs' info.image_root. Returns the number of val images.
+    Image roots default to the JSONs' info.image_root. The image tables come from the JSONs'
+    check records when they have them (`read_image_set`), the training JSON's from `train` when
+    the caller has read it. Returns the number of val images.
     """
-    train, val = read_instances(train_json), read_instances(val_json)
-    train_root = Path(train_images) if train_images is not None else recorded_image_root(train)
-    val_root = Path(val_images) if val_images is not None else recorded_image_root(val)
+    train = train if train is not None else read_image_set(train_json)
+    val = read_image_set(val_json)
+    train_root = (
+        Path(train_images)
+        if train_images is not None
+        else recorded_image_root(train_json, train.info)
+    )
+    val_root = (
+        Path(val_images) if val_images is not None else recorded_image_root(val_json, val.info)
+    )
     shared = shared_images(train, train_root, val, val_root)
     if shared:
         listed = ", ".join(map(str, shared[:LISTED])) + (", ..." if len(shared) > LISTED else "")

@@ -21,7 +21,14 @@ import numpy as np
 import orjson
 
 from ifcn.data.jsonio import gc_paused, is_int, is_number, map_file, parse_json, read_bytes
-from ifcn.data.rle import all_well_formed, is_size, well_formed
+from ifcn.data.rle import (
+    RunStats,
+    all_well_formed,
+    is_size,
+    joined_run_stats,
+    rle_text_faults,
+    well_formed,
+)
 from ifcn.errors import IfcnError
 from ifcn.signals import worker_process
 
@@ -34,6 +41,7 @@ class Results:
     image_id: np.ndarray  # (R,) int64
     score: np.ndarray  # (R,) float64
     category_rank: np.ndarray  # (R,) int64: position among the sorted category ids; -1: none
+    masks: RunStats  # (R,) each: the masks' pixels, area and bounds (`ifcn.data.rle`)
     text: bytes | mmap.mmap  # the results' compressed RLE counts
     text_start: np.ndarray  # (R,) int64: result r's counts are text[start[r]:end[r]]
     text_end: np.ndarray  # (R,) int64
@@ -64,10 +72,10 @@ def read_results(
     """Read and check a COCO results JSON of segmentations against the images it scores.
 
     Every result needs an integer `image_id`, a finite number `score` and a `segmentation` that is
-    a compressed RLE (text counts of characters '0'..'o', the last one ending a number) whose size
-    is its image's in `sizes`; `category_id`, if given, must be an integer of `categories`
-    (COCOeval would drop others silently); it is kept as its rank among them, COCOeval's order
-    of tied scores.
+    a compressed RLE (text counts of characters '0'..'o', the last one ending a number, whose
+    runs add up to its size) whose size is its image's in `sizes`; `category_id`, if given, must
+    be an integer of `categories` (COCOeval would drop others silently); it is kept as its rank
+    among them, COCOeval's order of tied scores.
     Results of images `sizes` lacks pass (the caller decides). Checked column by column, so that
     half a million results take a fraction of a second; only when a check fails is the file
     walked result by result to name the first offender. With `workers` > 1 a large file is cut
@@ -98,8 +106,8 @@ def read_results(
 def _columns(
     data: list, sizes: Mapping[int, tuple[int, int]], categories: Collection[int]
 ) -> tuple | None:
-    """(image ids, scores, category ids, counts text, text offsets) of results that pass every
-    check of `read_results`, or None if one does not."""
+    """(image ids, scores, category ranks, mask stats, counts text, text offsets) of results
+    that pass every check of `read_results`, or None if one does not."""
     try:
         if set(map(type, data)) - {dict}:
             return None
@@ -136,12 +144,18 @@ def _columns(
         return None
     offset = np.zeros(len(texts) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)), out=offset[1:])
-    if not np.isfinite(score).all() or not all_well_formed(np.frombuffer(text, np.uint8), offset):
+    chars = np.frombuffer(text, np.uint8)
+    if not np.isfinite(score).all() or not all_well_formed(chars, offset):
+        return None
+    # the runs add up to the image (pycocotools' IoU loops forever on any other total)
+    pixels = np.fromiter((h * w for h, w in rle_sizes), np.int64, len(rle_sizes))
+    masks = joined_run_stats(chars, offset)
+    if (masks.covered != pixels).any():
         return None
     # a category's rank is its position among the sorted category ids (-1: no category_id)
     rank = {c: r for r, c in enumerate(sorted(categories))}
     ranks = np.fromiter(map(rank.get, category_ids, itertools.repeat(-1)), np.int64, len(data))
-    return np.asarray(image_ids, np.int64), score, ranks, text, offset
+    return np.asarray(image_ids, np.int64), score, ranks, masks, text, offset
 
 
 _PARTS: list[tuple[memoryview, int]] = []  # (part, where its counts text goes in _TEXT)
@@ -216,10 +230,12 @@ def _parse_in_parts(
             raw[comma], raw[opening] = ord(","), space
     if any(c is None for c in columns):
         return None
-    ids, scores, cats, offsets = zip(*columns, strict=True)
+    ids, scores, cats, masks, offsets = zip(*columns, strict=True)
+    masks = RunStats(*(np.concatenate(column) for column in zip(*masks, strict=True)))
     starts = np.concatenate([o[:-1] for o in offsets])
     ends = np.concatenate([o[1:] for o in offsets])
-    return np.concatenate(ids), np.concatenate(scores), np.concatenate(cats), text, starts, ends
+    return (np.concatenate(ids), np.concatenate(scores), np.concatenate(cats), masks, text,
+            starts, ends)  # fmt: skip
 
 
 def _first_fault(
@@ -254,4 +270,7 @@ def _first_fault(
         if image_id in sizes and size != list(sizes[image_id]):
             h, w = sizes[image_id]
             raise IfcnError(f"{where}: RLE size {size} but image {image_id} is {h}x{w}", path)
+        fault = rle_text_faults([text], np.array([size[0] * size[1]]))[0]
+        if fault is not None:
+            raise IfcnError(f"{where}: {fault} ({size[0]}x{size[1]})", path)
     raise AssertionError("read_results found a fault that _first_fault does not")

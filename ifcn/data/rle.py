@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -31,6 +31,7 @@ _MORE, _SIGN, _BITS = 0x20, 0x10, 0x1F
 MAX_PIXELS = 2**28
 MAX_RLE_CHARS = 6
 RLE_BATCH_CHARS = 1 << 15  # decoded at once: their arrays stay in cache and off fresh pages
+RUN_BATCH_CHARS = 1 << 20  # summed at once by `joined_run_stats`
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -58,6 +59,13 @@ def rle_area_bbox(rle: dict) -> tuple[int, list[float]]:
     area = int(mask_utils.area(rle))
     bbox = [float(v) for v in mask_utils.toBbox(rle)]
     return area, bbox
+
+
+def mask_areas(rles: Sequence[dict]) -> np.ndarray:
+    """pycocotools' areas (on pixels) of RLE objects, int64."""
+    # pycocotools 2.0.11 with NumPy 2 fails on 256 or more RLEs at once (a uint8 length)
+    parts = [mask_utils.area(list(rles[i : i + 255])) for i in range(0, len(rles), 255)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _ranks(counts: np.ndarray) -> np.ndarray:
@@ -152,59 +160,143 @@ def all_well_formed(chars: np.ndarray, offset: np.ndarray) -> bool:
     return not len(chars) or not ((chars[offset[1:] - 1] - np.uint8(_FIRST)) & _MORE).any()
 
 
-def run_totals(texts: Sequence[bytes], height: int, width: int) -> np.ndarray:
-    """Pixels covered by the runs of each compressed RLE text, or -1 where the text is not
-    well formed (empty, a character outside '0'..'o', the last count cut off). A mask of a
-    height × width image must cover exactly height × width.
-    """
-    n = len(texts)
-    out = np.full(n, -1, dtype=np.int64)
-    chars, start, stop, lengths = _joined(texts)
-    empty, outside, cut = _form_faults(chars, start, stop, lengths)
-    keep = np.flatnonzero(~(empty | outside | cut))
-    if not len(keep):
-        return out
-    # The same text with a zero run in front: its area counts the original's off runs. Its
-    # counts are 0, c0, c1, c2, ...: the text of c0 and c1, then c2 − c0 (the fourth count is
-    # written less the second), then the original's text from its fourth count on, unchanged.
-    ends = np.flatnonzero(chars - _FIRST < _MORE)  # the last character of every count
-    start, stop, lengths = start[keep], stop[keep], lengths[keep]
-    first = np.searchsorted(ends, start)
-    three = np.searchsorted(ends, stop) - first >= 3
-    at = [ends[np.minimum(first + i, len(ends) - 1)] + 1 for i in range(3)]  # count i ends
-    cut_at = np.where(three, at[1], stop)  # keep start..cut_at, replace cut_at..rest by c2 − c0
-    rest = np.where(three, at[2], stop)
-    x0 = _value(chars, start, at[0])
-    x2 = _value(chars, np.where(three, at[1], start), np.where(three, at[2], at[0]))
-    fourth, size = _characters(np.where(three, x2 - x0, 0))
-    fourth = fourth[np.repeat(three, size)]
-    size = np.where(three, size, 0)
-    dropped = rest - cut_at
-    kept = np.delete(chars, _ranks(dropped) + np.repeat(cut_at, dropped))
-    # positions in `kept`: each text starts (and its fourth count goes) earlier by what the
-    # texts before it lost
-    lost = np.cumsum(dropped) - dropped
-    where = np.concatenate([start - lost, np.repeat(cut_at - lost, size)])
-    # a text's fourth count goes before the next text's '0' at the same position
-    order = np.argsort(2 * where + np.repeat([1, 0], [len(start), len(fourth)]), kind="stable")
-    values = np.concatenate([np.full(len(start), _FIRST, np.uint8), fourth])
-    shifted = np.insert(kept, where[order], values[order])
-    begins = start - lost + np.arange(len(start)) + np.cumsum(size) - size
-    ends = begins + lengths + 1 - dropped + size
-    data = shifted.tobytes()
-    texts_off = [data[b:e] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
-    kept_texts = texts if len(keep) == n else [texts[i] for i in keep.tolist()]
-    out[keep] = _areas(kept_texts, height, width) + _areas(texts_off, height, width)
+class RunStats(NamedTuple):
+    """What the runs of compressed RLE texts say, per text (see `run_stats`)."""
+
+    covered: np.ndarray  # pixels the runs cover; -1: not a mask (not well formed, a count too
+    #                      long, a negative run)
+    area: np.ndarray  # on pixels
+    first_on: np.ndarray  # position (column-major) at or before the first on pixel
+    last_on: np.ndarray  # position at or after the last on pixel
+
+    def take(self, rows: np.ndarray | slice) -> RunStats:
+        return RunStats(*(column[rows] for column in self))
+
+
+def run_stats(texts: Sequence[bytes]) -> RunStats:
+    """`joined_run_stats` of texts (bytes); a text that is not well formed (empty, a character
+    outside '0'..'o', the last count cut off) covers -1 pixels."""
+    chars, start, _, lengths = _joined(texts)
+    empty, outside, cut = _form_faults(chars, start, start + lengths, lengths)
+    bad = empty | outside | cut
+    if not bad.any():
+        return joined_run_stats(chars, np.append(start, len(chars)))
+    out = RunStats(*(np.full(len(texts), -1, dtype=np.int64) for _ in range(4)))
+    keep = np.flatnonzero(~bad)
+    if len(keep):
+        chars, start, _, _ = _joined([texts[i] for i in keep.tolist()])
+        for column, values in zip(out, joined_run_stats(chars, np.append(start, len(chars))),
+                                  strict=True):  # fmt: skip
+            column[keep] = values
     return out
 
 
-def _areas(texts: list[bytes], height: int, width: int) -> np.ndarray:
-    """pycocotools' areas (on pixels) of compressed RLE texts, int64."""
-    size = [height, width]
-    rles = [{"size": size, "counts": text} for text in texts]
-    # pycocotools 2.0.11 with NumPy 2 fails on 256 or more RLEs at once (a uint8 length)
-    parts = [mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+def run_totals(texts: Sequence[bytes], height: int = 0, width: int = 0) -> np.ndarray:
+    """Pixels covered by the runs of each compressed RLE text, or -1 where the text is not well
+    formed (empty, a character outside '0'..'o', the last count cut off), holds a count longer
+    than MAX_RLE_CHARS characters or a negative run. A mask of a height × width image must
+    cover exactly height × width (the size is not needed to count)."""
+    return run_stats(texts).covered
+
+
+# the value of a count of one character, by character (0 for what is not one)
+_ONE_CHARACTER = np.array(
+    [
+        0 if c < _FIRST else ((c - _FIRST) & _BITS) - (((c - _FIRST) & _SIGN) << 1)
+        for c in range(256)
+    ],
+    dtype=np.int64,
+)
+
+
+def joined_run_stats(chars: np.ndarray, offset: np.ndarray) -> RunStats:
+    """`RunStats` of well-formed texts joined (uint8): text i is chars[offset[i]:offset[i+1]].
+
+    Decoded as pycocotools reads them (`rleFrString`): each count's value from its characters,
+    run m (m > 2) that value plus run m - 2. A text of a count longer than MAX_RLE_CHARS
+    characters or of a negative run covers -1 (pycocotools keeps runs as 32-bit unsigned ints:
+    a negative run is a huge one, and its IoU loops forever on runs that miss the image). The
+    area counts the odd runs; the first on pixel is at or after run 0, the last at or before
+    the end of the last odd run: bounds of the mask's columns, for nothing more than a scan.
+
+    Vectorised over all texts at once, in a few passes: almost every count is one character
+    (a table lookup), the few longer ones are decoded apart. Within a text the runs at odd
+    counts from the second and at even counts from the third are running sums, and counts of
+    one parity within a text have one parity in the whole array: each half of the array (even,
+    odd indices) is summed once, and each text's sums and smallest run come from segment sums
+    and minima of those running sums, less the sum before the text.
+    """
+    n = len(offset) - 1
+    if n <= 0:
+        return RunStats(*(np.zeros(max(n, 0), dtype=np.int64) for _ in range(4)))
+    parts, start = [], 0
+    while start < n:  # texts of about RUN_BATCH_CHARS characters at a time: a few MB of arrays
+        stop = int(np.searchsorted(offset, offset[start] + RUN_BATCH_CHARS, "right")) - 1
+        stop = min(max(stop, start + 1), n)
+        parts.append(_run_stats(chars[offset[start] : offset[stop]],
+                                offset[start : stop + 1] - offset[start]))  # fmt: skip
+        start = stop
+    if len(parts) == 1:
+        return parts[0]
+    return RunStats(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+
+def _run_stats(chars: np.ndarray, offset: np.ndarray) -> RunStats:
+    """`joined_run_stats` of one batch of texts (offset[0] == 0)."""
+    n = len(offset) - 1
+    final = chars < _FIRST + _MORE  # the last character of each count
+    finals = chars[final]
+    # the counts' values, in two halves (even and odd indices), each contiguous
+    halves = [np.take(_ONE_CHARACTER, finals[parity::2]) for parity in (0, 1)]
+    count = np.add.reduceat(final, offset[:-1], dtype=np.int64)  # counts per text (non-empty)
+    first = np.cumsum(count) - count
+    last = first + count
+    bad = np.zeros(n, dtype=bool)
+    more = np.flatnonzero(~final)  # characters that continue a count: few
+    if len(more):
+        number = more - np.arange(len(more))  # the count each belongs to
+        group = np.flatnonzero(np.diff(number, prepend=-1))
+        longer, begin = number[group], more[group]
+        size = np.diff(np.append(group, len(more))) + 1  # characters of each longer count
+        bad[np.searchsorted(first, longer[size > MAX_RLE_CHARS], side="right") - 1] = True
+        size = np.minimum(size, MAX_RLE_CHARS)
+        value = np.zeros(len(longer), dtype=np.int64)
+        for k in range(int(size.max())):
+            has = np.flatnonzero(size > k)
+            code = chars[begin[has] + k].astype(np.int64) - _FIRST
+            value[has] |= (code & _BITS) << (5 * k)
+        negative = (chars[begin + size - 1].astype(np.int64) - _FIRST) & _SIGN != 0
+        value[negative] -= np.int64(1) << (5 * size[negative])
+        for parity in (0, 1):
+            here = longer % 2 == parity
+            halves[parity][longer[here] // 2] = value[here]
+    heads = np.empty(n, dtype=np.int64)  # run 0 is its count
+    for parity in (0, 1):
+        here = first % 2 == parity
+        heads[here] = halves[parity][first[here] // 2]
+    covered, area, tail = heads.copy(), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    bad |= heads < 0
+    for parity in (0, 1):
+        half = halves[parity]
+        half[first[first % 2 == parity] // 2] = 0  # run 0 stands alone
+        sums = np.cumsum(half)
+        lo, hi = (first + 1 - parity) // 2, (last + 1 - parity) // 2  # the text's range here
+        some = np.flatnonzero(hi > lo)
+        if not len(some):
+            continue
+        lo, hi = lo[some], hi[some]
+        before = np.where(lo > 0, sums[np.maximum(lo - 1, 0)], 0)
+        total = np.add.reduceat(sums, lo) - (hi - lo) * before
+        covered[some] += total
+        bad[some] |= np.minimum.reduceat(sums, lo) < before
+        odd = (parity - first[some]) % 2 == 1  # this half holds the text's odd (on) runs
+        area[some[odd]] = total[odd]
+        # the last run, when it is an off run (an odd number of counts)
+        ends_here = ((last[some] - 1) % 2 == parity) & (count[some] % 2 == 1) & (count[some] > 1)
+        tail[some[ends_here]] = sums[hi[ends_here] - 1] - before[ends_here]
+    tail[count == 1] = heads[count == 1]
+    covered[bad] = -1
+    return RunStats(covered, area, heads, covered - tail - 1)
 
 
 def is_size(size: Any) -> bool:
@@ -225,7 +317,7 @@ def rle_fault(rle: Any, height: int, width: int) -> str | None:
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
         return None
-    if not isinstance(counts, list) or not all(map(is_int, counts)):
+    if not isinstance(counts, list) or not {int}.issuperset(map(type, counts)):  # `is_int`
         return "RLE counts are neither a string nor a list of integers"
     if counts and min(counts) < 0:
         return "RLE counts hold a negative run"

@@ -10,9 +10,11 @@ because ties in IoU go to the later GT. torch is never imported here: start-up t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import multiprocessing
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +24,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 import ifcn
-from ifcn import atomic
-from ifcn.atomic import atomic_path
+from ifcn.atomic import temporary_path, write_error
 from ifcn.data.jsonio import gc_paused
+from ifcn.data.rle import RunStats, mask_areas
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ground_truth import GroundTruth, load_ground_truth
 from ifcn.evaluation.readers import ProposalsH5, ResultsJson, open_proposals
@@ -68,8 +70,8 @@ class _Job:
             objects = self.gt.objects[image_id]
             gt_rles = self.gt.rles(image_id)
             offset = len(areas)
-            for (_, area, ann_id), rle in zip(objects, gt_rles, strict=True):
-                areas.append(float(mask_utils.area(rle)) if area is None else area)
+            for _, area, ann_id in objects:
+                areas.append(area)
                 counted.append(ann_id != 0)
             found = detections.get(image_id)
             if not gt_rles or found is None or not len(found.scores):
@@ -77,12 +79,14 @@ class _Job:
             size = [*self.gt.sizes[image_id]]
             if found.tie is None:  # proposals.h5: already best first
                 counts = found.counts[: self.max_dets[-1]]
+                masks = found.masks.take(slice(0, self.max_dets[-1]))
             else:  # COCOeval's order: by score, stably, over results grouped by category
                 order = np.lexsort((found.tie, -found.scores))[: self.max_dets[-1]]
                 counts = [found.counts[j] for j in order.tolist()]
+                masks = found.masks.take(order)
             dts = [{"size": size, "counts": c} for c in counts]
-            ious = np.asarray(mask_utils.iou(dts, gt_rles, np.zeros(len(gt_rles), np.uint8)))
-            parts.append(Pairs.from_ious(ious.reshape(len(dts), -1), len(parts), offset))
+            ious = mask_ious(dts, masks, gt_rles, size[0])
+            parts.append(Pairs.from_ious(ious, len(parts), offset))
         pairs = Pairs.concatenate(parts)
         gt_area, gt_counted = np.asarray(areas, np.float64), np.asarray(counted, bool)
         if self.matching == "coco":
@@ -90,6 +94,30 @@ class _Job:
                 pairs, gt_area, self.thresholds, self.area_ranges, self.max_dets, gt_counted
             )
         return best_hits(pairs, gt_area, self.thresholds, self.area_ranges, self.max_dets)
+
+
+def mask_ious(dts: list[dict], masks: RunStats, gts: list[dict], height: int) -> np.ndarray:
+    """(D, G) mask IoUs of detections and GTs, as pycocotools computes them, for every pair
+    that can reach MIN_IOU; 0 for the others, which never match.
+
+    An IoU I / (A_d + A_g - I) is at least 1/2 only if 3 I >= A_d + A_g, and the intersection I
+    is at most either area and the overlap of the GT's box with the detection's columns (from
+    its first to its last on pixel, which the readers' run check found): detections without
+    such a pair are left out of pycocotools' IoU, about half of its work. The bound holds in
+    integers, so no pair of IoU 1/2 or more is left out and the IoUs computed are the same
+    bits as over all pairs.
+    """
+    gt_area = mask_areas(gts)
+    x, _, w, h = mask_utils.toBbox(gts).astype(np.int64).T
+    first, last = masks.first_on // height, masks.last_on // height + 1  # columns [first, last)
+    columns = np.minimum(last[:, None], (x + w)[None]) - np.maximum(first[:, None], x[None])
+    reach = np.minimum(np.minimum(masks.area[:, None], gt_area[None]), columns.clip(0) * h[None])
+    rows = np.flatnonzero((3 * reach >= masks.area[:, None] + gt_area[None]).any(axis=1))
+    ious = np.zeros((len(dts), len(gts)))
+    if len(rows):
+        some = mask_utils.iou([dts[r] for r in rows.tolist()], gts, np.zeros(len(gts), np.uint8))
+        ious[rows] = np.asarray(some).reshape(len(rows), len(gts))
+    return ious
 
 
 _JOB: _Job | None = None
@@ -213,7 +241,7 @@ def evaluate(
     image_ids = sorted(gt.sizes)
     if first_n is not None:
         image_ids = image_ids[:first_n]
-    notes = []
+    notes = list(source.notes)
     unknown = sorted(source.image_ids - gt.sizes.keys())
     if unknown:
         listed = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
@@ -228,6 +256,19 @@ def evaluate(
             raise IfcnError(f"{message} (e.g. id {absent[0]}); pass --allow-missing", source.path)
         notes.append(f"warning: {message}: counted as images without proposals")
 
+    objects = sum(len(gt.objects[i]) for i in image_ids)
+    empty = sum(gt.empty[i] for i in image_ids)
+    if objects and empty == objects:
+        raise IfcnError(
+            f"every one of the {objects} ground-truth masks of the evaluated images is empty "
+            "(no pixel): no proposal can recall any; check the JSON with `ifcn data check`",
+            gt.path,
+        )
+    if empty:
+        notes.append(
+            f"warning: {empty} of the {objects} ground-truth masks are empty (no pixel): "
+            "counted as objects, as COCOeval counts them, though no proposal can recall them"
+        )
     uncounted = sum(ann_id == 0 for i in image_ids for _, _, ann_id in gt.objects[i])
     if matching == "coco" and uncounted:
         notes.append(
@@ -303,31 +344,74 @@ def _write_csv(result: Evaluation, path: Path) -> None:
             writer.writerow([f"{t:.2f}"] + [f"{v:.6f}" if v >= 0 else "" for v in row])
 
 
+def output_paths(out: Path) -> dict[str, Path]:
+    """What `ifcn evaluate --out out` writes: the recall curve named after `out`, beside it
+    (ar.json: ar.recall_iou.csv and ar.recall_iou.png), so that evaluations sharing a folder
+    keep their own curves; `out` itself (the figures) last."""
+    out = Path(out)
+    stem = out.stem if out.suffix else out.name
+    return {
+        "csv": out.with_name(f"{stem}.recall_iou.csv"),
+        "png": out.with_name(f"{stem}.recall_iou.png"),
+        "json": out,
+    }
+
+
 def write_outputs(
     result: Evaluation, out: Path, record: dict[str, Any], plotter: Plotter | None = None
 ) -> dict[str, Path]:
-    """ar.json at `out`, recall_iou.csv and recall_iou.png beside it; ar.json is written last.
-    The figure is drawn by `plotter` if given."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out.parent / "recall_iou.csv", "png": out.parent / "recall_iou.png"}
-    with atomic_path(paths["csv"]) as tmp:
-        _write_csv(result, tmp)
-    ar = result.ar
-    figure = (
-        CURVE_IOU_THRESHOLDS,
-        {n: result.curve[:, m] for m, n in enumerate(result.max_dets)},
-        {n: float(ar[0, m]) for m, n in enumerate(result.max_dets)},
-        f"Recall vs IoU ({result.matching} matching, {result.num_images} images)",
-        paths["png"],
-    )
-    if plotter is not None:
-        plotter.draw(plot_recall_iou, *figure)
-    else:
-        plot_recall_iou(*figure)
-    summary = result.summary()
-    summary.update(record)
-    summary["outputs"] = {"recall_iou_csv": paths["csv"].name, "recall_iou_png": paths["png"].name}
-    summary["ifcn_version"] = ifcn.__version__
-    atomic.write_text(out, json.dumps(summary, indent=2) + "\n")
-    paths["json"] = out
+    """ar.json at `out` and the recall curve beside it (`output_paths`), all or none: each is
+    written to a temporary file and they are renamed into place together at the end, ar.json
+    last; a failure on the way (a full disk) removes the temporaries and any of the set
+    already renamed. The figure is drawn by `plotter` if given."""
+    paths = output_paths(out)
+    temporaries: dict[str, Path] = {}
+    try:
+        for key, path in paths.items():
+            temporaries[key] = temporary_path(path)
+        try:
+            _write_csv(result, temporaries["csv"])
+        except OSError as exc:
+            raise write_error(exc, paths["csv"]) from None
+        ar = result.ar
+        figure = (
+            CURVE_IOU_THRESHOLDS,
+            {n: result.curve[:, m] for m, n in enumerate(result.max_dets)},
+            {n: float(ar[0, m]) for m, n in enumerate(result.max_dets)},
+            f"Recall vs IoU ({result.matching} matching, {result.num_images} images)",
+            temporaries["png"],
+        )
+        try:
+            if plotter is not None:
+                plotter.draw(plot_recall_iou, *figure)
+            else:
+                plot_recall_iou(*figure)
+        except IfcnError as exc:  # it names the temporary file: name the output instead
+            message = str(exc).replace(str(temporaries["png"]), str(paths["png"]))
+            raise IfcnError(message) from None
+        summary = result.summary()
+        summary.update(record)
+        summary["outputs"] = {"recall_iou_csv": paths["csv"].name,
+                              "recall_iou_png": paths["png"].name}  # fmt: skip
+        summary["ifcn_version"] = ifcn.__version__
+        try:
+            temporaries["json"].write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:
+            raise write_error(exc, paths["json"]) from None
+        _rename_together(temporaries, paths)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
     return paths
+
+
+def _rename_together(temporaries: dict[str, Path], paths: dict[str, Path]) -> None:
+    """Rename each temporary onto its path, in order; if one fails, remove the whole set."""
+    for key, path in paths.items():
+        try:
+            os.replace(temporaries[key], path)
+        except OSError as exc:
+            for done in paths.values():
+                with contextlib.suppress(OSError):
+                    done.unlink(missing_ok=True)
+            raise write_error(exc, path) from None

@@ -31,12 +31,13 @@ The file is the per-image table of `ifcn.proposals.table`:
 Windows are best first within each scale, scales in order. A window's box in original-image
 pixels is `windows.window_boxes(top, m, resize)`, computed on reading as inference computed it.
 A shard of an inference job is a contiguous chunk of the sorted image ids, so shards merge by
-concatenation (`ifcn merge`). Every image is checked on writing and on reading (`check`).
+concatenation (`ifcn merge`). Every image is checked on writing and on reading (`check`), its
+resize factors against those its size, `scales` and `max_size` give (`check_resize`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,9 @@ import numpy as np
 import torch
 
 from ifcn.assemble import assembling_index
+from ifcn.data.image import resized_shape
 from ifcn.errors import IfcnError
-from ifcn.proposals.table import Column, TableReader, TableWriter
+from ifcn.proposals.table import MAX_SIDE, Column, TableReader, TableWriter
 from ifcn.windows import window_boxes
 
 FORMAT = "ifcn-candidates"
@@ -192,6 +194,31 @@ def check(record: ImageCandidates, k: int, num_scales: int, side: int, path: Pat
             raise IfcnError(f"{where}: mask probabilities outside [0, 1]", path)
 
 
+def resize_factors(height: int, width: int, scales: Sequence[int], max_size: int) -> np.ndarray:
+    """(S,) the resize factors (resized / original) inference uses for a height × width image
+    at `scales` (shorter sides) with the longer side capped at `max_size` (0: none)."""
+    return np.array(
+        [resized_shape(height, width, int(s), int(max_size) or None)[2] for s in scales],
+        dtype=np.float64,
+    )
+
+
+def check_resize(record: ImageCandidates, scales: Sequence[int], max_size: int, path: Path) -> None:
+    """Raise an IfcnError unless the image's resize factors are those its size, the scales and
+    max_size give: every window box is computed from them, so a wrong factor moves and
+    scales every proposal of the image silently."""
+    expected = resize_factors(record.height, record.width, scales, max_size)
+    found = np.asarray(record.resize, dtype=np.float64).reshape(-1)
+    if found.shape != expected.shape or not np.allclose(found, expected, rtol=1e-9, atol=0):
+        raise IfcnError(
+            f"image {record.image_id}: resize factors {[round(v, 6) for v in found.tolist()]} "
+            f"are not those of a {record.height}x{record.width} image at scales "
+            f"{[int(s) for s in scales]}, max_size {int(max_size)}: "
+            f"{[round(v, 6) for v in expected.tolist()]}",
+            path,
+        )
+
+
 class CandidateWriter:
     """Streams images' candidates into candidates.h5; the file appears only on a clean close.
 
@@ -218,6 +245,8 @@ class CandidateWriter:
         self.k, self.m = int(attrs["k"]), int(attrs["m"])
         self.mask_size = self.attrs["mask_size"]
         self.num_scales = len(np.atleast_1d(attrs["scales"]))
+        self.scales = [int(s) for s in np.atleast_1d(attrs["scales"])]
+        self.max_size = int(self.attrs["max_size"] or 0)
         self._table = TableWriter(
             self.path, self.attrs, _columns(self.attrs), _image_columns(self.attrs)
         )
@@ -234,6 +263,7 @@ class CandidateWriter:
     def add(self, record: ImageCandidates) -> None:
         """Append one image's candidates (possibly none), checked first."""
         check(record, self.k, self.num_scales, self.mask_size, self.path)
+        check_resize(record, self.scales, self.max_size, self.path)
         sizes = np.asarray(record.map_sizes, dtype=np.int64).reshape(-1, 2)
         image = {
             "id": int(record.image_id),
@@ -282,6 +312,15 @@ class Candidates:
         if not all(isinstance(v, int) and 1 <= v <= 1024 for v in sizes) or sizes[1] < 2:
             self._table.close()
             raise IfcnError(f"candidates file has k, m, mask_size = {sizes}", self.path)
+        scales, max_size = self._attrs["scales"], self._attrs.get("max_size", 0)
+        scales = scales if isinstance(scales, list) else [scales]
+        if not all(isinstance(v, int) and 1 <= v <= MAX_SIDE for v in (*scales, max_size or 1)):
+            self._table.close()
+            raise IfcnError(
+                f"candidates file has scales {scales}, max_size {max_size}: not image sides",
+                self.path,
+            )
+        self.scales, self.max_size = scales, int(max_size or 0)
 
     def __enter__(self) -> Candidates:
         return self
@@ -353,6 +392,7 @@ class Candidates:
                 for part, (height, width) in zip(np.split(cells, bounds), sizes, strict=True)
             ]
         check(record, k, len(sizes), self.mask_size, self.path)
+        check_resize(record, self.scales, self.max_size, self.path)
         return record
 
     def get(self, image_id: int) -> ImageCandidates:

@@ -17,6 +17,8 @@ from ifcn.atomic import atomic_path, write_error
 from ifcn.errors import IfcnError
 from ifcn.proposals.format import Proposals
 
+MAX_CATEGORY_ID = 2**63 - 1
+
 
 def export_results(
     proposals_path: str | Path,
@@ -28,6 +30,11 @@ def export_results(
     out = Path(out)
     if top_n is not None and top_n < 1:
         raise IfcnError("--top-n must be positive")
+    if not 1 <= category_id <= MAX_CATEGORY_ID:
+        raise IfcnError(
+            f"--category-id {category_id}: a COCO category id is from 1 to {MAX_CATEGORY_ID} "
+            "(a 64-bit integer, as the GT's ids that evaluation matches it with)"
+        )
     count = 0
     with Proposals(proposals_path) as proposals, atomic_path(out) as tmp:
         try:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import ifcn
-from ifcn.data.rle import run_totals, well_formed
+from ifcn.data.rle import RunStats, rle_text_faults, run_stats
 from ifcn.errors import IfcnError
 from ifcn.proposals.table import Column, TableReader, TableWriter
 from ifcn.provenance import run_provenance
@@ -80,12 +80,9 @@ def check_image(
     scales: np.ndarray,
     num_scales: int,
     path: Path,
-    runs: bool = True,
-) -> None:
-    """Raise an IfcnError naming `path` and the image unless its proposals follow the format.
-
-    `runs=False` skips summing every mask's runs (see `Proposals`), checking only that each
-    text is well formed."""
+) -> RunStats:
+    """Raise an IfcnError naming `path` and the image unless its proposals follow the format;
+    return what summing the masks' runs found (`ifcn.data.rle.RunStats`)."""
     where = f"image {image_id}"
     if len(boxes) != len(scores) or len(rles) != len(scores) or len(scales) != len(scores):
         raise IfcnError(
@@ -94,7 +91,7 @@ def check_image(
             path,
         )
     if not len(scores):
-        return
+        return run_stats([])
     if not np.isfinite(scores).all():
         raise IfcnError(f"{where}: scores hold NaN or infinity", path)
     if (np.diff(scores) > 0).any():
@@ -116,28 +113,16 @@ def check_image(
             f"{where}: scale index outside 0..{num_scales - 1} (the scales attribute)", path
         )
     try:
-        formed = well_formed(rles)  # joins the texts: anything but bytes is a TypeError
+        stats = run_stats(rles)  # joins the texts: anything but bytes is a TypeError
     except TypeError:
         raise IfcnError(f"{where}: RLE counts must be bytes (COCO compressed RLE)", path) from None
-    if not runs:
-        broken = np.flatnonzero(~formed)
-        if len(broken):
-            raise IfcnError(
-                f"{where}: the mask of row {int(broken[0])} is not COCO compressed RLE text "
-                "(empty, a character outside '0'..'o', or its last count cut off)",
-                path,
-            )
-        return
-    covered = run_totals(rles, height, width)
-    wrong = np.flatnonzero(covered != height * width)
+    wrong = np.flatnonzero(stats.covered != height * width)
     if len(wrong):
-        row, total = int(wrong[0]), int(covered[wrong[0]])
-        problem = "is not COCO compressed RLE text" if total < 0 else f"covers {total} pixels"
-        raise IfcnError(
-            f"{where}: the mask of row {row} {problem}; the {width}x{height} image has "
-            f"{height * width}",
-            path,
-        )
+        row = int(wrong[0])
+        fault = rle_text_faults([rles[row]], np.array([height * width]))[0]
+        fault = fault or f"RLE runs cover {int(stats.covered[row])} pixels"  # (they agree)
+        raise IfcnError(f"{where}: the mask of row {row}: {fault} ({width}x{height})", path)
+    return stats
 
 
 class ProposalWriter:
@@ -234,15 +219,12 @@ class Proposals:
     whose scores are out of order is refused rather than cut at the wrong rows. Iterating reads
     in large sequential blocks.
 
-    Summing every mask's runs costs ~5 ms per 1,000 masks, more than the rest of reading.
-    `check_runs=False` skips that one check, for a reader that only hands the RLEs to
-    pycocotools' IoU (which reads runs missing at the end as background, and counts on pixels
-    beyond the image in the area, where the box check often catches them); any reader that
-    decodes masks must keep it, or uninitialised memory comes back as mask pixels.
+    Every mask's runs are summed as pycocotools reads them (`ifcn.data.rle.run_totals`), also
+    for a reader that only hands the RLEs to pycocotools' IoU: on runs that do not add up to
+    the image, its IoU loops forever and its decoding returns uninitialised memory.
     """
 
-    def __init__(self, path: str | Path, check_runs: bool = True):
-        self._check_runs = bool(check_runs)
+    def __init__(self, path: str | Path):
         self._table = TableReader(path, "proposals", FORMAT, (FORMAT_VERSION,), COLUMNS)
         self.path = self._table.path
         try:
@@ -290,6 +272,11 @@ class Proposals:
         """Root attributes as Python values; `config` parsed from its JSON."""
         return self._table.attrs
 
+    @property
+    def file_names(self) -> list[str]:
+        """Image file names in file order."""
+        return list(self._table.file_names)
+
     def size(self, image_id: int) -> tuple[int, int]:
         n = self._table.index(image_id)
         return int(self._table.heights[n]), int(self._table.widths[n])
@@ -301,7 +288,7 @@ class Proposals:
         """One image's proposals (the best `top_n`), checked."""
         n = self._table.index(image_id)
         lo, hi = int(self._offset[n]), int(self._offset[n + 1])
-        return self._record(n, self._table.read("proposals", lo, hi), lo, top_n)
+        return self._record(n, self._table.read("proposals", lo, hi), lo, top_n)[0]
 
     __getitem__ = get
 
@@ -319,21 +306,20 @@ class Proposals:
         return self.get(image_id, top_n).coco_rles()
 
     def masks(self, image_id: int, top_n: int | None = None) -> np.ndarray:
-        """Decoded binary masks, (n, height, width) uint8 (their runs checked in any case)."""
+        """Decoded binary masks, (n, height, width) uint8."""
         from pycocotools import mask as mask_utils
 
         record = self.get(image_id, top_n)
-        if not self._check_runs:
-            fields = (record.scores, record.boxes, record.rles, record.scales)
-            check_image(record.image_id, record.height, record.width, *fields,
-                        self._num_scales, self.path)  # fmt: skip
         rles = record.coco_rles()
         if not rles:
             return np.zeros((0, *self.size(image_id)), dtype=np.uint8)
         return np.moveaxis(mask_utils.decode(rles), 2, 0)
 
-    def _record(self, n: int, block: dict, base: int, top_n: int | None) -> ImageProposals:
-        """Image n's proposals from a block of rows starting at row `base`, checked."""
+    def _record(
+        self, n: int, block: dict, base: int, top_n: int | None
+    ) -> tuple[ImageProposals, RunStats]:
+        """Image n's proposals from a block of rows starting at row `base`, checked, and what
+        summing their masks' runs found."""
         lo, hi = int(self._offset[n]) - base, int(self._offset[n + 1]) - base
         record = ImageProposals(
             image_id=int(self._table.image_ids[n]),
@@ -345,24 +331,34 @@ class Proposals:
             rles=block["rle"][lo:hi],
             scales=block["scale"][lo:hi],
         )
-        check_image(record.image_id, record.height, record.width, record.scores, record.boxes,
-                    record.rles, record.scales, self._num_scales, self.path,
-                    self._check_runs)  # fmt: skip
+        masks = check_image(
+            record.image_id, record.height, record.width, record.scores, record.boxes,
+            record.rles, record.scales, self._num_scales, self.path,
+        )  # fmt: skip
         if top_n is not None:
             keep = max(int(top_n), 0)
             record.scores, record.boxes = record.scores[:keep], record.boxes[:keep]
             record.rles, record.scales = record.rles[:keep], record.scales[:keep]
-        return record
+            masks = masks.take(slice(0, keep))
+        return record, masks
 
     def iter_images(
         self, image_ids: Iterable[int] | None = None, top_n: int | None = None
     ) -> Iterator[ImageProposals]:
         """The given images (all by default) in file order, read in large sequential blocks."""
+        for record, _ in self.iter_checked(image_ids, top_n):
+            yield record
+
+    def iter_checked(
+        self, image_ids: Iterable[int] | None = None, top_n: int | None = None
+    ) -> Iterator[tuple[ImageProposals, RunStats]]:
+        """`iter_images`, each image with what summing its masks' runs found (their areas and
+        columns, which evaluation uses to leave pairs out of the IoUs)."""
         if image_ids is None:
             order = np.arange(len(self))
         else:
             order = np.sort([self._table.index(i) for i in image_ids]).astype(np.int64)
-        width = self._table.columns["proposals", "rle"].dtype.itemsize
+        width = self._table.row_bytes("proposals", "rle")
         block_rows = max(1, _BLOCK_BYTES // max(width, 1))
         start = 0
         while start < len(order):
@@ -390,27 +386,26 @@ class ProposalsPerProcess:
 
     DataLoader workers and evaluation's worker processes read the same file as the main
     process, and an h5py handle does not survive a fork: each process opens its own on first
-    use (a `Proposals` with `check_runs`).
+    use.
     """
 
-    def __init__(self, path: str | Path, check_runs: bool = True) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.check_runs = bool(check_runs)
         self._opened: tuple[int, Proposals] | None = None
 
     def _proposals(self) -> Proposals:
         if self._opened is None or self._opened[0] != os.getpid():
-            self._opened = (os.getpid(), Proposals(self.path, self.check_runs))
+            self._opened = (os.getpid(), Proposals(self.path))
         return self._opened[1]
 
     def get(self, image_id: int, top_n: int | None = None) -> ImageProposals:
         return self._proposals().get(image_id, top_n=top_n)
 
-    def iter_images(
+    def iter_checked(
         self, image_ids: Iterable[int], top_n: int | None = None
-    ) -> Iterator[ImageProposals]:
-        """`Proposals.iter_images`: the images in file order, read in large blocks."""
-        return self._proposals().iter_images(image_ids, top_n)
+    ) -> Iterator[tuple[ImageProposals, RunStats]]:
+        """`Proposals.iter_checked`: the images in file order, read in large blocks."""
+        return self._proposals().iter_checked(image_ids, top_n)
 
     def close(self) -> None:
         """Close this process's handle."""

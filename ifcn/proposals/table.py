@@ -13,12 +13,19 @@ offsets validated on open, one image's rows on demand, a text column's chunks in
 ISA-L as the writer deflated them, damage an IfcnError naming the file), and the coding of
 attributes. The formats declare their columns and check their values.
 It must not import torch (`ifcn evaluate` imports it and its start-up time counts).
+
+A file is input from anyone, so the reader trusts no size it declares: every dataset it reads
+is reached through hard links only (a soft link may loop, an external link would make ifcn
+open another file) and stored in the file itself (no external or virtual storage), and its
+declared size must fit what the file stores of it (`stored_dataset`) before anything is
+allocated for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +47,11 @@ _GZIP = 1  # level 1: most of the gain at a fraction of the default level's time
 _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: an image is a chunk or two, a full read is sequential
 _FLUSH_BYTES = 1 << 26  # rows buffered before they go to the file
 _THREADS = min(4, os.cpu_count() or 1)  # threads deflating a text column
+# Deflate codes at most 258 bytes in a 2-bit symbol: no stream of it inflates more than 1032
+# times its size, and HDF5's shuffle and fletcher32 filters do not shrink data. A dataset that
+# declares more than this many times what the file stores of it is refused before it is read.
+MAX_COMPRESSION = 1032
+_VLEN_ROW_BYTES = 256  # a guess at a variable-length text row's size in memory, for block reads
 
 
 @dataclass(frozen=True)
@@ -327,6 +339,85 @@ class TableWriter:
                 self._tmp.unlink(missing_ok=True)
 
 
+def _link_kind(link: object) -> str:
+    if isinstance(link, h5py.SoftLink):
+        return "a soft link"
+    if isinstance(link, h5py.ExternalLink):
+        return f"an external link to {link.filename}"
+    return "a user-defined link"
+
+
+def stored_dataset(file: h5py.File, name: str, path: Path, kind: str) -> h5py.Dataset:
+    """The dataset `name` of `file`, checked before anything of it is read: reached through
+    hard links only, its data stored in the file itself, and its declared size at most what
+    compression can make of the bytes the file stores of it (`MAX_COMPRESSION`; all of them
+    for data stored raw). A file that declares 3e9 rows and stores none is refused here rather
+    than allocating gigabytes; anything else wrong is an IfcnError naming the file."""
+    node: h5py.Group | h5py.Dataset = file
+    reached = ""
+    for part in name.split("/"):
+        reached += f"/{part}"
+        if not isinstance(node, h5py.Group):
+            raise IfcnError(f"damaged {kind} file: {reached} lies inside a dataset", path)
+        link = node.get(part, getlink=True)
+        if link is None:
+            raise IfcnError(f"damaged {kind} file: no {reached}", path)
+        if not isinstance(link, h5py.HardLink):
+            raise IfcnError(
+                f"{kind} file: {reached} is {_link_kind(link)}; ifcn reads only data stored "
+                "in the file itself",
+                path,
+            )
+        node = node[part]
+    if not isinstance(node, h5py.Dataset):
+        raise IfcnError(f"damaged {kind} file: {reached} is not a dataset", path)
+    if node.is_virtual or node.external:
+        raise IfcnError(
+            f"{kind} file: the data of {reached} lie in other files (external or virtual "
+            "storage); ifcn reads only data stored in the file itself",
+            path,
+        )
+    element = node.id.get_type().get_size()  # in the file: 8 for a variable-length row
+    declared = math.prod(node.shape) * element
+    stored = node.id.get_storage_size()
+    plist = node.id.get_create_plist()
+    if plist.get_layout() == h5py.h5d.COMPACT:  # in the object header, at most 64 KiB
+        return node
+    filtered = plist.get_layout() == h5py.h5d.CHUNKED and plist.get_nfilters() > 0
+    if declared > stored * (MAX_COMPRESSION if filtered else 1):
+        rows = node.shape[0] if node.shape else 1
+        raise IfcnError(
+            f"{kind} file: {reached} declares {rows} rows ({declared} bytes) but the file "
+            f"stores {stored} bytes of them, less than any compression allows: damaged or "
+            "forged",
+            path,
+        )
+    return node
+
+
+def is_text(dataset: h5py.Dataset) -> bool:
+    """Whether h5py reads the dataset's rows as bytes: any HDF5 string type, fixed or variable
+    length, ASCII or UTF-8."""
+    return dataset.dtype.kind == "S" or (
+        dataset.dtype.kind == "O" and h5py.check_string_dtype(dataset.dtype) is not None
+    )
+
+
+def describe_type(dataset: h5py.Dataset) -> str:
+    """The HDF5 type of a dataset's rows in a few words (for a refusal)."""
+    dtype = dataset.dtype
+    if dtype.kind == "O":
+        inner = h5py.check_vlen_dtype(dtype)
+        if inner is not None:
+            return f"variable-length sequences of {inner}"
+        if h5py.check_ref_dtype(dtype) is not None:
+            return "object references"
+        return "objects"
+    if dtype.kind == "V":
+        return "compound or opaque records"
+    return f"{dtype} numbers"
+
+
 class TableReader:
     """Reader of a table file: format and version checked and the image table validated on
     open (ids unique, sizes positive, offsets consistent with every column of their group),
@@ -381,19 +472,20 @@ class TableReader:
                 f"{self.kind} file lacks a sound attribute ({exc!r})", self.path
             ) from None
         self.groups = {name: dict(columns) for name, columns in groups.items()}
+        self.columns = {
+            (group, name): self._dataset(f"{group}/{name}")
+            for group, columns in self.groups.items()
+            for name in columns
+        }
         try:
-            images = self._file["images"]
-            ids = images["id"][:]
-            names = images["file_name"][:]
-            heights, widths = images["height"][:], images["width"][:]
-            self.offsets = {g: images[offset_name(self.groups, g)][:] for g in self.groups}
-            self.image_values = {name: images[name][:] for name in image_columns}
-            self.columns = {
-                (group, name): self._file[group][name]
-                for group, columns in self.groups.items()
-                for name in columns
+            ids = self._dataset("images/id")[:]
+            names = self._dataset("images/file_name")[:]
+            heights, widths = self._dataset("images/height")[:], self._dataset("images/width")[:]
+            self.offsets = {
+                g: self._dataset(f"images/{offset_name(self.groups, g)}")[:] for g in self.groups
             }
-        except (KeyError, OSError, ValueError) as exc:
+            self.image_values = {name: self._dataset(f"images/{name}")[:] for name in image_columns}
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
             raise IfcnError(f"damaged {self.kind} file: {exc}", self.path) from None
         num = len(ids)
         if any(a.dtype.kind not in "iu" or a.ndim != 1 for a in (ids, heights, widths)):
@@ -447,9 +539,18 @@ class TableReader:
         for (group, name), dataset in self.columns.items():
             column = self.groups[group][name]
             if column.text:
-                if dataset.dtype.kind != "S" or dataset.ndim != 1:
-                    raise IfcnError(f"damaged {self.kind} file: /{group}/{name} is not text",
-                                    self.path)  # fmt: skip
+                if not is_text(dataset):
+                    raise IfcnError(
+                        f"{self.kind} file: /{group}/{name} holds {describe_type(dataset)}, "
+                        "not text (an HDF5 string type, fixed or variable length)",
+                        self.path,
+                    )
+                if dataset.ndim != 1:
+                    raise IfcnError(
+                        f"damaged {self.kind} file: /{group}/{name} has shape "
+                        f"{dataset.shape}, not one text per row",
+                        self.path,
+                    )
             elif (
                 dataset.shape[1:] != column.shape
                 or dataset.dtype.kind != np.dtype(column.dtype).kind
@@ -459,6 +560,19 @@ class TableReader:
                     f"{dataset.shape[1:]} {dataset.dtype}",
                     self.path,
                 )
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        try:
+            return stored_dataset(self._file, name, self.path, self.kind)
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            raise IfcnError(f"damaged {self.kind} file: /{name}: {exc}", self.path) from None
+
+    def row_bytes(self, group: str, name: str) -> int:
+        """Bytes a row of a column takes in memory (a guess for variable-length text)."""
+        dataset = self.columns[group, name]
+        if dataset.dtype.kind == "O":
+            return _VLEN_ROW_BYTES
+        return dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=np.int64))
 
     def __enter__(self) -> TableReader:
         return self
@@ -500,14 +614,17 @@ class TableReader:
                     out[name] = read_text(dataset, lo, hi)
                 else:
                     out[name] = dataset[lo:hi]
-            except (OSError, ValueError, isal_zlib.error) as exc:
+            except (OSError, ValueError, RuntimeError, isal_zlib.error) as exc:
                 message = f"damaged {self.kind} file: cannot read /{group}/{name} rows {lo}:{hi}"
                 raise IfcnError(f"{message} ({exc})", self.path) from None
         return out
 
 
 def read_text(column: h5py.Dataset, lo: int, hi: int) -> list[bytes]:
-    """Rows lo:hi of a text column, as bytes without the NUL padding.
+    """Rows lo:hi of a text column, as bytes without the padding.
+
+    Any HDF5 string type h5py reads as bytes: fixed-length (NUL-padded, NUL-terminated or
+    space-padded: NumPy strips NULs, spaces are stripped here) or variable-length.
 
     A read that spans a whole chunk or more of a column as `TableWriter` writes it (gzip only)
     takes the chunks with `read_direct_chunk` and inflates them here with ISA-L, the inverse of
@@ -515,6 +632,10 @@ def read_text(column: h5py.Dataset, lo: int, hi: int) -> list[bytes]:
     filter pipeline and its copies. A smaller read, or any other layout, goes through h5py,
     whose chunk cache serves the neighbouring reads of one image after another.
     """
+    if column.dtype.kind != "S":
+        return column[lo:hi].tolist()  # variable-length: bytes as stored
+    if column.id.get_type().get_strpad() == h5py.h5t.STR_SPACEPAD:
+        return [text.rstrip(b" ") for text in column[lo:hi].tolist()]
     rows = column.chunks[0] if column.chunks is not None else 0
     direct = (
         hi - lo >= rows > 0

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ifcn import paper
+from ifcn.evaluation.ar import output_paths
 from ifcn.provenance import run_provenance
 from ifcn.reporting.summaries import (
     Picture,
@@ -122,7 +123,7 @@ def _ar_section(ar: dict, ar_path: Path, out_dir: Path) -> list[str]:
         "",
     ]
     lines += _frame_lines(ar_table(ar)) + [""]
-    plot = ar_path.with_name("recall_iou.png")
+    plot = output_paths(ar_path)["png"]
     if plot.exists():
         lines += ["Recall against IoU (as the paper's Fig. 6/7):", ""]
         lines += [_link(plot, out_dir, "recall vs IoU"), ""]

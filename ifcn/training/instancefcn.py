@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ifcn.criterion import build_criterion
 from ifcn.data.crops import build_train_dataset
 from ifcn.data.overlap import require_disjoint
+from ifcn.data.store import ImageSet, open_store
 from ifcn.errors import IfcnError
 from ifcn.model import build_model
 from ifcn.training import checkpoint, distributed, engine
@@ -34,6 +35,8 @@ from ifcn.training.run_folder import output_folder, start_run
 from ifcn.training.sampler import step_seed
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The run folder's record of a training JSON that no `data check` recorded (ifcn.data.store).
+ANNOTATIONS = "annotations"
 # train_log.csv: the terms of eq. (1), the windows they were taken on, and timings
 LOG = LogFormat(
     name="train_log.csv",
@@ -91,9 +94,10 @@ def _instance_losses(
     return criterion(outputs, target, generator)
 
 
-def require_unseen_val(data: dict) -> None:
+def require_unseen_val(data: dict, train: ImageSet | None = None) -> None:
     """Refuse to train on evaluation images (paper §4.1): the config's val JSON, when it exists,
-    must share no image with the training JSON unless ``data.allow_shared_images``."""
+    must share no image with the training JSON (its image set `train`, when read already) unless
+    ``data.allow_shared_images``."""
     val_json = data.get("val_json")
     if data.get("allow_shared_images") or not val_json or not Path(val_json).is_file():
         return
@@ -103,7 +107,9 @@ def require_unseen_val(data: dict) -> None:
             "set data.allow_shared_images: true if that is meant",
             val_json,
         )
-    require_disjoint(data["train_json"], val_json, data["train_images"], data["val_images"])
+    require_disjoint(
+        data["train_json"], val_json, data["train_images"], data["val_images"], train=train
+    )
 
 
 def run_training(
@@ -121,13 +127,17 @@ def run_training(
     info, device = distributed.init_distributed_mode(device_name)
     amp_dtype = _amp_dtype(amp, device)
 
-    dataset = build_train_dataset(config)
+    made = {}
+    annotations = out_dir / ANNOTATIONS
 
-    def check() -> None:
-        dataset.verify_images()
-        require_unseen_val(config["data"])
+    def prepare() -> None:
+        """The training JSON's checked annotations (its check record, a record of this run, or
+        the JSON validated now), its image files, no evaluation image among them."""
+        made["dataset"] = build_train_dataset(config, cache_dir=annotations)
+        made["dataset"].verify_images()
+        require_unseen_val(config["data"], made["dataset"].store.image_set())
 
-    distributed.run_on_main(check, device)
+    distributed.run_on_main(prepare, device)
 
     def check_resumable(state: dict, path: Path, auto: bool) -> None:
         checkpoint.check_compatible(state, config, path)
@@ -139,7 +149,13 @@ def run_training(
         out_dir, resume, info, device,
         kind=checkpoint.PROPOSAL_MODEL, check=check_resumable, iters=train_cfg["iters"],
         show_progress=show_progress,
-    ) as run:  # fmt: skip
+    ) as run, contextlib.ExitStack() as stack:  # fmt: skip
+        # a validation made now is recorded in the run folder, for the other ranks and resumes
+        record = distributed.run_on_main(lambda: str(made["dataset"].record(annotations)), device)
+        dataset = made.get("dataset") or build_train_dataset(
+            config, store=open_store(record, config["data"]["train_json"])
+        )
+        stack.callback(dataset.close)  # the record's mapping: nothing holds the run folder
         torch.manual_seed(train_cfg["seed"])
         model = build_model(config["model"]).to(device)
         criterion = build_criterion(config, model)

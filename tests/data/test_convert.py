@@ -25,6 +25,8 @@ from ifcn.data.formats import VOC_CLASSES, pennfudan
 from ifcn.data.jsonio import load_json
 from ifcn.data.rle import decode_rle, encode_mask
 from ifcn.errors import IfcnError
+from ifcn.evaluation.ar import evaluate
+from tests.configs import settings
 
 BORRAT = Path(__file__).parents[2].parent / "shared/data/borrat"
 H, W = 48, 64
@@ -472,7 +474,9 @@ def test_cli_writes_json_with_image_root_that_check_accepts(tmp_path, voc_coco, 
     printed = capsys.readouterr().out
     assert f"image root: {root / 'JPEGImages'}" in printed
     assert "3 images, 6 annotations, 20 categories" in printed
-    assert sorted(p.name for p in out.parent.iterdir()) == ["voc_val.json"]
+    assert f"recorded the check in {out}.checked.h5" in printed
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["voc_val.json", "voc_val.json.checked.h5"]
     assert cli.main(["data", "check", "--json", str(out), "--workers", "1"]) == 0
 
 
@@ -561,3 +565,55 @@ def test_borrat_with_boolean_iscrowd_is_accepted(tmp_path):
     assert f"{len(data['annotations'])} boolean iscrowd values written as 0/1" in conv.notes
     write_converted(conv, tmp_path / "out.json")
     assert len(load_json(tmp_path / "out.json")["images"]) == 320
+
+
+# --- official files keep their published fields (issue 23, item 24) ---------------------------
+
+
+def test_official_coco_keeps_its_published_area_and_bbox(tmp_path):
+    """A JSON in COCO's own layout is an official dataset: its area and bbox stay as published
+    (so AR by object size is COCOeval's on the official file); exports are repaired."""
+    src, images_dir = _coco_source(tmp_path)
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    data = json.loads(src.read_text())
+    data["images"][1]["file_name"] = "a.jpg"
+    data["annotations"][0]["area"] = 1100.0  # medium; the mask has 300 pixels: small
+    official = root / "annotations" / "instances_val.json"
+    official.write_text(json.dumps(data))
+    shutil.move(images_dir, root / "val")
+
+    kept = convert("coco", root, "val")
+    by_id = {a["id"]: a for a in kept.dataset["annotations"]}
+    assert (by_id[1]["area"], by_id[1]["bbox"]) == (1100.0, [0, 0, 1, 1])
+    assert kept.dataset["info"]["area_bbox"] == "published"
+    assert "1 published areas differ from the mask area by more than 1% (kept)" in kept.notes
+    assert "1 of them in another COCO size class than the mask's (kept)" in kept.notes
+    for repaired in (
+        convert("coco", None, json_path=official, images=root / "val"),
+        convert("coco", root, "val", area_bbox="mask"),
+    ):
+        first = next(a for a in repaired.dataset["annotations"] if a["id"] == 1)
+        assert (first["area"], first["bbox"]) == (300, [10.0, 10.0, 20.0, 15.0])
+        assert "1 areas recomputed from the mask (stored value off by more than 1%)" in (
+            repaired.notes
+        )
+
+    out = tmp_path / "val.json"
+    write_converted(kept, out)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.5,
+         "segmentation": a["segmentation"]}
+        for a in kept.dataset["annotations"] if not a["iscrowd"]
+    ]))  # fmt: skip
+    at = settings("evaluate")
+    published, converted = evaluate(official, results, at), evaluate(out, results, at)
+    assert published.num_gt == converted.num_gt and published.num_gt["medium"] == 1
+    np.testing.assert_array_equal(published.recall, converted.recall)
+
+
+def test_area_bbox_applies_to_coco_only(tmp_path, voc_coco):
+    root = render_voc(*voc_coco, tmp_path / "VOC2012")
+    with pytest.raises(IfcnError, match="--area-bbox applies to --format coco only"):
+        convert("voc", root, "val", area_bbox="published")

@@ -244,7 +244,7 @@ def test_works_on_a_synthetic_dataset(synth):
     assert len(ds) == 3 and ds.image_ids == [1, 2, 3]
     for index in range(len(ds)):
         sample = ds[(index, index)]
-        n = len(ds.coco.imgToAnns[sample["image_id"]])
+        n = len(ds.annotations(index)["rles"])
         assert sample["masks"].shape == (n, *sample["size"]) and min(sample["size"]) == 256
         assert sample["category_ids"].tolist() and not sample["iscrowd"].any()
         assert sample["file_name"] == f"train_{sample['image_id']:06d}.png"

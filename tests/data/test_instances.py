@@ -214,7 +214,7 @@ def test_tolerated_quirks_are_counted_not_refused():
     data["annotations"][1]["segmentation"] = [[15, 10, 35, 10, 25, 18], [1, 1, 2, 2]]
     quirks = validate_instances(data, "d.json").findings.quirks
     assert dict(quirks) == {
-        "file names with '\\' separators or a leading './'": 1,
+        "file names with '\\' separators or a leading './' (read as plain '/' paths)": 1,
         "iscrowd stored as a boolean": 1,
         "annotations without iscrowd (read as 0)": 1,
         "polygon parts with fewer than 3 points (left out)": 1,

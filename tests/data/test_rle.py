@@ -9,7 +9,14 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from ifcn.data import rle
-from ifcn.data.rle import encode_counts, encode_mask, rle_text_faults, run_totals, well_formed
+from ifcn.data.rle import (
+    encode_counts,
+    encode_mask,
+    rle_text_faults,
+    run_stats,
+    run_totals,
+    well_formed,
+)
 
 
 def _reference_counts(text: bytes) -> list[int] | None:
@@ -96,6 +103,46 @@ def test_run_totals_agree_with_a_plain_decoder_on_damaged_text():
         else:  # a negative run: pycocotools reads it as a huge one, never h·w in all
             assert total != h * w, text
     assert (totals != h * w).sum() >= 30  # most damage shows
+
+
+def test_run_totals_are_exact_sums_of_the_runs_and_refuse_negative_ones():
+    rng = np.random.default_rng(5)
+    texts, expected = [], []
+    for _ in range(400):  # random runs, a few negative, of 1 to 40 counts; and some long ones
+        counts = rng.integers(-3, 2000, int(rng.integers(1, 40))).tolist()
+        if rng.random() < 0.1:
+            counts[int(rng.integers(len(counts)))] = int(rng.integers(2**20, 2**28))
+        texts.append(encode_counts(np.array(counts), np.array([len(counts)]))[0])
+        runs = _reference_counts(texts[-1])
+        assert runs == counts
+        expected.append(sum(runs) if min(runs) >= 0 else -1)
+    assert run_totals(texts).tolist() == expected
+    assert 10 < expected.count(-1) < 390
+    # a negative run in runs that add up to the image: pycocotools reads it as 2**32 - 5
+    h, w = 30, 40
+    sneaky = encode_counts(np.array([10, -5, h * w - 5]), np.array([3]))[0]
+    assert run_totals([sneaky], h, w).tolist() == [-1]
+    assert rle_text_faults([sneaky], np.array([h * w])) == ["RLE counts hold a negative run"]
+    # one count, one count of several characters, a 7-character count
+    assert run_totals([b"P2", b"0P2", b"1", b"O``````0"]).tolist() == [64, 64, 1, -1]
+
+
+def test_run_stats_are_the_same_whatever_batch_the_texts_fall_in(monkeypatch):
+    rng = np.random.default_rng(2)
+    texts, masks = [], []
+    for k in range(80):
+        mask = rng.random((17, 23)) < (0.0 if k % 9 == 0 else 0.5)
+        masks.append(mask)
+        texts.append(encode_mask(mask)["counts"].encode())
+    whole = run_stats(texts)
+    on = [np.flatnonzero(m.T.reshape(-1)) for m in masks]  # column-major on pixels
+    assert whole.covered.tolist() == [17 * 23] * 80
+    assert whole.area.tolist() == [len(p) for p in on]
+    for p, first, last in zip(on, whole.first_on.tolist(), whole.last_on.tolist(), strict=True):
+        assert (first <= p.min() and last >= p.max()) if len(p) else last < first
+    for chars in (1, 40, 700):  # one text per batch, a few, most in one
+        monkeypatch.setattr(rle, "RUN_BATCH_CHARS", chars)
+        assert all((a == b).all() for a, b in zip(run_stats(texts), whole, strict=True))
 
 
 def test_run_totals_refuse_what_is_not_rle_text():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import subprocess
@@ -17,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ifcn import cli
+from ifcn.data.rle import encode_counts
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ar import evaluate
 from ifcn.evaluation.recall import COCO_IOU_THRESHOLDS
@@ -298,7 +300,7 @@ def test_first_n_keeps_the_first_image_ids_in_sorted_order(tmp_path):
     assert evaluate(paths["gt"], paths["json"], settings("evaluate"), first_n=2).num_images == 2
 
 
-def test_cli_writes_ar_json_csv_and_png_beside_out(tmp_path, capsys):
+def test_cli_writes_ar_json_and_the_curve_named_after_it(tmp_path, capsys):
     paths = square_case(tmp_path)
     out = tmp_path / "eval" / "ar.json"
     argv = [
@@ -318,20 +320,138 @@ def test_cli_writes_ar_json_csv_and_png_beside_out(tmp_path, capsys):
     assert report["options"]["matching"] == "coco" and report["num_images"] == 1
     assert set(report["inputs"]) == {str(paths["gt"]), str(paths["h5"])}
     assert all(len(digest) == 64 for digest in report["inputs"].values())
-    csv_lines = (out.parent / "recall_iou.csv").read_text().splitlines()
+    assert report["outputs"] == {"recall_iou_csv": "ar.recall_iou.csv",
+                                 "recall_iou_png": "ar.recall_iou.png"}  # fmt: skip
+    csv_lines = (out.parent / "ar.recall_iou.csv").read_text().splitlines()
     assert csv_lines[0] == "iou,recall@1,recall@4" and len(csv_lines) == 52
     assert csv_lines[1].startswith("0.50,") and csv_lines[-1].startswith("1.00,")
-    assert (out.parent / "recall_iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out.parent / "ar.recall_iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "ar.json",
-        "recall_iou.csv",
-        "recall_iou.png",
+        "ar.recall_iou.csv",
+        "ar.recall_iou.png",
     ]
     table = capsys.readouterr().out
     assert "AR@4" in table and "medium" in table and len(table.splitlines()) < 25
+    # a second evaluation in the folder keeps its own curve, and leaves the first's alone
+    first_csv = (out.parent / "ar.recall_iou.csv").read_text()
+    assert run_cli(paths, "json", out.parent / "ar_json", "--max-dets", "1") == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "ar.json",
+        "ar.recall_iou.csv",
+        "ar.recall_iou.png",
+        "ar_json",
+        "ar_json.recall_iou.csv",
+        "ar_json.recall_iou.png",
+    ]
+    assert (out.parent / "ar.recall_iou.csv").read_text() == first_csv
+    assert (out.parent / "ar_json.recall_iou.csv").read_text().startswith("iou,recall@1\n")
 
 
-def run_cli(paths: dict[str, Path], source: str, out: Path, *extra: str) -> int:
+def test_out_ending_in_a_slash_is_a_folder_and_refused(tmp_path, capsys):
+    paths = square_case(tmp_path)
+    out = tmp_path / "eval" / "ar.json"
+    assert run_cli(paths, "h5", f"{out}/") == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"ifcn evaluate: error: {out}/: ends in '/', which names a folder; give the "
+        "name of the file to write"
+    ), err
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("where", ["csv", "png", "json"])
+def test_a_failure_while_writing_leaves_all_outputs_or_none(tmp_path, capsys, monkeypatch, where):
+    import os
+
+    from ifcn.evaluation import ar as ar_module
+    from ifcn.reporting import plots
+
+    paths = square_case(tmp_path)
+    out = tmp_path / "eval" / "ar.json"
+    assert run_cli(paths, "h5", out, "--max-dets", "1") == 0  # an earlier evaluation's
+    earlier = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert len(earlier) == 3
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    replace = os.replace
+
+    def rename(source, target):  # the last rename of the set fails
+        if Path(target).name == "ar.json":
+            full()
+        replace(source, target)
+
+    if where == "csv":
+        monkeypatch.setattr(ar_module, "_write_csv", full)
+    elif where == "png":
+        monkeypatch.setattr(plots, "save_png", full)  # in the plotting process too (forked)
+    else:
+        monkeypatch.setattr(ar_module.os, "replace", rename)
+    assert run_cli(paths, "h5", out, "--workers", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err, err
+    left = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert left == (earlier if where != "json" else {}), sorted(left)  # never a mix
+
+
+def _ifcn(*args: object, limit: int | None = None, timeout: int = 300):
+    """`python -m ifcn` in a process of its own (optionally with RLIMIT_FSIZE `limit` bytes)."""
+    import os
+    import resource
+
+    def limits() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-m", "ifcn", *map(str, args)], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)}, cwd=root, timeout=timeout,
+        preexec_fn=limits,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root), unmounted afterwards."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_while_evaluate_writes_leaves_nothing(tmp_path, small_disk):
+    paths = square_case(tmp_path)
+    (small_disk / "filler").write_bytes(b"\0" * (40 << 10))  # room for the CSV, not the PNG
+    done = _ifcn("evaluate", "--gt", paths["gt"], "--proposals", paths["h5"], "--out",
+                 small_disk / "ar.json", "--workers", "1")  # fmt: skip
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(err) == 1 and "No space left" in err[0], done.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_file_size_limit_while_evaluate_writes_leaves_nothing(tmp_path):
+    paths = square_case(tmp_path)
+    out = tmp_path / "eval" / "ar.json"
+    done = _ifcn("evaluate", "--gt", paths["gt"], "--proposals", paths["h5"], "--out", out,
+                 "--workers", "1", limit=8 << 10)  # fmt: skip  # the CSV fits, the PNG does not
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(err) == 1 and "File too large" in err[0], done.stderr
+    assert str(out.parent / "ar.recall_iou.png") in err[0]
+    assert list(out.parent.iterdir()) == []
+
+
+def run_cli(paths: dict[str, Path], source: str, out: Path | str, *extra: str) -> int:
     argv = [
         "evaluate",
         "--gt",
@@ -532,3 +652,110 @@ def test_results_without_category_id_are_scored(tmp_path):
     got = evaluate(paths["gt"], paths["json"], settings("evaluate", max_dets=[10]))
     want = evaluate(paths["gt"], paths["h5"], settings("evaluate", max_dets=[10]))
     np.testing.assert_array_equal(got.recall, want.recall)
+
+
+# --- proposals of other images, masks whose runs miss the image (issue 23) ----------------------
+
+
+def test_proposals_of_other_images_with_the_same_ids_and_sizes_are_refused(tmp_path, capsys):
+    paths = square_case(tmp_path)
+    gt = json.loads(paths["gt"].read_text())
+    gt["images"][0]["file_name"] = "other.jpg"  # same id, same size: another photo
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(gt))
+    assert run_cli({**paths, "gt": other}, "h5", tmp_path / "ar.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ifcn evaluate: error: {paths['h5']}: image 1 is '1.png' here but 'other.jpg' in "
+        f"{other}: proposals of other images?"
+    ), err
+    assert not (tmp_path / "ar.json").exists()
+    # an equivalent JSON (other bytes, the same images) is fine, and says nothing
+    gt["images"][0]["file_name"] = "1.png"
+    other.write_text(json.dumps(gt, indent=1))
+    assert run_cli({**paths, "gt": other}, "h5", tmp_path / "ar.json") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_gt_changed_since_the_proposals_were_made_gets_a_note(tmp_path, capsys):
+    paths = square_case(tmp_path)
+    with h5py.File(paths["h5"], "r+") as f:  # what infer records: the GT file and its hash
+        f.attrs["dataset"] = str(paths["gt"])
+        f.attrs["dataset_sha256"] = hashlib.sha256(paths["gt"].read_bytes()).hexdigest()
+    assert run_cli(paths, "h5", tmp_path / "ar.json") == 0
+    assert capsys.readouterr().err == ""
+    gt = json.loads(paths["gt"].read_text())
+    gt["annotations"] = gt["annotations"][:2]  # an annotation dropped: the images agree
+    paths["gt"].write_text(json.dumps(gt))
+    assert run_cli(paths, "h5", tmp_path / "ar.json") == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"note: {paths['h5']} was made from {paths['gt']} when its SHA-256 was")
+    assert "its images agree by id, size and file name" in err and len(err.splitlines()) == 1
+
+
+def _rle_text(counts: list[int]) -> str:
+    """COCO compressed RLE text of any run lengths, negative ones included."""
+    return encode_counts(np.array(counts), np.array([len(counts)]))[0].decode()
+
+
+# runs of a 120x120 image over the medium GT (rows 0..40 of columns 60..100), a run missing;
+# and runs adding up to the image with a negative one (pycocotools reads it as 2**32 - 5)
+SHORT_RUNS = [60 * 120] + [40, 80] * 39 + [40]
+NEGATIVE_RUN = [60 * 120, -5, 45] + [80, 40] * 39 + [120 * 120 - 60 * 120 - 40 * 40 - 80 * 39]
+
+
+@pytest.mark.parametrize("source", ["json", "h5"])
+@pytest.mark.parametrize("counts", [SHORT_RUNS, NEGATIVE_RUN], ids=["short", "negative"])
+def test_a_mask_whose_runs_miss_the_image_is_refused_not_looped_on(tmp_path, source, counts):
+    paths = square_case(tmp_path)
+    text = _rle_text(counts)
+    if source == "json":
+        results = json.loads(paths["json"].read_text())
+        results[1]["segmentation"]["counts"] = text
+        paths["json"].write_text(json.dumps(results))
+    else:  # the writer refuses it: damage the file behind its back
+        with h5py.File(paths["h5"], "r+") as f:
+            rles = f["proposals/rle"][:].tolist()
+            rles[1] = text.encode()
+            del f["proposals/rle"]
+            f["proposals/rle"] = np.array(rles, dtype=f"S{max(map(len, rles))}")
+    out = tmp_path / "ar.json"
+    done = _ifcn("evaluate", "--gt", paths["gt"], "--proposals", paths[source], "--out", out,
+                 "--workers", "2", timeout=120)  # fmt: skip  # pycocotools' IoU never returned
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(err) == 1, done.stderr
+    where = "result 1: " if source == "json" else "image 1: the mask of row 1: "
+    assert f"{paths[source]}: {where}" in err[0], err
+    assert ("negative run" if counts is NEGATIVE_RUN else "pixels") in err[0], err
+    assert not out.exists()
+
+
+def test_mask_ious_leave_out_only_pairs_below_one_half():
+    from ifcn.data.rle import run_stats
+    from ifcn.evaluation.ar import mask_ious
+
+    rng = np.random.default_rng(4)
+    h, w = 60, 80
+    gts = [box_mask(h, w, *rng.integers(0, 40, 2), *rng.integers(40, 80, 2)) for _ in range(6)]
+    dts = []
+    for _ in range(400):  # GTs shifted, grown, shrunk, cut: many pairs near IoU 1/2
+        mask = gts[rng.integers(len(gts))].copy()
+        mask = np.roll(mask, rng.integers(-12, 13, 2), axis=(0, 1))
+        if rng.random() < 0.5:
+            mask[rng.integers(h) :, :] = 0
+        if rng.random() < 0.3:
+            mask |= box_mask(h, w, *rng.integers(0, 80, 4))
+        dts.append(mask)
+    dts.append(np.zeros((h, w), np.uint8))  # an empty mask
+    dt_rles = [{"size": [h, w], "counts": rle(m)["counts"].encode()} for m in dts]
+    gt_rles = [rle(m) for m in gts]
+    full = np.asarray(mask_utils.iou(dt_rles, gt_rles, np.zeros(len(gts), np.uint8)))
+    masks = run_stats([r["counts"] for r in dt_rles])
+    got = mask_ious(dt_rles, masks, gt_rles, h)
+    near = (full >= 0.4) & (full < 0.6)
+    left_out = (got == 0) & (full > 0)  # pairs pycocotools' IoU would have scanned
+    assert near.sum() > 50 and left_out.sum() > 50, (near.sum(), left_out.sum())
+    computed = got > 0
+    assert np.array_equal(got[computed], full[computed])  # the same bits
+    assert np.array_equal(got >= 0.5, full >= 0.5)  # and nothing that matters left out
+    assert np.array_equal(got[full >= 0.5], full[full >= 0.5])

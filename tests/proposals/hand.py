@@ -31,6 +31,9 @@ class HandCandidates:
         return len(self.objectness)
 
 
+SCALES = (30, 54)  # shorter sides: resize factors 0.5 and 0.9 of the default 60x70 image
+
+
 def score_map_candidates(
     image_id: int,
     count: int,
@@ -39,12 +42,14 @@ def score_map_candidates(
     width: int = 70,
     k: int = 3,
     m: int = 5,
-    resize: tuple[float, ...] = (0.5, 0.9),
+    scales: tuple[int, ...] = SCALES,
 ):
-    """An ImageCandidates of random score maps at every scale (feature map of the resized
-    image at stride 8) and `count` windows spread over the scales, best first per scale."""
-    from ifcn.proposals.candidates import ImageCandidates
+    """An ImageCandidates of random score maps at every scale (shorter side; feature map of
+    the resized image at stride 8) and `count` windows spread over the scales, best first per
+    scale."""
+    from ifcn.proposals.candidates import ImageCandidates, resize_factors
 
+    resize = resize_factors(height, width, scales, 0)
     rng = np.random.default_rng(seed * 1000 + image_id)
     sizes = np.array([[-(-round(height * f) // 8), -(-round(width * f) // 8)] for f in resize])
     maps = [(rng.normal(size=(k * k, *size)) * 3).astype(np.float16) for size in sizes]
@@ -73,7 +78,7 @@ def score_map_candidates(
 def candidate_attrs(shard: str = "0/1", **changes) -> dict:
     """Attributes of a small candidates file (k = 3, m = 5, two scales)."""
     return {"config": '{"model": {"k": 3}}', "checkpoint_sha256": "ab" * 32, "dataset": "val.json",
-            "scales": [100, 150], "max_size": 0, "k": 3, "m": 5, "head": "instancefcn",
+            "scales": list(SCALES), "max_size": 0, "k": 3, "m": 5, "head": "instancefcn",
             "pre_nms_topk": 10, "shard": shard, **changes}  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -9,7 +10,7 @@ from ifcn import cli
 from ifcn.errors import IfcnError
 from ifcn.proposals.candidates import Candidates, CandidateWriter, ImageCandidates
 from ifcn.proposals.merge import merge_candidates
-from ifcn.proposals.sharding import parse_shard
+from ifcn.proposals.sharding import parse_shard, parse_shards
 from tests.proposals.hand import candidate_attrs, score_map_candidates
 
 
@@ -47,7 +48,7 @@ def test_round_trip_keeps_every_column_and_attribute(tmp_path):
         for record in records:
             _same(read.get(record.image_id), record)
         attrs = read.attrs
-    assert attrs["config"] == {"model": {"k": 3}} and attrs["scales"] == [100, 150]
+    assert attrs["config"] == {"model": {"k": 3}} and attrs["scales"] == [30, 54]
     assert attrs["objectness"] == "logit" and attrs["format"] == "ifcn-candidates"
     assert attrs["storage"] == "score_maps" and attrs["format_version"] == 2
     assert not list(tmp_path.glob(".c.h5*"))
@@ -126,3 +127,36 @@ def test_parse_shard():
     for text in ("5/5", "-1/2", "1", "a/b", "0/0"):
         with pytest.raises(ValueError):
             parse_shard(text)
+
+
+def _contents(path) -> dict:
+    """Every dataset and attribute of an HDF5 file, as plain values."""
+    out = {}
+    with h5py.File(path) as f:
+        out["attrs"] = {key: np.asarray(value).tolist() for key, value in f.attrs.items()}
+        f.visititems(lambda name, node: out.__setitem__(name, node[()].tolist())
+                     if isinstance(node, h5py.Dataset) else None)  # fmt: skip
+    return out
+
+
+def test_a_partial_merge_merges_with_the_missing_shards_into_the_full_merge(tmp_path):
+    ids = [[1, 2], [3], [5, 6], [7], [9, 11]]  # shards of sorted ids: 0/5 .. 4/5
+    shards = [_write(tmp_path / f"s{i}.h5", [_record(j, j % 4) for j in chunk], f"{i}/5")
+              for i, chunk in enumerate(ids)]  # fmt: skip
+    full = tmp_path / "full.h5"
+    assert merge_candidates(shards, full) == 8
+    partial = tmp_path / "partial.h5"
+    assert merge_candidates([shards[3], shards[1]], partial, allow_partial=True) == 2
+    with Candidates(partial) as read:
+        assert read.attrs["shard"] == "1,3/5" and read.image_ids.tolist() == [3, 7]
+    again = tmp_path / "again.h5"
+    assert merge_candidates([shards[4], partial, shards[0], shards[2]], again) == 8
+    assert _contents(again) == _contents(full)
+    with Candidates(again) as read:
+        assert read.attrs["shard"] == "0/1" and read.image_ids.tolist() == [1, 2, 3, 5, 6, 7, 9, 11]
+    with pytest.raises(IfcnError, match="shard 3/5 is also given as"):
+        merge_candidates([partial, shards[3], shards[0]], tmp_path / "x.h5", allow_partial=True)
+    for text in ("1,1/5", "1,/5", "1,3", "1,7/5"):
+        with pytest.raises(ValueError):
+            parse_shards(text)
+    assert parse_shards("3,1/5") == ([1, 3], 5) and parse_shards("2/4") == ([2], 4)

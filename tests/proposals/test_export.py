@@ -130,3 +130,39 @@ def test_cli_export_and_failure_leaves_no_output(tmp_path, inputs, capsys):
     assert cli.main(["export", "--proposals", str(not_h5), "--out", str(bad)]) == 2
     assert "not.h5: not a readable proposals file" in capsys.readouterr().err
     assert not bad.exists() and sorted(p.name for p in out.parent.iterdir()) == ["results.json"]
+
+
+def test_out_ending_in_a_slash_and_a_category_id_beyond_64_bits_are_refused(
+    tmp_path, inputs, capsys
+):
+    _, h5_path, _ = inputs
+    out = tmp_path / "results.json"
+    code = cli.main(["export", "--proposals", str(h5_path), "--out", f"{out}/"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.endswith(f"{out}/: ends in '/', which names a folder; give the "
+                                      "name of the file to write"), err  # fmt: skip
+    for category in (2**70, 2**63, 0, -1):
+        code = cli.main(["export", "--proposals", str(h5_path), "--out", str(out),
+                         "--category-id", str(category)])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"--category-id {category}: a COCO category id is from 1 to {2**63 - 1}" in err
+    assert not out.exists() and not list(tmp_path.glob(".results.json*"))
+
+
+def test_the_largest_category_id_export_writes_is_one_evaluate_reads(tmp_path, inputs):
+    gt_path, h5_path, _ = inputs
+    largest = 2**63 - 1
+    gt = json.loads(gt_path.read_text())
+    gt["categories"] = [{"id": largest, "name": "thing"}]
+    for ann in gt["annotations"]:
+        ann["category_id"] = largest
+    gt_path.write_text(json.dumps(gt))
+    out = tmp_path / "results.json"
+    assert cli.main(["export", "--proposals", str(h5_path), "--out", str(out),
+                     "--category-id", str(largest)]) == 0  # fmt: skip
+    ar = tmp_path / "ar.json"
+    assert cli.main(["evaluate", "--gt", str(gt_path), "--proposals", str(out), "--out", str(ar),
+                     "--workers", "1"]) == 0  # fmt: skip
+    from_h5 = evaluate(gt_path, h5_path)
+    assert json.loads(ar.read_text())["AR@100"] == pytest.approx(from_h5.summary()["AR@100"])

@@ -231,3 +231,71 @@ def test_documented_plain_h5py_example_reads_a_written_file(
     np.testing.assert_array_equal(namespace["scores"], first.scores)
     expected = mask_utils.decode(first.coco_rles())
     np.testing.assert_array_equal(namespace["masks"], expected)
+
+
+def test_a_file_written_with_plain_h5py_as_the_docs_show_is_read(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    example = next(b for b in blocks if 'h5py.File("proposals.h5", "w")' in b)
+    rng = np.random.default_rng(3)
+    record = random_image(rng, 7, 6, h=480, w=640)
+    masks = mask_utils.decode(record.coco_rles())
+    monkeypatch.chdir(tmp_path)
+    namespace = {"masks": masks, "scores": record.scores}
+    exec(compile(example, str(DOC), "exec"), namespace)
+    with h5py.File(tmp_path / "proposals.h5") as f:  # what h5py makes of a list of bytes
+        assert h5py.check_string_dtype(f["proposals/rle"].dtype).length is None
+    with Proposals(tmp_path / "proposals.h5") as read:
+        got = read.get(7)
+        assert read.file_name(7) == "a.jpg" and read.size(7) == (480, 640)
+        assert got.rles == record.rles and all(type(r) is bytes for r in got.rles)
+        np.testing.assert_array_equal(got.scores, record.scores)
+        np.testing.assert_array_equal(read.masks(7), masks.transpose(2, 0, 1))
+        assert [len(image) for image in read] == [6]
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        h5py.string_dtype("utf-8"),  # variable length, UTF-8 (h5py's str)
+        h5py.string_dtype("ascii"),  # variable length, ASCII (h5py's bytes)
+        h5py.string_dtype("utf-8", 200),  # fixed length, UTF-8
+        "space-padded",  # fixed length, padded with spaces (Fortran's, MATLAB's)
+    ],
+    ids=["vlen-utf8", "vlen-ascii", "fixed-utf8", "fixed-space-padded"],
+)
+def test_rle_text_of_any_hdf5_string_type_is_read(tmp_path, written, records, dtype):
+    with h5py.File(written, "r+") as f:
+        rles = f["proposals/rle"][:].tolist()
+        del f["proposals/rle"]
+        if dtype == "space-padded":
+            tid = h5py.h5t.C_S1.copy()
+            tid.set_size(200)
+            tid.set_strpad(h5py.h5t.STR_SPACEPAD)
+            space = h5py.h5s.create_simple((len(rles),))
+            column = h5py.h5d.create(f["proposals"].id, b"rle", tid, space)
+            padded = np.array([r.ljust(200, b" ") for r in rles], dtype="S200")
+            column.write(h5py.h5s.ALL, h5py.h5s.ALL, padded)
+        else:
+            f.create_dataset("proposals/rle", data=rles, dtype=dtype)
+    with Proposals(written) as read:
+        for record in records:
+            assert_same(record, read.get(record.image_id))
+
+
+def test_an_rle_column_that_is_not_text_is_refused_naming_its_type(tmp_path, written):
+    with h5py.File(written) as f:
+        rows = len(f["proposals/rle"])
+    for dtype, kind in (
+        (np.int32, "int32 numbers"),
+        (h5py.vlen_dtype(np.uint8), "variable-length sequences of uint8"),
+    ):
+        with h5py.File(written, "r+") as f:
+            del f["proposals/rle"]
+            f.create_dataset("proposals/rle", (rows,), dtype=dtype)
+            f["proposals/rle"][:] = [np.frombuffer(b"PP", np.uint8)] * rows if kind[0] == "v" else 0
+        with pytest.raises(IfcnError) as info:
+            Proposals(written)
+        assert str(info.value) == (
+            f"{written}: proposals file: /proposals/rle holds {kind}, not text (an HDF5 "
+            "string type, fixed or variable length)"
+        )

@@ -132,7 +132,7 @@ def test_run_nms_with_workers_writes_the_same_file_as_one_process(tmp_path):
     run_nms(path, two, settings("nms", top_n=8), workers=2, show_progress=False)
     with Proposals(one) as a, Proposals(two) as b:
         assert a.image_ids.tolist() == b.image_ids.tolist() == [4, 2, 9]
-        assert a.attrs["nms_iou"] == 0.8 and a.attrs["scales"] == [100, 150]
+        assert a.attrs["nms_iou"] == 0.8 and a.attrs["scales"] == [30, 54]
         for image_id in (4, 2, 9):
             x, y = a.get(image_id), b.get(image_id)
             assert 0 < len(x) <= 8 and x.rles == y.rles

@@ -48,7 +48,7 @@ def run_dir(tmp_path) -> Path:
     run = tmp_path / "results" / "demo"
     (run / "val").mkdir(parents=True)
     (run / "val" / "ar.json").write_text(json.dumps(AR))
-    _png(run / "val" / "recall_iou.png")
+    _png(run / "val" / "ar.recall_iou.png")
     pd.DataFrame(
         {"variant": ["k=1", "k=5"], "AR@10": [0.111, 0.222], "AR@100": [0.3, 0.4],
          "AR@1000": [0.35, 0.45]}
@@ -107,7 +107,7 @@ def test_report_shows_the_runs_figures_and_the_paper_apart(run_dir):
     assert ours.index("## Provenance") > ours.index("## Pictures")
     links = _links(text)
     assert links == [
-        "val/recall_iou.png",
+        "val/ar.recall_iou.png",
         "ablation_k.png",
         "figures/proposals-1.png",
         "figures/score_maps-1.png",

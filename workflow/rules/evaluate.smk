@@ -9,9 +9,9 @@ rule evaluate:
         config=run_config_file,
     output:
         ar="{folder}/{split}/ar.json",
-        curve="{folder}/{split}/recall_iou.csv",
+        curve="{folder}/{split}/ar.recall_iou.csv",
         plot=report(
-            "{folder}/{split}/recall_iou.png",
+            "{folder}/{split}/ar.recall_iou.png",
             caption="../report/recall_iou.rst",
             category="Segment proposals",
             labels={"figure": "recall vs IoU", "run": "{folder}", "split": "{split}"},

@@ -39,7 +39,7 @@ rule report:
     input:
         config=run_config_file,
         ar=result("val/ar.json"),
-        plot=result("val/recall_iou.png"),
+        plot=result("val/ar.recall_iou.png"),
         segm_eval=result("val/segm_eval.json"),
         figures=result("figures/figures.json"),
         pictures=picture_files(),

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from ifcn.data.image import open_image
 from ifcn.errors import IfcnError
 from ifcn.progress import progress_bar
 from ifcn.signals import worker_process
+
+if TYPE_CHECKING:  # ifcn.data.masks uses map_images below
+    from ifcn.data.masks import MaskTable
 
 # PASCAL VOC's 20 classes; category id = index + 1, as in SegmentationClass and SBD.
 VOC_CLASSES = tuple(
@@ -40,6 +43,7 @@ class Converted:
     dataset: dict
     image_root: Path
     notes: list[str] = field(default_factory=list)
+    masks: MaskTable | None = None  # of dataset['annotations'], when the converter made it
 
 
 def voc_categories() -> list[dict]:
@@ -103,13 +107,20 @@ def name_image_ids(names: list[str]) -> list[int]:
 
 
 def map_images(
-    fn: Callable[[Any], Any], items: Iterable[Any], total: int, workers: int, desc: str
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    total: int,
+    workers: int,
+    desc: str,
+    unit: str = "img",
+    quiet: bool = False,
 ) -> list[Any]:
-    """`[fn(x) for x in items]` over `workers` processes, in order, with a progress bar."""
+    """`[fn(x) for x in items]` over `workers` processes, in order, with a progress bar (none
+    when `quiet`)."""
     if workers < 1:
         raise IfcnError(f"--workers must be at least 1, got {workers}")
     out: list[Any] = []
-    with progress_bar(total=total, desc=desc, unit="img", leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit=unit, leave=False, disable=quiet) as bar:
         if workers <= 1:
             for x in items:
                 out.append(fn(x))

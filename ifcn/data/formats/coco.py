@@ -2,41 +2,68 @@
 
 Official COCO passes through (crowd annotations kept with iscrowd=1, `first_n` keeps the first N
 sorted image ids, the paper's val2014 protocol). Exports from labelling tools (Roboflow, CVAT,
-labelme) bend COCO's conventions, so every file is normalised the same way: masks become
-compressed RLE, `area` and `bbox` are recomputed from the masks, boolean iscrowd becomes 0/1,
-unused categories are dropped, file names are made plain relative paths. Each change is counted
-in the notes. What cannot be repaired is refused by `validate_instances` before anything else
-(duplicate ids, dangling references, absolute file names, odd polygons, corrupt RLE, ...).
+labelme) bend COCO's conventions, so every file is normalised: masks become compressed RLE,
+boolean iscrowd becomes 0/1, unused categories are dropped, file names are made plain relative
+paths. `area` and `bbox` are recomputed from the masks for exports ("mask"); an official
+dataset keeps them as published ("published": COCOeval reads them so, and its AR by object
+size with them), the default for a JSON found in COCO's own layout
+(`ROOT/annotations/instances_SPLIT.json`). Each change is counted in the notes, and so are the
+published fields that differ from their masks. What cannot be repaired is refused by
+`validate_instances` before anything else (duplicate ids, dangling references, absolute file
+names, odd polygons, corrupt RLE, ...). The masks are rasterised in pycocotools' batches over
+`workers` processes.
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
-from numbers import Real
 from pathlib import Path
-from typing import Any
 
-from ifcn.data.formats import Converted, map_images
-from ifcn.data.instances import read_instances
-from ifcn.data.masks import polygons_outside, segmentation_to_rle, size_class
-from ifcn.data.rle import rle_area_bbox
+import numpy as np
+
+from ifcn.data.formats import Converted
+from ifcn.data.instances import PLAIN_NAMES, read_instances
+from ifcn.data.jsonio import gc_paused
+from ifcn.data.masks import (
+    LARGE_AREA,
+    SMALL_AREA,
+    MaskTable,
+    encode_segmentations,
+    stale_fields,
+    stored_fields,
+)
 from ifcn.errors import IfcnError
 
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd")
+AREA_BBOX = ("published", "mask")
 
 
+@gc_paused()
 def convert_coco(
-    json_path: Path, image_root: Path, first_n: int | None = None, workers: int = 1
+    json_path: Path,
+    image_root: Path,
+    first_n: int | None = None,
+    workers: int = 1,
+    area_bbox: str = "mask",
 ) -> Converted:
-    """Normalise a COCO instances JSON whose file names are relative to `image_root`."""
+    """Normalise a COCO instances JSON whose file names are relative to `image_root`;
+    `area_bbox` "published" keeps the stored area and bbox (see the module's docstring)."""
+    if area_bbox not in AREA_BBOX:
+        raise IfcnError(f"area_bbox must be one of {', '.join(AREA_BBOX)}, not {area_bbox!r}")
     json_path, image_root = Path(json_path), Path(image_root)
     instances = read_instances(json_path)
     data = instances.data
     notes: list[str] = []
     categories = _categories(instances.categories, json_path)
-    images = _images(instances.images, notes)
-    by_id = {im["id"]: im for im in images}
+    images = list(instances.images.values())
+    renamed = instances.findings.quirks[PLAIN_NAMES]
+    if renamed:
+        notes.append(f"{renamed} file names made plain relative paths ('\\' -> '/', './' dropped)")
+    dashed = sum(im["file_name"].startswith("-") for im in images)
+    if dashed:
+        notes.append(
+            f"{dashed} file names begin with '-': kept, always read joined to the image root"
+        )
     anns = _annotations(instances.annotations, notes)
 
     used = {a["category_id"] for a in anns}
@@ -47,22 +74,30 @@ def convert_coco(
     kept_categories = [c for c in categories.values() if c["id"] in used]
 
     if first_n is not None:
+        total = len(images)
         images = sorted(images, key=lambda im: im["id"])[:first_n]
         keep = {im["id"] for im in images}
         anns = [a for a in anns if a["image_id"] in keep]
-        notes.append(f"kept the first {len(images)} of {len(by_id)} images by sorted id")
+        notes.append(f"kept the first {len(images)} of {total} images by sorted id")
     _require_files(images, image_root, json_path)
-    anns = _encode_masks(images, anns, workers, notes)
+    sizes = {im["id"]: (im["height"], im["width"]) for im in images}
+    sizes = np.array([sizes[a["image_id"]] for a in anns], np.int64).reshape(-1, 2)
+    masks = encode_segmentations(
+        [a["segmentation"] for a in anns], sizes, instances.polygons, [a["id"] for a in anns],
+        workers,
+    )  # fmt: skip
+    anns, masks = _with_masks(anns, sizes, masks, area_bbox, notes)
 
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}
     info["source_format"] = "coco"
+    info["area_bbox"] = area_bbox
     dataset = {
         "info": info,
         "images": images,
         "annotations": anns,
         "categories": kept_categories,
     }
-    return Converted(dataset, image_root, notes)
+    return Converted(dataset, image_root, notes, masks)
 
 
 def _categories(records: dict[int, dict], path: Path) -> dict[int, dict]:
@@ -72,31 +107,6 @@ def _categories(records: dict[int, dict], path: Path) -> dict[int, dict]:
             raise IfcnError(f"category {i} needs a string 'name'", path)
         out[i] = {k: c[k] for k in ("id", "name", "supercategory") if k in c}
     return out
-
-
-def _images(records: dict[int, dict], notes: list[str]) -> list[dict]:
-    out = []
-    renamed = dashed = 0
-    for im in records.values():
-        name = plain_file_name(im["file_name"])
-        renamed += name != im["file_name"]
-        dashed += name.startswith("-")
-        out.append({**im, "file_name": name})
-    if renamed:
-        notes.append(f"{renamed} file names made plain relative paths ('\\' -> '/', './' dropped)")
-    if dashed:
-        notes.append(
-            f"{dashed} file names begin with '-': kept, always read joined to the image root"
-        )
-    return out
-
-
-def plain_file_name(name: str) -> str:
-    """A file name as a plain relative POSIX path: '/' separators, no leading './'."""
-    name = name.strip().replace("\\", "/")
-    while name.startswith("./"):
-        name = name[2:]
-    return name
 
 
 def _annotations(records: list[dict], notes: list[str]) -> list[dict]:
@@ -126,69 +136,65 @@ def _require_files(images: list[dict], root: Path, path: Path) -> None:
         )
 
 
-def _encode_image(item: tuple[int, int, list]) -> list[tuple]:
-    """Per (validated) segmentation of one image: (rle, area, bbox, clipped, dropped polygon
-    parts). Polygon parts of fewer than 3 points (COCO has a few) are dropped; with none left
-    the mask is empty."""
-    height, width, segmentations = item
-    out = []
-    for seg in segmentations:
-        dropped = sum(len(p) < 6 for p in seg) if isinstance(seg, list) else 0
-        rle = segmentation_to_rle(seg, height, width)
-        area, bbox = rle_area_bbox(rle)
-        out.append((rle, area, bbox, polygons_outside(seg, height, width), dropped))
-    return out
-
-
-def _encode_masks(
-    images: list[dict], anns: list[dict], workers: int, notes: list[str]
-) -> list[dict]:
-    by_image: dict[int, list[dict]] = defaultdict(list)
-    for a in anns:
-        by_image[a["image_id"]].append(a)
-    groups = [by_image[im["id"]] for im in images]
-    items = (
-        (im["height"], im["width"], [a["segmentation"] for a in g])
-        for im, g in zip(images, groups, strict=True)
+def _with_masks(
+    anns: list[dict], sizes: np.ndarray, masks: MaskTable, area_bbox: str, notes: list[str]
+) -> tuple[list[dict], MaskTable]:
+    """The annotations with their masks as compressed RLE, `area` and `bbox` from the mask or
+    as published (`area_bbox`), those with an empty mask dropped; the masks of those kept."""
+    kept = np.flatnonzero(masks.area > 0)
+    area_off, bbox_off = (flags[kept] for flags in stale_fields(anns, masks))
+    stored_area, stored_box = (values[kept] for values in stored_fields(anns))
+    mask_class = np.digitize(masks.area[kept], [SMALL_AREA, LARGE_AREA])
+    moved = area_off & ~np.isnan(stored_area)
+    size_changed = int(
+        (moved & (np.digitize(stored_area, [SMALL_AREA, LARGE_AREA]) != mask_class)).sum()
     )
-    results = map_images(_encode_image, items, len(images), workers, "masks")
-
+    area_changed, bbox_changed = int(area_off.sum()), int(bbox_off.sum())
+    missing = np.isnan(stored_area) | np.isnan(stored_box).any(1)
+    filled = int(missing.sum()) if area_bbox == "published" else 0
+    take_area = area_bbox == "mask" or None
+    texts, areas, boxes = masks.counts, masks.area.tolist(), masks.bbox.tolist()
+    polygons = 0
     out = []
-    polygons = area_changed = bbox_changed = size_changed = empty = clipped = parts = 0
-    for group, encoded in zip(groups, results, strict=True):
-        for a, res in zip(group, encoded, strict=True):
-            rle, area, bbox, outside, dropped = res
-            parts += dropped
-            if area == 0:
-                empty += 1
-                continue
-            polygons += isinstance(a["segmentation"], list)
-            clipped += outside
-            stored = a.get("area")
-            if not _close(stored, area, max(1.0, 0.01 * area)):
-                area_changed += 1
-                if isinstance(stored, Real) and size_class(stored) != size_class(area):
-                    size_changed += 1
-            old_box = a.get("bbox")
-            if not (
-                isinstance(old_box, list)
-                and len(old_box) == 4
-                and all(_close(o, n, 1.0) for o, n in zip(old_box, bbox, strict=True))
-            ):
-                bbox_changed += 1
-            out.append({**a, "segmentation": rle, "area": area, "bbox": bbox})
+    for k in kept.tolist():
+        a = anns[k]
+        polygons += isinstance(a["segmentation"], list)
+        height, width = sizes[k].tolist()
+        body = {**a, "segmentation": {"size": [height, width], "counts": texts[k].decode()}}
+        if take_area or "area" not in a:
+            body["area"] = areas[k]
+        if take_area or "bbox" not in a:
+            body["bbox"] = boxes[k]
+        out.append(body)
+    empty = len(anns) - len(kept)
+    parts = int(masks.dropped_parts.sum())
+    clipped = int(masks.clipped[kept].sum())
+    if area_bbox == "mask":
+        counts = [
+            (area_changed, "areas recomputed from the mask (stored value off by more than 1%)"),
+            (size_changed, "annotations changed COCO size class (small/medium/large) with it"),
+            (bbox_changed, "bboxes recomputed as the mask's tight box (off by more than 1 px)"),
+        ]
+    else:
+        counts = [
+            (area_changed, "published areas differ from the mask area by more than 1% (kept)"),
+            (size_changed, "of them in another COCO size class than the mask's (kept)"),
+            (bbox_changed, "published bboxes differ from the mask's tight box by more than "
+                           "1 px (kept)"),
+            (filled, "annotations without a published area or bbox given the mask's"),
+        ]  # fmt: skip
     counts = [
         (polygons, "polygon segmentations encoded as RLE"),
-        (area_changed, "areas recomputed from the mask (stored value off by more than 1%)"),
-        (size_changed, "annotations changed COCO size class (small/medium/large) with it"),
-        (bbox_changed, "bboxes recomputed as the mask's tight box (off by more than 1 px)"),
+        *counts,
         (clipped, "polygons reached outside their image and were clipped to it"),
         (parts, "polygon parts with fewer than 3 points dropped"),
         (empty, "annotations with an empty mask dropped"),
     ]
     notes.extend(f"{n} {what}" for n, what in counts if n)
-    return out
-
-
-def _close(value: Any, target: float, tol: float) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and abs(value - target) <= tol
+    return out, MaskTable(
+        counts=[texts[k] for k in kept.tolist()],
+        area=masks.area[kept],
+        bbox=masks.bbox[kept],
+        clipped=masks.clipped[kept],
+        dropped_parts=masks.dropped_parts[kept],
+    )
