@@ -39,6 +39,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("report",): "ifcn.report",
     ("ablation",): "ifcn.ablation",
     ("weights", "fetch"): "ifcn.weights",
+    ("weights", "list"): "ifcn.weights_list",
 }
 
 # command -> (one-line summary, example): `ifcn --help` lists the summaries, `ifcn <command>
@@ -122,6 +123,10 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
     ("weights", "fetch"): (
         "download a backbone's ImageNet weights",
         "ifcn weights fetch --backbone vgg16",
+    ),
+    ("weights", "list"): (
+        "where each backbone's ImageNet weights are found",
+        "ifcn weights list",
     ),
     ("report",): (
         "write a run's report.md: tables, curves, pictures",
