@@ -60,3 +60,4 @@ bench: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/postprocess.py --out results/bench/postprocess.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/inference.py --out results/bench/inference.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/train.py --out results/bench/train.json
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/backbones.py --out results/bench/backbones.json

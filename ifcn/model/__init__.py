@@ -138,18 +138,17 @@ def build_model(model_cfg: dict) -> InstanceFCN:
 
 
 def parameter_groups(model: InstanceFCN, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
-    """The optimiser's parameter groups: the new layers at ``lr`` first (the lr a log shows),
-    then the backbone's ImageNet layers at ``lr × backbone_lr_mult``; frozen parameters are
-    left out. A backbone's ``neck`` is new. One group when the multiplier is 1."""
-    neck = getattr(model.backbone, "neck", None)
-    new_in_backbone = {id(p) for p in neck.parameters()} if neck is not None else set()
-    pretrained_ids = {id(p) for p in model.backbone.parameters()} - new_in_backbone
+    """The optimiser's parameter groups: the new layers (the branches) at ``lr`` first, the lr
+    a log shows, then the backbone at ``lr × backbone_lr_mult``; frozen parameters are left
+    out. One group when the multiplier is 1."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if backbone_lr_mult == 1.0:
         return [{"params": trainable, "lr": lr}]
-    new = [p for p in trainable if id(p) not in pretrained_ids]
-    pretrained = [p for p in trainable if id(p) in pretrained_ids]
-    return [{"params": new, "lr": lr}, {"params": pretrained, "lr": lr * backbone_lr_mult}]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    return [
+        {"params": [p for p in trainable if id(p) not in backbone], "lr": lr},
+        {"params": [p for p in trainable if id(p) in backbone], "lr": lr * backbone_lr_mult},
+    ]
 
 
 def load_model(

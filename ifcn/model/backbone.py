@@ -346,11 +346,7 @@ def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = 
         raise IfcnError(f"pretrained weights for {name} are not a state dict", path)
     if name == "efficientnet_lite0":
         state = lite0_state_dict(state)
-    expected = {
-        key: value
-        for key, value in backbone.state_dict().items()
-        if not (name == "efficientnet_lite0" and key.startswith("neck."))
-    }
+    expected = backbone.state_dict()
     missing = [key for key in expected if key not in state]
     if missing:
         raise IfcnError(
@@ -364,7 +360,7 @@ def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = 
                 f"{tuple(state[key].shape)}, expected {tuple(value.shape)}",
                 path,
             )
-    backbone.load_state_dict({key: state[key] for key in expected}, strict=False)
+    backbone.load_state_dict({key: state[key] for key in expected})
     return path
 
 
@@ -395,5 +391,5 @@ def build_backbone(name: str, pretrained: bool = False, weights: str | None = No
     if pretrained:
         load_imagenet_weights(backbone, name, weights)
         if name == "efficientnet_lite0":
-            backbone.freeze()
+            backbone.freeze()  # random weights train everywhere
     return backbone

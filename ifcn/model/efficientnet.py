@@ -15,6 +15,9 @@ i is centred on input 2i + 1 (one more zero row after, read only by odd sizes, m
 stride-2 output ceil(n/2)). Three such convolutions put stride-8 cell y on pixel 8y + 7; the
 backbone reads the image moved 4 px down-right (zeros entering at the top and left), which
 centres cell y on pixel 8y + 3, half a pixel from the window geometry's 8y + 3.5 (tested).
+The stride-8 map is then cut to ceil(H/8) × ceil(W/8) cells, before any dilated stage: a
+cell past the image's last one would pull the wide footprints of the deep stages towards the
+bottom-right border (by 1.3-2.7 px on an 88-px image before the cut).
 The stride-16 and stride-32 stages run at stride 8 by the hole algorithm, as in the other
 backbones: the stride of their first depthwise convolution is removed and every later k×k
 filter is dilated by the stride it lost (2 in stages 4-5, 4 in stages 6-7). A stride removed
@@ -48,6 +51,7 @@ LITE0_STAGES = (
 STEM_CHANNELS, HEAD_CHANNELS, IMAGENET_CLASSES = 32, 1280, 1000
 # The image moves this far down-right before the stem: stride-8 cells on 8y + 3 (see above).
 IMAGE_SHIFT = 4
+_LAST_NATIVE_STAGE = 3  # the last stage at stride 8 by its own strides
 _BN_EPS = 1e-3  # TensorFlow's batch_norm_epsilon of the ImageNet training
 
 _norm = partial(FrozenBatchNorm2d, eps=_BN_EPS)
@@ -187,54 +191,46 @@ def lite0_state_dict(package_state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 class EfficientNetLite0Backbone(nn.Module):
-    """Lite0's stages at stride 8, the outputs of ``taps`` (stage numbers 3-7) feeding the heads.
+    """Lite0's stages at stride 8; the outputs of ``taps`` (stage numbers 3-7), concatenated,
+    feed the heads.
 
-    Stage 3 is the last at stride 8 of its own; stages 4-7 are dilated. The tapped outputs are
-    concatenated; with ``neck`` channels a 1×1 convolution, GroupNorm and ReLU (new layers)
-    merge them, else the heads read the concatenation. Stages after the last tap are not built.
+    The default, stage 3 (40 channels, the last at stride 8 by its own strides) with dilated
+    stage 5 (112 channels), is the design that won on real photos (docs/results.md): fine
+    detail and ImageNet context for 152 channels, at about a fifth of the cost of running the
+    stride-32 stages at stride 8. Stages after the last tap are not built. With ImageNet
+    weights, ``freeze`` stops training the stem and the first ``frozen_stages`` stages
+    (generic edges and colours, the costliest to back-propagate, as detection fine-tuning
+    freezes a ResNet's stem and first stage).
     """
 
     stride = STRIDE
 
-    def __init__(
-        self, taps: tuple[int, ...] = (3, 5), neck: int | None = None, frozen_stages: int = 0
-    ) -> None:
+    def __init__(self, taps: tuple[int, ...] = (3, 5), frozen_stages: int = 2) -> None:
         super().__init__()
-        self.frozen_stages = frozen_stages
-        if not taps or any(t not in range(3, 8) for t in taps):
+        if not taps or any(t not in range(_LAST_NATIVE_STAGE, len(LITE0_STAGES) + 1) for t in taps):
             raise ValueError(f"taps must be stage numbers 3-7, not {taps}")
         self.taps = tuple(sorted(set(taps)))
+        self.frozen_stages = frozen_stages
         net = EfficientNetLite0(dilated=True)
         self.stem = net.stem
         self.stages = net.stages[: self.taps[-1]]
-        width = sum(LITE0_STAGES[t - 1][-1] for t in self.taps)
-        if neck is None:
-            self.neck = None
-            self.out_channels = width
-        else:
-            self.neck = nn.Sequential(
-                nn.Conv2d(width, neck, 1, bias=False),
-                nn.GroupNorm(8, neck),
-                nn.ReLU(inplace=True),
-            )
-            nn.init.kaiming_normal_(self.neck[0].weight, mode="fan_out", nonlinearity="relu")
-            self.out_channels = neck
+        self.out_channels = sum(LITE0_STAGES[t - 1][-1] for t in self.taps)
 
     def freeze(self) -> None:
         """Stop training the stem and the first ``frozen_stages`` stages (ImageNet weights)."""
-        if self.frozen_stages:
-            self.stem.requires_grad_(False)
-            self.stages[: self.frozen_stages].requires_grad_(False)
+        self.stem.requires_grad_(False)
+        self.stages[: self.frozen_stages].requires_grad_(False)
 
     def forward(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] → [B, out_channels, ceil(H/8), ceil(W/8)]."""
         height, width = images.shape[-2:]
         left, right, top, bottom = _stride2_padding(3)
         x = self.stem(F.pad(images, (left + IMAGE_SHIFT, right, top + IMAGE_SHIFT, bottom)))
         outputs = []
         for number, stage in enumerate(self.stages, start=1):
             x = stage(x)
+            if number == _LAST_NATIVE_STAGE:  # stride 8: the cells of the window geometry
+                x = x[..., : -(-height // STRIDE), : -(-width // STRIDE)]
             if number in self.taps:
                 outputs.append(x)
-        x = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
-        x = x[..., : -(-height // STRIDE), : -(-width // STRIDE)]
-        return self.neck(x) if self.neck is not None else x
+        return torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]

