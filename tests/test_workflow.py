@@ -119,6 +119,7 @@ def _workdir(tmp_path: Path, config: dict | None = None, **sections) -> Path:
         ("config/coco.yaml", {"download", "convert_train", "convert_val"}),
         ("config/pennfudan.yaml", {"download", "convert_train", "convert_val"}),
         ("config/borrat.yaml", {"convert_train", "convert_val"}),
+        ("config/borrat-cpu.yaml", {"convert_train", "convert_val"}),
     ],
 )
 def test_dry_run_plans_the_whole_pipeline(tmp_path, configfile, first_rules):
