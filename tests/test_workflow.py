@@ -428,3 +428,17 @@ def test_reruns_succeed_for_a_normal_user(tiny_run, tmp_path):
     )  # fmt: skip
     assert "rule nms:" in forced.stdout + forced.stderr
     assert (work / "results/tiny/val/proposals.h5").stat().st_uid == 65534
+
+
+def test_a_corrupt_lite0_weights_file_fails_before_the_first_job(tmp_path):
+    """The preflight knows efficientnet_lite0: its file is checked, SHA-256 included."""
+    fake = tmp_path / "weights" / "efficientnet-lite0-57934424.pth"
+    fake.parent.mkdir()
+    fake.write_bytes(b"not the weights")
+    model = {"backbone": "efficientnet_lite0", "pretrained": True, "weights": str(fake)}
+    work = _workdir(tmp_path, model=model)
+    result = snakemake("--cores", "1", "--configfile", "run.yaml", cwd=work, check=False)
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats:" in message, message
+    assert f"{fake}: SHA-256" in message and "does not start with 57934424" in message
+    assert "Finished jobid" not in message and not (work / "resources").exists()

@@ -271,10 +271,18 @@ def check_sha256_prefix(path: Path) -> None:
 
 def find_pretrained_weights(name: str, weights: str | None) -> Path:
     """The ImageNet weights file of backbone ``name``: ``weights`` if given, else the hub cache
-    (for efficientnet_lite0: the file inside its installed package).
+    (for efficientnet_lite0: the file inside its installed package). A lite0 file's SHA-256 is
+    checked against the prefix in its name, so the workflow's preflight refuses a corrupt one.
 
     IfcnError naming the file to place where (and its URL) when there is none.
     """
+    path = _find_pretrained_weights(name, weights)
+    if name == "efficientnet_lite0":
+        check_sha256_prefix(path)
+    return path
+
+
+def _find_pretrained_weights(name: str, weights: str | None) -> Path:
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -330,14 +338,12 @@ def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = 
     """Copy an ImageNet state dict into ``backbone``; return the file read.
 
     torchvision's files for vgg16 and the ResNets; for efficientnet_lite0 the package's file
-    (EfficientNet-PyTorch's keys, mapped by ``lite0_state_dict``), whose SHA-256 is checked
-    against the prefix in its name first. Keys the backbone lacks (the classifier,
+    (EfficientNet-PyTorch's keys, mapped by ``lite0_state_dict``), its SHA-256 checked by
+    ``find_pretrained_weights``. Keys the backbone lacks (the classifier,
     ``num_batches_tracked``) are ignored; a key it needs that the file lacks, or a shape that
     differs, is an error naming the file.
     """
     path = find_pretrained_weights(name, weights)
-    if name == "efficientnet_lite0":
-        check_sha256_prefix(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
