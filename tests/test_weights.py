@@ -107,3 +107,10 @@ def test_list_shows_the_package_file_of_lite0_and_what_is_missing(hub, capsys):
     )
     assert str(hub / "vgg16-397923af.pth") in lines["vgg16"]
     assert "missing: `ifcn weights fetch --backbone vgg16`" in lines["vgg16"]
+
+
+def test_fetch_of_lite0_names_the_installed_file_and_downloads_nothing(hub, capsys):
+    assert cli_main(["weights", "fetch", "--backbone", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out
+    assert str(find_pretrained_weights("efficientnet_lite0", None)) in out
+    assert "nothing to fetch" in out and not hub.exists()
