@@ -5,7 +5,8 @@ them, in eval mode without gradients, on the threads torch is given. Rounds inte
 backbones (each is timed once per round, in turn), so load from elsewhere on a shared machine
 hits all of them alike; after one warm-up round each backbone's median over ``--rounds`` is
 reported, wall and process CPU time, and the ratios of their medians: ratios are only compared
-within one run.
+within one run. ``--threads`` sets torch's intra-op threads (default: torch's, all cores); on a
+busy machine one thread gives CPU times that two spinning threads would inflate.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbones", nargs="+", default=["tiny", "efficientnet_lite0", "vgg16"])
     parser.add_argument("--size", type=int, nargs=2, default=[600, 800], metavar=("H", "W"))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: all)")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     backbones = {name: build_backbone(name).eval() for name in args.backbones}
     image = torch.randn(1, 3, *args.size)
@@ -67,6 +71,13 @@ def main(args: argparse.Namespace) -> dict:
         for b in names
         if a != b
     }
+    result["cpu_ratios"] = {
+        f"{a}/{b}": result["backbones"][a]["forward_cpu_s"]
+        / result["backbones"][b]["forward_cpu_s"]
+        for a in names
+        for b in names
+        if a != b
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name in names:
@@ -76,7 +87,7 @@ def main(args: argparse.Namespace) -> dict:
             f"{entry['parameters'] / 1e6:.2f}M parameters, {entry['out_channels']} channels"
         )
     for pair, ratio in result["ratios"].items():
-        print(f"{pair}: {ratio:.2f}")
+        print(f"{pair}: {ratio:.2f} (CPU {result['cpu_ratios'][pair]:.2f})")
     return result
 
 
