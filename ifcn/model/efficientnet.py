@@ -105,8 +105,9 @@ def _stage(repeats: int, kernel: int, stride: int, expansion: int, cin: int, cou
 
 
 def _dilate_stage(stage: nn.Sequential, previous_dilation: int, dilation: int) -> None:
-    """The hole algorithm on a stride-2 stage: its first filter loses the stride and keeps the
-    dilation before it; every later filter sees cells ``dilation`` apart."""
+    """The hole algorithm on one stage: its first filter runs at stride 1 with the dilation of
+    the stage before (a stride-2 one loses its stride there); every later filter sees cells
+    ``dilation`` apart."""
     stage[0].dilate(previous_dilation)
     for block in stage[1:]:
         block.dilate(dilation)
