@@ -74,3 +74,4 @@ slurm-up:
 
 slurm-down:
 	@$(PYTHON) -m tests.slurm_cluster down $(SLURM_TEST_DIR)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/backbones.py --out results/bench/backbones.json

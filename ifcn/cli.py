@@ -45,6 +45,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("report",): "ifcn.commands.report",
     ("ablation",): "ifcn.commands.ablation",
     ("weights", "fetch"): "ifcn.commands.weights_fetch",
+    ("weights", "list"): "ifcn.commands.weights_list",
 }
 
 # command -> (one-line summary, example): `ifcn --help` lists the summaries, `ifcn <command>
@@ -137,6 +138,10 @@ HELP: dict[tuple[str, ...], tuple[str, str]] = {
     ("weights", "fetch"): (
         "download a backbone's ImageNet weights",
         "ifcn weights fetch --backbone vgg16",
+    ),
+    ("weights", "list"): (
+        "where each backbone's ImageNet weights are found",
+        "ifcn weights list",
     ),
     ("report",): (
         "write a run's report.md: tables, curves, pictures",

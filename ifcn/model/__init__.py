@@ -137,6 +137,20 @@ def build_model(model_cfg: dict) -> InstanceFCN:
     )
 
 
+def parameter_groups(model: InstanceFCN, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
+    """The optimiser's parameter groups: the new layers (the branches) at ``lr`` first, the lr
+    a log shows, then the backbone at ``lr × backbone_lr_mult``; frozen parameters are left
+    out. One group when the multiplier is 1."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if backbone_lr_mult == 1.0:
+        return [{"params": trainable, "lr": lr}]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    return [
+        {"params": [p for p in trainable if id(p) not in backbone], "lr": lr},
+        {"params": [p for p in trainable if id(p) in backbone], "lr": lr * backbone_lr_mult},
+    ]
+
+
 def load_model(
     config: dict, checkpoint_path: str | Path, device: torch.device | str
 ) -> InstanceFCN:

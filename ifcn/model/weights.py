@@ -4,33 +4,42 @@ The file is torchvision's (the URL its `Weights` enums carry), checked against t
 prefix in its name, and written atomically into torchvision's hub cache
 (`<torch hub dir>/checkpoints`), where `model.pretrained: true` finds it with no other setting;
 with `--out DIR` it lands in DIR instead, and `model.weights` must name it. Offline, the error
-names the URL and the file to place where by hand.
+names the URL and the file to place where by hand. EfficientNet-Lite0's weights are a file of
+an installed package: nothing to download, the command names the file.
 
 The command `ifcn weights fetch` is `ifcn.commands.weights_fetch`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import urllib.error
 from pathlib import Path
 
 import torch
 
 from ifcn.errors import IfcnError
-from ifcn.model.backbone import imagenet_weight_paths, imagenet_weight_urls
+from ifcn.model.backbone import (
+    BACKBONES,
+    find_pretrained_weights,
+    imagenet_weight_paths,
+    imagenet_weight_urls,
+    pretrained_weights_status,
+    sha256_mismatch,
+)
 
 
 def fetch_weights(backbone: str, out_dir: str | Path | None = None, progress: bool = True) -> Path:
     """The ImageNet weights file of ``backbone``, downloaded unless it is already there (with
-    the SHA-256 its name promises)."""
+    the SHA-256 its name promises; efficientnet_lite0's: the installed package's file, never
+    downloaded or copied)."""
+    if backbone == "efficientnet_lite0":
+        return find_pretrained_weights(backbone, None)
     url = imagenet_weight_urls(backbone)[0]
     folder = imagenet_weight_paths(backbone)[0].parent if out_dir is None else Path(out_dir)
     dest = folder / Path(url).name
     match = torch.hub.HASH_REGEX.search(dest.name)
     if dest.is_file():
-        if match:
-            _check_hash(dest, match.group(1))
+        _check_hash(dest)
         return dest
     where = "download it by hand and place it at this path"
     try:
@@ -48,20 +57,18 @@ def fetch_weights(backbone: str, out_dir: str | Path | None = None, progress: bo
     return dest
 
 
-def _check_hash(path: Path, prefix: str) -> None:
-    """A file already at the destination is kept only if its SHA-256 begins with the ``prefix``
-    its name promises; else IfcnError (it is the user's file: refused, not replaced)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        raise IfcnError(f"cannot read the weights ({exc.strerror or exc})", path) from None
-    found = digest.hexdigest()
-    if not found.startswith(prefix):
-        raise IfcnError(
-            f"already here, but its SHA-256 begins {found[: len(prefix)]}, not {prefix} as its "
-            "name promises (a damaged or different file): delete it and fetch again",
-            path,
-        )
+def _check_hash(path: Path) -> None:
+    """A file already at the destination is kept only if its SHA-256 begins as its name
+    promises; else IfcnError (it is the user's file: refused, not replaced)."""
+    why = sha256_mismatch(path)
+    if why is not None:
+        raise IfcnError(f"already here, but {why}: delete it and fetch again", path)
+
+
+def weights_table() -> list[tuple[str, str, str]]:
+    """(backbone, file or '-', note) for every backbone, in the order of BACKBONES."""
+    rows = []
+    for name in BACKBONES:
+        path, note = pretrained_weights_status(name)
+        rows.append((name, str(path) if path is not None else "-", note))
+    return rows

@@ -27,7 +27,7 @@ from ifcn.data.crops import build_train_dataset
 from ifcn.data.overlap import require_disjoint
 from ifcn.data.store import ImageSet, open_store
 from ifcn.errors import IfcnError
-from ifcn.model import build_model
+from ifcn.model import build_model, parameter_groups
 from ifcn.training import checkpoint, distributed, engine
 from ifcn.training.hooks import lr_scheduler
 from ifcn.training.log import LogFormat
@@ -160,7 +160,7 @@ def run_training(
         model = build_model(config["model"]).to(device)
         criterion = build_criterion(config, model)
         optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad],
+            parameter_groups(model, train_cfg["lr"], train_cfg["backbone_lr_mult"]),
             lr=train_cfg["lr"],
             momentum=train_cfg["momentum"],
             weight_decay=train_cfg["weight_decay"],

@@ -16,6 +16,7 @@ SIZES = {
     "vgg16": [(32, 32), (27, 19), (9, 17)],
     "resnet18": [(64, 64), (57, 43), (9, 17)],
     "resnet50": [(32, 32), (25, 17)],
+    "efficientnet_lite0": [(64, 64), (57, 43), (100, 33), (9, 17)],
 }
 CASES = [(name, size) for name, sizes in SIZES.items() for size in sizes]
 
@@ -40,6 +41,7 @@ def test_out_channels(backbones):
         "vgg16": 512,
         "resnet18": 512,
         "resnet50": 2048,
+        "efficientnet_lite0": 152,
     }
 
 
@@ -113,9 +115,12 @@ def _equal_taps(module: nn.Module) -> nn.Module:
     pixels from one draw to the next; with equal taps only padding, pooling and strides can.
     A max pool sends its gradient to each element of its window equally often on random
     input, so it reads as the mean of that window; GroupNorm's statistics span the image.
+    ReLU6 becomes ReLU: residual sums of equal taps grow past 6, where ReLU6 passes no gradient.
     """
     for name, child in module.named_children():
-        if isinstance(child, nn.MaxPool2d):
+        if isinstance(child, nn.ReLU6):
+            setattr(module, name, nn.ReLU())
+        elif isinstance(child, nn.MaxPool2d):
             pool = nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode)
             setattr(module, name, pool)
         elif isinstance(child, nn.GroupNorm):

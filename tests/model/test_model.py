@@ -3,7 +3,7 @@ import torch
 
 from ifcn.config import validate_config
 from ifcn.errors import IfcnError
-from ifcn.model import InstanceFCN, build_model, check_model_config
+from ifcn.model import InstanceFCN, build_model, check_model_config, parameter_groups
 from ifcn.model.backbone import TinyBackbone
 from ifcn.model.heads import DeepMaskHead, DeepMaskScoring, ObjectnessBranch
 from ifcn.windows import STRIDE
@@ -137,3 +137,17 @@ def test_gradients_reach_the_first_resnet18_conv():
     model = build_model({"backbone": "resnet18", "k": 3, "head_channels": 8})
     model(torch.randn(1, 3, 32, 32))["scores"].sum().backward()
     assert torch.count_nonzero(model.backbone.conv1.weight.grad) > 0
+
+
+def test_parameter_groups_put_the_backbone_at_its_lr_multiple_and_leave_frozen_out():
+    model = build_model({"head_channels": 8})
+    model.backbone.stem.requires_grad_(False)
+    (single,) = parameter_groups(model, 0.01)
+    assert single["lr"] == 0.01
+    assert len(single["params"]) == sum(p.requires_grad for p in model.parameters())
+    new, backbone = parameter_groups(model, 0.01, backbone_lr_mult=0.1)
+    assert (new["lr"], backbone["lr"]) == (0.01, pytest.approx(0.001))
+    trainable = [p for p in model.backbone.parameters() if p.requires_grad]
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in trainable}
+    heads = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
+    assert {id(p) for p in new["params"]} == {id(p) for p in heads}

