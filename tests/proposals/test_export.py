@@ -164,5 +164,5 @@ def test_the_largest_category_id_export_writes_is_one_evaluate_reads(tmp_path, i
     ar = tmp_path / "ar.json"
     assert cli.main(["evaluate", "--gt", str(gt_path), "--proposals", str(out), "--out", str(ar),
                      "--workers", "1"]) == 0  # fmt: skip
-    from_h5 = evaluate(gt_path, h5_path)
+    from_h5 = evaluate(gt_path, h5_path, settings("evaluate"))
     assert json.loads(ar.read_text())["AR@100"] == pytest.approx(from_h5.summary()["AR@100"])

@@ -59,10 +59,12 @@ def files(tmp_path):
     return gt, proposals
 
 
-def _limits() -> None:
-    """A regression must fail, not swap the machine to death or run for ever."""
-    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
-    resource.setrlimit(resource.RLIMIT_CPU, (300, 300))
+def _limit(pid: int) -> None:
+    """A regression must fail, not swap the machine to death or run for ever. Set once the
+    process runs, not in a preexec_fn: that forks the test process, whose pages then count in
+    the child's peak resident memory (a long pytest session's 800 MiB)."""
+    resource.prlimit(pid, resource.RLIMIT_AS, (8 << 30, 8 << 30))
+    resource.prlimit(pid, resource.RLIMIT_CPU, (300, 300))
 
 
 def _ifcn(tmp_path: Path, *args: object) -> tuple[int, str, int]:
@@ -73,8 +75,9 @@ def _ifcn(tmp_path: Path, *args: object) -> tuple[int, str, int]:
     with open(err, "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "ifcn", *map(str, args)], stdout=subprocess.DEVNULL,
-            stderr=stderr, env=env, cwd=ROOT, preexec_fn=_limits,
+            stderr=stderr, env=env, cwd=ROOT,
         )  # fmt: skip
+        _limit(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     return process.returncode, err.read_text(), usage.ru_maxrss // 1024
