@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 from scipy.ndimage import binary_dilation
 
 from ifcn import cli
+from ifcn.config import defaults
 from ifcn.data.convert import convert, write_converted
 from ifcn.data.formats import VOC_CLASSES, pennfudan
 from ifcn.data.jsonio import load_json
@@ -606,7 +607,8 @@ def test_official_coco_keeps_its_published_area_and_bbox(tmp_path):
          "segmentation": a["segmentation"]}
         for a in kept.dataset["annotations"] if not a["iscrowd"]
     ]))  # fmt: skip
-    published, converted = evaluate(official, results), evaluate(out, results)
+    setting = defaults("evaluate")
+    published, converted = evaluate(official, results, setting), evaluate(out, results, setting)
     assert published.num_gt == converted.num_gt and published.num_gt["medium"] == 1
     np.testing.assert_array_equal(published.recall, converted.recall)
 
