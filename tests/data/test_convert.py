@@ -27,8 +27,8 @@ from ifcn.data.rle import decode_rle, encode_mask
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ar import evaluate
 from tests.configs import settings
+from tests.data import BORRAT
 
-BORRAT = Path(__file__).parents[2].parent / "shared/data/borrat"
 H, W = 48, 64
 VOC_NAMES = ["2008_000001", "2008_000002", "2009_000010"]
 
@@ -532,15 +532,16 @@ def test_coco_with_missing_image_files_fails_cleanly(tmp_path, capsys):
 # --- a real labelling-tool export ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(not BORRAT.is_dir(), reason=f"real export not found at {BORRAT}")
 def test_borrat_export_is_normalised_and_then_passes_check(tmp_path, capsys):
     out = tmp_path / "borrat" / "valid.json"
     argv = ["data", "convert", "--format", "coco", "--root", str(BORRAT), "--split", "valid"]
     assert cli.main([*argv, "--out", str(out), "--workers", "1"]) == 0
     printed = capsys.readouterr().out
     assert "dropped 1 categories that no annotation uses: 0 'objects'" in printed
-    assert "80 areas recomputed from the mask" in printed
-    assert "80 file names begin with '-'" in printed
+    assert "4 areas recomputed from the mask" in printed  # every area the export stored
+    assert "4 file names begin with '-'" in printed
+    assert "1 polygon segmentations encoded as RLE" in printed
+    assert "1 bboxes recomputed as the mask's tight box" in printed
     d = load_json(out)
     assert d["categories"] == [{"id": 1, "name": "human", "supercategory": "objects"}]
     assert all(im["file_name"].startswith("-") for im in d["images"])
@@ -553,7 +554,6 @@ def test_borrat_export_is_normalised_and_then_passes_check(tmp_path, capsys):
     assert "check passed" in printed and "warning" not in printed
 
 
-@pytest.mark.skipif(not BORRAT.is_dir(), reason=f"real export not found at {BORRAT}")
 def test_borrat_with_boolean_iscrowd_is_accepted(tmp_path):
     data = json.loads((BORRAT / "train" / "_annotations.coco.json").read_text())
     for a in data["annotations"]:
@@ -564,7 +564,7 @@ def test_borrat_with_boolean_iscrowd_is_accepted(tmp_path):
     assert {type(a["iscrowd"]) for a in conv.dataset["annotations"]} == {int}
     assert f"{len(data['annotations'])} boolean iscrowd values written as 0/1" in conv.notes
     write_converted(conv, tmp_path / "out.json")
-    assert len(load_json(tmp_path / "out.json")["images"]) == 320
+    assert len(load_json(tmp_path / "out.json")["images"]) == 4
 
 
 # --- official files keep their published fields (issue 23, item 24) ---------------------------
