@@ -141,6 +141,7 @@ def test_deepmask_fc_scoring_trains_on_the_sampled_windows_what_inference_reads_
     images = torch.randn(1, 3, 96, 120)
     outputs = model.train()(images)
     assert "objectness" not in outputs
+    model.objectness_branch.eval()  # its dropout off, so the two readings compare
     losses = criterion(outputs, target, torch.Generator().manual_seed(2))
     assert losses["num_pos"] > 0 and losses["num_neg"] > 0
 
@@ -152,5 +153,30 @@ def test_deepmask_fc_scoring_trains_on_the_sampled_windows_what_inference_reads_
     expected = F.binary_cross_entropy_with_logits(dense, (labels[sampled] == POSITIVE).float())
     torch.testing.assert_close(losses["loss_objectness"], expected, rtol=1e-4, atol=1e-5)
     losses["loss_objectness"].backward()
+    for name, param in model.objectness_branch.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("m", [11, 21])
+def test_deepmask_ablation_trains_with_fc_scoring_at_any_m(m):
+    """Issue 25: model.m: 11 (not a multiple of 7) runs the ~DeepMask ablation like m = 21:
+    forward, both loss terms on sampled windows, gradients into the fc scoring branch."""
+    torch.manual_seed(m)
+    config = _config("deepmask", m=m, scoring="fc")
+    model = build_model(config["model"]).train()
+    criterion = build_criterion(config, model)
+    side = round(8 * m * 128 / 224)  # the canonical object of a window of m cells
+    height, width = 16 * m, 20 * m
+    masks = torch.zeros(1, height, width, dtype=torch.uint8)
+    masks[0, 8 * m : 8 * m + side, 8 * m : 8 * m + side] = 1
+    target = {
+        "masks": masks,
+        "boxes": torch.from_numpy(mask_boxes(masks.numpy())),
+        "iscrowd": torch.zeros(1, dtype=torch.bool),
+    }
+    losses = criterion(model(torch.randn(1, 3, height, width)), target)
+    assert losses["num_pos"] > 0 and losses["num_neg"] > 0
+    assert torch.isfinite(losses["loss"]) and losses["loss_objectness"] > 0
+    losses["loss"].backward()
     for name, param in model.objectness_branch.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
