@@ -68,6 +68,18 @@ def test_defaults_are_the_papers_settings(tmp_path):
     assert config["nms"]["iou"] == 0.8 and config["nms"]["top_n"] == 1000
 
 
+def test_coco_config_uses_deepmasks_scales_as_the_paper_says():
+    """§4.2: on COCO, "the same multiple scales used in [8]" (DeepMask: the image scaled by
+    2^{-2..1} in steps of 1/2) for training and testing; as shorter sides of a 640x480 image."""
+    config = load_config(ROOT / "config" / "coco.yaml")
+    deepmask = [round(480 * 2 ** (e / 2)) for e in range(-4, 3)]
+    assert deepmask == [120, 170, 240, 339, 480, 679, 960]
+    assert config["train"]["scales"] == deepmask
+    assert config["infer"]["scales"] == deepmask
+    voc = load_config(ROOT / "config" / "voc2012.yaml")
+    assert voc["infer"]["scales"] == [round(600 * 1.5**e) for e in range(-4, 2)]  # §3.3
+
+
 def _write(tmp_path, data):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
