@@ -42,7 +42,9 @@ def test_shipped_configs_validate(name):
     assert config["model"]["m"] >= 1 and config["train"]["iters"] >= 1
 
 
-def test_defaults_are_the_papers_settings(tmp_path):
+def test_defaults_are_the_papers_schedule_on_the_cpu_backbone(tmp_path):
+    """The schema's defaults: the paper's k, m, schedule, sampling, scales and N, on the `tiny`
+    backbone from random weights (the paper: ImageNet VGG-16, config/voc2012.yaml)."""
     path = tmp_path / "empty.yaml"
     path.write_text("{}\n")
     config = load_config(path)
