@@ -4,8 +4,13 @@ Kept apart from the model (DETR's habit): the criterion labels every window posi
 image with :mod:`ifcn.windows`, samples up to ``windows_per_image`` of them at up to
 ``positive_fraction`` positives, assembles the positives' instances with
 :func:`ifcn.assemble.assemble_sparse` and compares them with the ground truth cropped to the
-window. Each term is a mean (over sampled windows; over the positives' in-image pixels), so the
-two are on the same footing whatever the number of windows.
+window.
+
+Loss weighting: eq. (1) is a plain sum over the sampled windows i and their pixels j. By
+default (``train.loss_reduction: mean``, our choice, not the paper's) each term is instead a
+mean (objectness over the sampled windows; mask over the positives' in-image pixels) and the
+two are added 1:1, so they are on the same footing whatever the number of windows and pixels
+and the learning rate does not depend on them. ``sum`` is eq. (1) literally.
 
 The ~DeepMask baseline (paper Table 2) is trained by the same criterion with two changes: its
 positives' masks come from the model's fc mask head (``mask_head.forward_windows`` on the
@@ -34,15 +39,30 @@ from ifcn.windows import (
     top_left_of_cell,
 )
 
+REDUCTIONS = ("mean", "sum")
+
 
 class InstanceFCNCriterion(nn.Module):
     def __init__(
-        self, rule: LabelRule, windows_per_image: int = 256, positive_fraction: float = 0.5
+        self,
+        rule: LabelRule,
+        windows_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        reduction: str = "mean",
     ):
         super().__init__()
+        if reduction not in REDUCTIONS:
+            raise IfcnError(
+                f"unknown train.loss_reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}"
+            )
         self.rule = rule
         self.windows_per_image = windows_per_image
         self.positive_fraction = positive_fraction
+        self.reduction = reduction
+
+    def reduce(self, losses: Tensor) -> Tensor:
+        """Per-window or per-pixel losses → one term: their mean, or eq. (1)'s plain sum."""
+        return losses.mean() if self.reduction == "mean" else losses.sum()
 
     def forward(
         self, outputs: dict[str, Tensor], target: dict, generator: torch.Generator | None = None
@@ -64,7 +84,9 @@ class InstanceFCNCriterion(nn.Module):
         logits = self._objectness(outputs, tops, sampled)
         obj_targets = (labels[sampled] == POSITIVE).to(logits.dtype)
         if len(sampled):
-            loss_objectness = F.binary_cross_entropy_with_logits(logits, obj_targets)
+            loss_objectness = self.reduce(
+                F.binary_cross_entropy_with_logits(logits, obj_targets, reduction="none")
+            )
         else:
             loss_objectness = logits.sum() * 0.0
         loss_mask = self._mask_loss(outputs, target, tops[pos], matched[pos])
@@ -88,7 +110,7 @@ class InstanceFCNCriterion(nn.Module):
         masks = target["masks"].to(scores.device)
         gt, valid = mask_targets(masks, instance, tops, self.rule.m, self.rule.stride)
         per_pixel = F.binary_cross_entropy_with_logits(assembled, gt, reduction="none")
-        return per_pixel[valid].mean() if valid.any() else scores.sum() * 0.0
+        return self.reduce(per_pixel[valid]) if valid.any() else scores.sum() * 0.0
 
 
 class DeepMaskCriterion(InstanceFCNCriterion):
@@ -106,8 +128,9 @@ class DeepMaskCriterion(InstanceFCNCriterion):
         windows_per_image: int = 256,
         positive_fraction: float = 0.5,
         scoring: nn.Module | None = None,
+        reduction: str = "mean",
     ):
-        super().__init__(rule, windows_per_image, positive_fraction)
+        super().__init__(rule, windows_per_image, positive_fraction, reduction)
         # not registered as submodules: the model owns, saves and optimises them
         object.__setattr__(self, "mask_head", mask_head)
         object.__setattr__(self, "scoring", scoring)
@@ -136,7 +159,7 @@ class DeepMaskCriterion(InstanceFCNCriterion):
             masks, instance, tops, self.rule.m, self.rule.stride, size=head.mask_size
         )
         per_pixel = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
-        return per_pixel[valid].mean() if valid.any() else logits.sum() * 0.0
+        return self.reduce(per_pixel[valid]) if valid.any() else logits.sum() * 0.0
 
 
 def build_criterion(config: dict, model: nn.Module | None = None) -> InstanceFCNCriterion:
@@ -153,6 +176,13 @@ def build_criterion(config: dict, model: nn.Module | None = None) -> InstanceFCN
             )
         scoring = bare.objectness_branch if bare.sparse_objectness else None
         return DeepMaskCriterion(
-            rule, head, train["windows_per_image"], train["positive_fraction"], scoring
+            rule,
+            head,
+            train["windows_per_image"],
+            train["positive_fraction"],
+            scoring,
+            train["loss_reduction"],
         )
-    return InstanceFCNCriterion(rule, train["windows_per_image"], train["positive_fraction"])
+    return InstanceFCNCriterion(
+        rule, train["windows_per_image"], train["positive_fraction"], train["loss_reduction"]
+    )

@@ -42,7 +42,9 @@ def test_shipped_configs_validate(name):
     assert config["model"]["m"] >= 1 and config["train"]["iters"] >= 1
 
 
-def test_defaults_are_the_papers_settings(tmp_path):
+def test_defaults_are_the_papers_schedule_on_the_cpu_backbone(tmp_path):
+    """The schema's defaults: the paper's k, m, schedule, sampling, scales and N, on the `tiny`
+    backbone from random weights (the paper: ImageNet VGG-16, config/voc2012.yaml)."""
     path = tmp_path / "empty.yaml"
     path.write_text("{}\n")
     config = load_config(path)
@@ -66,6 +68,18 @@ def test_defaults_are_the_papers_settings(tmp_path):
     assert train["weight_decay"] == 5e-4 and train["windows_per_image"] == 256
     assert train["scales"] == [round(600 * 1.5**e) for e in range(-4, 2)]
     assert config["nms"]["iou"] == 0.8 and config["nms"]["top_n"] == 1000
+
+
+def test_coco_config_uses_deepmasks_scales_as_the_paper_says():
+    """§4.2: on COCO, "the same multiple scales used in [8]" (DeepMask: the image scaled by
+    2^{-2..1} in steps of 1/2) for training and testing; as shorter sides of a 640x480 image."""
+    config = load_config(ROOT / "config" / "coco.yaml")
+    deepmask = [round(480 * 2 ** (e / 2)) for e in range(-4, 3)]
+    assert deepmask == [120, 170, 240, 339, 480, 679, 960]
+    assert config["train"]["scales"] == deepmask
+    assert config["infer"]["scales"] == deepmask
+    voc = load_config(ROOT / "config" / "voc2012.yaml")
+    assert voc["infer"]["scales"] == [round(600 * 1.5**e) for e in range(-4, 2)]  # §3.3
 
 
 def _write(tmp_path, data):

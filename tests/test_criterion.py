@@ -141,6 +141,7 @@ def test_deepmask_fc_scoring_trains_on_the_sampled_windows_what_inference_reads_
     images = torch.randn(1, 3, 96, 120)
     outputs = model.train()(images)
     assert "objectness" not in outputs
+    model.objectness_branch.eval()  # its dropout off, so the two readings compare
     losses = criterion(outputs, target, torch.Generator().manual_seed(2))
     assert losses["num_pos"] > 0 and losses["num_neg"] > 0
 
@@ -154,3 +155,63 @@ def test_deepmask_fc_scoring_trains_on_the_sampled_windows_what_inference_reads_
     losses["loss_objectness"].backward()
     for name, param in model.objectness_branch.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("m", [11, 21])
+def test_deepmask_ablation_trains_with_fc_scoring_at_any_m(m):
+    """Issue 25: model.m: 11 (not a multiple of 7) runs the ~DeepMask ablation like m = 21:
+    forward, both loss terms on sampled windows, gradients into the fc scoring branch."""
+    torch.manual_seed(m)
+    config = _config("deepmask", m=m, scoring="fc")
+    model = build_model(config["model"]).train()
+    criterion = build_criterion(config, model)
+    side = round(8 * m * 128 / 224)  # the canonical object of a window of m cells
+    height, width = 16 * m, 20 * m
+    masks = torch.zeros(1, height, width, dtype=torch.uint8)
+    masks[0, 8 * m : 8 * m + side, 8 * m : 8 * m + side] = 1
+    target = {
+        "masks": masks,
+        "boxes": torch.from_numpy(mask_boxes(masks.numpy())),
+        "iscrowd": torch.zeros(1, dtype=torch.bool),
+    }
+    losses = criterion(model(torch.randn(1, 3, height, width)), target)
+    assert losses["num_pos"] > 0 and losses["num_neg"] > 0
+    assert torch.isfinite(losses["loss"]) and losses["loss_objectness"] > 0
+    losses["loss"].backward()
+    for name, param in model.objectness_branch.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("head", ["instancefcn", "deepmask"])
+def test_loss_reduction_sum_is_eq_1_literally_and_mean_our_per_term_average(head):
+    """Eq. (1): sum over sampled windows i of L(p_i, p_i*) + sum over their pixels j of
+    L(S_ij, S_ij*). `mean` (the default) averages each term over its own count and adds 1:1."""
+    torch.manual_seed(0)
+    config = _config(head)
+    assert config["train"]["loss_reduction"] == "mean"  # the schema's default
+    model = build_model(config["model"])
+    literal = validate_config({**config, "train": {**config["train"], "loss_reduction": "sum"}})
+    target = _target()
+    outputs = model(torch.randn(1, 3, 96, 120))
+    mean = build_criterion(config, model)(outputs, target, torch.Generator().manual_seed(1))
+    total = build_criterion(literal, model)(outputs, target, torch.Generator().manual_seed(1))
+    assert mean["num_pos"] > 0 and (mean["num_pos"], mean["num_neg"]) == (
+        total["num_pos"],
+        total["num_neg"],
+    )
+
+    # the same positives, drawn again: their in-image pixels count the mask term's terms
+    tops = top_left_of_cell(cell_grid(12, 15), M)
+    rule = build_criterion(config, model).rule
+    labels, matched = label_windows(tops, target["boxes"], target["iscrowd"], rule)
+    pos, _ = sample_windows(labels, 256, 0.5, torch.Generator().manual_seed(1))
+    size = 56 if head == "deepmask" else M  # fc masks are 56×56; assembled ones m×m cells
+    _, valid = mask_targets(target["masks"], matched[pos], tops[pos], M, size=size)
+    windows, pixels = mean["num_pos"] + mean["num_neg"], valid.sum()
+    torch.testing.assert_close(total["loss_objectness"], mean["loss_objectness"] * windows)
+    torch.testing.assert_close(total["loss_mask"], mean["loss_mask"] * pixels)
+    for losses in (mean, total):
+        torch.testing.assert_close(losses["loss"], losses["loss_objectness"] + losses["loss_mask"])
+    assert total["loss"] > 100 * mean["loss"]  # the settings differ as stated, not by a hair
+    with pytest.raises(IfcnError, match="unknown train.loss_reduction 'max'"):
+        InstanceFCNCriterion(rule, reduction="max")

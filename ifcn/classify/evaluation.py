@@ -1,9 +1,12 @@
 """mAP@0.5 and mAP@0.7 of instance segmentation (paper Table 4).
 
 At the mask-level IoU thresholds 0.5 and 0.7 of SDS, Hypercolumn, CFM and MNC that the paper
-compares with, under one of two protocols (`--ap`, config classify.ap): `voc`, SDS's region AP
-(AP^r: VOC's area under the precision-recall curve, what the paper's VOC figures are), or
-`coco`, pycocotools' COCOeval. mAP is the mean AP over the categories that have GT objects.
+compares with, under one of three protocols (`--ap`, config classify.ap): `voc`, SDS's region
+AP (AP^r) with VOC's all-points area under the precision-recall curve; `voc11`, the same
+matching with VOC 2007's 11-point mean, which MNC's released evaluation computes; or `coco`,
+pycocotools' COCOeval. The paper does not say which AP its VOC figures are; they come with
+MNC's classifier, so `voc11` is the likelier. mAP is the mean AP over the categories that have
+GT objects.
 The output names the protocol. Both files are checked first, each by its one validator: the
 ground truth by `read_instances` (the masks pycocotools sees are the validated ones, converted
 to RLE), the results by `read_results`; an image or category the GT does not know is an error,
@@ -68,7 +71,8 @@ def evaluate_segm(
     first_n: int | None = None,
 ) -> dict[str, Any]:
     """mAP@0.5, mAP@0.7 and AP per category (None where a category has no GT object) under
-    the protocol ``ap`` (config classify.ap; ``voc``: SDS region AP; ``coco``: COCOeval),
+    the protocol ``ap`` (config classify.ap; ``voc``/``voc11``: SDS region AP, all-points or
+    11-point; ``coco``: COCOeval),
     counting ``max_dets`` results per image of the first ``first_n`` image ids (all: None)."""
     gt_path, results_path = Path(gt_path), Path(results_path)
     if max_dets < 1:

@@ -1,4 +1,4 @@
-"""Average precision of instance segmentation, the two protocols of the paper's Table 4.
+"""Average precision of instance segmentation, the protocols of the paper's Table 4.
 
 - ``voc``: SDS's region AP (AP^r; Hariharan et al., ECCV 2014), which SDS, Hypercolumn, CFM,
   MNC and the paper report on PASCAL VOC. Per class, the results of all images are ranked by
@@ -8,7 +8,11 @@
   not fall back to its second best). Crowd masks (``iscrowd``) play VOC's "difficult" objects:
   not counted as positives, and a result whose best mask is one counts neither way. AP is the
   area under the precision-recall curve with precision made non-increasing, VOC 2010's
-  all-points ``VOCap`` (MNC's released evaluation uses VOC 2007's 11-point mean instead).
+  all-points ``VOCap``.
+- ``voc11``: the same region-AP matching, AP VOC 2007's 11-point mean (the best precision at
+  recall >= 0, 0.1, …, 1, each taking 0 where no recall reaches it), as MNC's released
+  evaluation computes it (``voc_eval_sds`` calls ``voc_ap(rec, prec, use_07_metric=True)``).
+  The paper does not say which AP its Table 4 used; its figures come with MNC's classifier.
 - ``coco``: pycocotools' COCOeval (iouType 'segm'; greedy matching that falls back to the
   next unmatched mask, crowd regions absorbing results) at the same thresholds, AP the mean of
   its interpolated precision at 101 recall points (area 'all', the last maxDets).
@@ -22,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -31,6 +35,7 @@ from pycocotools.cocoeval import COCOeval
 
 DESCRIPTION = {
     "voc": "SDS region AP (AP^r): VOC area under the precision-recall curve",
+    "voc11": "SDS region AP (AP^r): VOC 2007 11-point mean precision, as MNC's evaluation",
     "coco": "COCO AP (pycocotools COCOeval, 101-point interpolated precision)",
 }
 
@@ -47,6 +52,20 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
     steps = np.flatnonzero(mrec[1:] != mrec[:-1])
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+def voc11_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """VOC 2007's 11-point AP: the mean over t = 0, 0.1, …, 1 of the best precision at recall
+    >= t (0 where none), with MNC's thresholds (``np.arange(0, 1.1, 0.1)``)."""
+    points = [
+        float(precision[recall >= t].max()) if (recall >= t).any() else 0.0
+        for t in np.arange(0.0, 1.1, 0.1)
+    ]
+    return float(np.mean(points))
+
+
+CurveAP = Callable[[np.ndarray, np.ndarray], float]
+AP_OF_CURVE: dict[str, CurveAP] = {"voc": voc_ap, "voc11": voc11_ap}
 
 
 def _top_per_image_and_class(results: Sequence[dict], max_dets: int) -> list[dict]:
@@ -67,8 +86,10 @@ def region_ap(
     category_id: int,
     threshold: float,
     max_dets: int,
+    curve_ap: CurveAP = voc_ap,
 ) -> float | None:
-    """SDS/VOC region AP of one category at mask IoU ``threshold`` (None: no GT object).
+    """SDS/VOC region AP of one category at mask IoU ``threshold`` (None: no GT object), the
+    precision-recall curve reduced by ``curve_ap`` (all-points or 11-point).
 
     ``gt`` is `Instances.coco()`: every mask already compressed RLE."""
     wanted = set(image_ids)
@@ -105,7 +126,7 @@ def region_ap(
             outcome.append(1)
     hits = np.cumsum(np.asarray(outcome, np.float64))
     counted = np.arange(1, len(outcome) + 1, dtype=np.float64)
-    return voc_ap(hits / num_positives, hits / np.maximum(counted, 1.0))
+    return curve_ap(hits / num_positives, hits / np.maximum(counted, 1.0))
 
 
 def voc_region_aps(
@@ -114,11 +135,12 @@ def voc_region_aps(
     image_ids: Sequence[int],
     thresholds: Sequence[float],
     max_dets: int,
+    curve_ap: CurveAP = voc_ap,
 ) -> dict[int, list[float | None]]:
     """Region AP per category id at each threshold."""
     return {
         category: [
-            region_ap(gt, results, image_ids, category, threshold, max_dets)
+            region_ap(gt, results, image_ids, category, threshold, max_dets, curve_ap)
             for threshold in thresholds
         ]
         for category in sorted(gt.getCatIds())
@@ -169,7 +191,7 @@ def average_precisions(
     thresholds: Sequence[float],
     max_dets: int,
 ) -> dict[int, list[float | None]]:
-    """AP per category id and threshold under ``protocol`` (``voc`` or ``coco``)."""
-    if protocol == "voc":
-        return voc_region_aps(gt, results, image_ids, thresholds, max_dets)
+    """AP per category id and threshold under ``protocol`` (``voc``, ``voc11`` or ``coco``)."""
+    if protocol in AP_OF_CURVE:
+        return voc_region_aps(gt, results, image_ids, thresholds, max_dets, AP_OF_CURVE[protocol])
     return coco_aps(gt, results, image_ids, thresholds, max_dets)

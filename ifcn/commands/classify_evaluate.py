@@ -39,8 +39,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )  # fmt: skip
     override_option(
         parser, "--ap", "classify.ap",
-        "voc: SDS region AP (AP^r, VOC area under the PR curve, the paper's VOC protocol); "
-        "coco: pycocotools COCOeval",
+        "voc: SDS region AP (AP^r, VOC all-points area under the PR curve); voc11: the same "
+        "matching, VOC 2007 11-point AP as MNC's evaluation; coco: pycocotools COCOeval",
     )  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="segm_eval.json to write")
     return parser

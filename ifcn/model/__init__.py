@@ -31,9 +31,8 @@ def model_defaults() -> dict:
 
 
 def check_network(head: str, k: int, m: int, deepmask_scoring: str) -> None:
-    """IfcnError (one line) unless these settings describe a network: a known head and scoring,
-    a window of m cells that holds k×k relative positions (m >= k), and for DeepMask's fc
-    scoring a window its blocks divide."""
+    """IfcnError (one line) unless these settings describe a network: a known head and scoring
+    and a window of m cells that holds k×k relative positions (m >= k)."""
     if head not in HEADS:
         raise IfcnError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     if deepmask_scoring not in DEEPMASK_SCORING:
@@ -46,8 +45,6 @@ def check_network(head: str, k: int, m: int, deepmask_scoring: str) -> None:
             f"model.m = {m} is smaller than model.k = {k}: a window of m cells "
             "cannot hold k relative positions per side; choose m >= k"
         )
-    if head == "deepmask" and deepmask_scoring == "fc":
-        DeepMaskScoring.check_window(m)
 
 
 def check_model_config(model_cfg: dict) -> dict:

@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ifcn.errors import IfcnError
-
 
 def init_new_layers(module: nn.Module, std: float = 0.01) -> None:
     """Gaussian N(0, std²) weights and zero biases for layers not from ImageNet (paper §3.3)."""
@@ -112,55 +110,86 @@ class DeepMaskHead(nn.Module):
         return logits.view(n, self.mask_size, self.mask_size)
 
 
+def adaptive_bins(size: int, grid: int) -> list[tuple[int, int]]:
+    """(start, length) of each of ``grid`` bins over ``size`` cells, cut as torch's adaptive
+    pooling cuts them: bin i spans [floor(i·size/grid), ceil((i+1)·size/grid))."""
+    starts = [i * size // grid for i in range(grid)]
+    ends = [-(-(i + 1) * size // grid) for i in range(grid)]
+    return [(start, end - start) for start, end in zip(starts, ends, strict=True)]
+
+
 class DeepMaskScoring(nn.Module):
     """DeepMask's scoring branch on each window: 2×2 max pool → fc ``hidden`` → fc 2·hidden → 1.
 
     DeepMask max-pools its 14×14 map of a 224-px crop 2×2 into 7×7 blocks of 32 px; here the
-    window's m×m cells (m = 21: 168 px) are max-pooled into 7×7 blocks of m/7 cells (24 px),
-    flattened, and go through fc ``hidden`` + ReLU, fc 2·hidden + ReLU and fc 1 (DeepMask:
-    512, 1024, 1). Cells outside the feature map read zeros. ``forward`` applies the fc layers
-    at every window position as a "sliding fc" (the paper's Table 2): the block max becomes a
-    stride-1 max pool and fc1 a 7×7 convolution dilated by m/7, so each block is pooled once
-    for all the windows that contain it; it equals :meth:`forward_windows` on each window
-    (tested), which training uses on its sampled windows only.
+    window's m×m cells (m = 21: 168 px) are adaptively max-pooled into 7×7 blocks
+    (``F.adaptive_max_pool2d``'s bins: m/7 cells, 24 px, when 7 divides m; overlapping bins of
+    ⌈m/7⌉ or ⌈m/7⌉+1 cells otherwise, so any m works), flattened, and go through fc ``hidden``
+    + ReLU + dropout 0.5, fc 2·hidden + ReLU + dropout 0.5 and fc 1 (DeepMask: 512, 1024, 1,
+    "with ReLU non-linearities and dropout 0.5"; dropout acts in training mode only). Cells
+    outside the feature map read zeros. ``forward`` applies the fc layers at every window
+    position as a "sliding fc" (the paper's Table 2): each bin's max becomes a stride-1 max pool
+    of the bin's size and fc1 a sum of 1×1 convolutions, one per bin, read at the bin's offset
+    (for 7 | m, one 7×7 convolution dilated by m/7), so each block is pooled once for all the
+    windows that contain it; it equals :meth:`forward_windows` on each window (tested), which
+    training uses on its sampled windows only.
     """
 
     grid = 7  # DeepMask's 14×14 map after its 2×2 max pool
+    dropout = 0.5  # DeepMask's, after both hidden fc layers
 
     def __init__(self, in_channels: int, m: int = 21, hidden: int = 512) -> None:
         super().__init__()
-        self.check_window(m)
-        self.m, self.block = m, m // self.grid
+        self.m = m
+        self.bins = adaptive_bins(m, self.grid)
         self.fc1 = nn.Linear(in_channels * self.grid * self.grid, hidden)
         self.fc2 = nn.Linear(hidden, 2 * hidden)
         self.score = nn.Linear(2 * hidden, 1)
+        self.drop = nn.Dropout(self.dropout)
         init_new_layers(self)
 
-    @classmethod
-    def check_window(cls, m: int) -> None:
-        """IfcnError unless a window of m cells splits into grid×grid blocks."""
-        if m % cls.grid:
-            raise IfcnError(
-                f"model.m = {m}: DeepMask's scoring branch pools the window into "
-                f"{cls.grid}x{cls.grid} blocks, so m must be a multiple of {cls.grid} "
-                "(or set model.deepmask_scoring: conv)"
-            )
+    @property
+    def uniform(self) -> bool:
+        """Whether the bins are equal blocks side by side (7 divides m)."""
+        return self.m % self.grid == 0
+
+    def _bin_maxima(self, padded: Tensor) -> dict[tuple[int, int], Tensor]:
+        """Stride-1 max pools of ``padded`` for every (rows, cols) bin size: the max of the bin
+        whose top-left cell is (y, x) is the pool's entry (y, x)."""
+        sizes = sorted({length for _, length in self.bins})
+        return {
+            (rows, cols): F.max_pool2d(padded, (rows, cols), stride=1)
+            for rows in sizes
+            for cols in sizes
+        }
 
     def forward(self, features: Tensor) -> Tensor:
         """[B, C, h, w] features → [B, 1, h, w]: the logit of the window centred on each cell."""
         before, after = self.m // 2, self.m - 1 - self.m // 2
         padded = F.pad(features, (before, after, before, after))
-        blocks = F.max_pool2d(padded, self.block, stride=1)
         weight = self.fc1.weight.view(self.fc1.out_features, -1, self.grid, self.grid)
-        hidden = F.relu(F.conv2d(blocks, weight, self.fc1.bias, dilation=self.block))
-        hidden = F.relu(F.conv2d(hidden, self.fc2.weight[:, :, None, None], self.fc2.bias))
+        if self.uniform:
+            block = self.m // self.grid
+            blocks = F.max_pool2d(padded, block, stride=1)
+            hidden = F.conv2d(blocks, weight, self.fc1.bias, dilation=block)
+        else:
+            h, w = features.shape[-2:]
+            maxima = self._bin_maxima(padded)
+            hidden = self.fc1.bias[None, :, None, None]
+            for i, (y0, rows) in enumerate(self.bins):
+                for j, (x0, cols) in enumerate(self.bins):
+                    cells = maxima[rows, cols][..., y0 : y0 + h, x0 : x0 + w]
+                    hidden = hidden + F.conv2d(cells, weight[:, :, i : i + 1, j : j + 1])
+        hidden = self.drop(F.relu(hidden))
+        hidden = F.conv2d(hidden, self.fc2.weight[:, :, None, None], self.fc2.bias)
+        hidden = self.drop(F.relu(hidden))
         return F.conv2d(hidden, self.score.weight[:, :, None, None], self.score.bias)
 
     def forward_windows(self, features: Tensor, batch_index: Tensor, tops: Tensor) -> Tensor:
         """Logits [N] of the windows with top-left cells ``tops`` [N, 2] in images ``batch_index``.
 
-        The windows' 7×7 block maxima are read off one stride-1 block max pool of the map, so no
-        window's m×m cells are copied.
+        The windows' 7×7 bin maxima are read off stride-1 max pools of the map (one per bin
+        size), so no window's m×m cells are copied.
         """
         tops = tops.to(device=features.device, dtype=torch.long).reshape(-1, 2)
         if not len(tops):
@@ -170,10 +199,18 @@ class DeepMaskScoring(nn.Module):
         h, w = features.shape[-2:]
         top, left = max(0, -y_min), max(0, -x_min)
         padded = F.pad(features, (left, max(0, x_max - w), top, max(0, y_max - h)))
-        blocks = F.max_pool2d(padded, self.block, stride=1)
-        offsets = torch.arange(self.grid, device=features.device) * self.block
-        rows = (tops[:, 0] + top)[:, None, None] + offsets[None, :, None]
-        cols = (tops[:, 1] + left)[:, None, None] + offsets[None, None, :]
-        images = batch_index.to(device=features.device, dtype=torch.long)[:, None, None]
-        pooled = blocks[images, :, rows, cols].permute(0, 3, 1, 2)  # indexing puts C last
-        return self.score(F.relu(self.fc2(F.relu(self.fc1(pooled.flatten(1))))))[:, 0]
+        maxima = self._bin_maxima(padded)
+        images = batch_index.to(device=features.device, dtype=torch.long)
+        rows, cols = tops[:, 0] + top, tops[:, 1] + left
+        pooled = torch.stack(
+            [
+                torch.stack(
+                    [maxima[ny, nx][images, :, rows + y0, cols + x0] for x0, nx in self.bins],
+                    dim=-1,
+                )
+                for y0, ny in self.bins
+            ],
+            dim=-2,
+        )  # [N, C, grid, grid]
+        hidden = self.drop(F.relu(self.fc1(pooled.flatten(1))))
+        return self.score(self.drop(F.relu(self.fc2(hidden))))[:, 0]

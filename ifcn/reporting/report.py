@@ -105,10 +105,25 @@ def _describe_run(config: dict) -> list[str]:
         f"m = {model['m']}; {train['iters']} training iterations at shorter sides "
         f"{train['scales']}{f' on {crop}×{crop} crops' if crop else ''}; inference at "
         f"{config['infer']['scales']}; NMS IoU {config['nms']['iou']}, N = "
-        f"{config['nms']['top_n']}. The settings are the run's config file, `config.yaml` "
-        "beside this report. The paper's published figures are in the last section, apart.",
+        f"{config['nms']['top_n']}. {_loss_sentence(train['loss_reduction'])} The settings "
+        "are the run's config file, `config.yaml` beside this report. The paper's published "
+        "figures are in the last section, apart.",
         "",
     ]
+
+
+def _loss_sentence(reduction: str) -> str:
+    """How the run weighed eq. (1)'s two terms, since the default departs from the paper."""
+    if reduction == "sum":
+        return (
+            "Loss: eq. (1) literally, the logistic losses of every sampled window and of every "
+            "pixel of the positive windows summed (train.loss_reduction: sum)."
+        )
+    return (
+        "Loss: eq. (1)'s two logistic terms, each averaged (objectness over the sampled "
+        "windows, mask over the positive windows' in-image pixels) and added 1:1 "
+        "(train.loss_reduction: mean, our choice; the paper writes a plain sum)."
+    )
 
 
 def _ar_section(ar: dict, ar_path: Path, out_dir: Path) -> list[str]:

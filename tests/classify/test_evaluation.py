@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ifcn.classify.evaluation import evaluate_segm
-from ifcn.classify.metrics import voc_ap
+from ifcn.classify.metrics import voc11_ap, voc_ap
 from ifcn.classify.prediction import mask_nms, select_detections
 from ifcn.cli import main as cli_main
 from ifcn.errors import IfcnError
@@ -184,6 +184,23 @@ def test_voc_region_ap_is_the_area_under_the_hand_computed_pr_curve(tmp_path, gt
     assert json.loads((tmp_path / "c.json").read_text())["ap"] == "coco"  # the schema's default
 
 
+def test_voc11_is_mncs_11_point_ap_on_the_same_hand_computed_curve(tmp_path, gt_json):
+    """classify.ap: voc11, the AP of MNC's released evaluation (voc_ap with use_07_metric)."""
+    path = _hand_results(tmp_path)
+    summary = evaluate_segm(gt_json, path, ap="voc11")
+    # category 1: precision 1 up to recall 0.5 (t = 0, 0.1, ..., 0.5: 6 points), then 2/3 up
+    # to recall 1 (t = 0.6, ..., 1: 5 points); all-points `voc` gives 0.5 + 0.5 * 2/3 instead
+    ap1 = (6 * 1.0 + 5 * 2 / 3) / 11
+    assert [e["AP@0.5"] for e in summary["per_category"]] == [
+        pytest.approx(ap1), pytest.approx(1.0), None
+    ]  # fmt: skip
+    assert [e["AP@0.7"] for e in summary["per_category"]] == [pytest.approx(ap1), 0.0, None]
+    assert summary["mAP@0.5"] == pytest.approx((ap1 + 1) / 2)
+    assert summary["ap"] == "voc11" and "11-point" in summary["ap_protocol"]
+    voc = evaluate_segm(gt_json, path, ap="voc")["per_category"][0]["AP@0.5"]
+    assert voc == pytest.approx(0.5 + 0.5 * 2 / 3) != pytest.approx(ap1)
+
+
 def test_voc_takes_each_results_best_mask_where_coco_falls_back_to_the_next(tmp_path):
     """Two GT masks of one class overlap; the second result's best mask is already taken."""
     left, right = _mask(2, 30), _mask(20, 50)
@@ -258,3 +275,12 @@ def test_voc_ap_of_a_curve():
     assert voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == pytest.approx(5 / 6)
     assert voc_ap(np.array([0.25, 0.5]), np.array([0.5, 1.0])) == pytest.approx(0.5)
     assert voc_ap(np.zeros(0), np.zeros(0)) == 0.0
+
+
+def test_voc11_ap_of_a_curve():
+    """The mean over t = 0, 0.1, ..., 1 of the best precision at recall >= t (0 if none)."""
+    recall, precision = np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])
+    assert voc11_ap(recall, precision) == pytest.approx(28 / 33)  # (6 · 1 + 5 · 2/3) / 11
+    # recall stops at 0.5: t = 0.6..1 count 0; the best precision beyond counts (not 0.5)
+    assert voc11_ap(np.array([0.25, 0.5]), np.array([0.5, 1.0])) == pytest.approx(6 / 11)
+    assert voc11_ap(np.zeros(0), np.zeros(0)) == 0.0

@@ -3,8 +3,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ifcn.errors import IfcnError
-from ifcn.model.heads import DeepMaskHead, DeepMaskScoring, InstanceBranch, ObjectnessBranch
+from ifcn.model.heads import (
+    DeepMaskHead,
+    DeepMaskScoring,
+    InstanceBranch,
+    ObjectnessBranch,
+    adaptive_bins,
+)
 
 
 def _new_layers(module):
@@ -131,29 +136,71 @@ def test_deepmask_scoring_is_2x2_pool_fc_hidden_fc_2hidden_fc_1_by_the_formula()
     assert shapes == [(512, 512 * 7 * 7), (512,), (1024, 512), (1024,), (1, 1024), (1,)]
     count = sum(p.numel() for p in scoring.parameters())
     assert count == 512 * 7 * 7 * 512 + 512 + 512 * 1024 + 1024 + 1024 + 1  # DeepMask's
-    assert scoring.block == 3  # 21 cells of 8 px: 7 blocks of 24 px (DeepMask: 14 -> 7 of 32)
+    # 21 cells of 8 px: 7 blocks of 24 px side by side (DeepMask: 14 -> 7 of 32)
+    assert scoring.bins == [(3 * i, 3) for i in range(7)]
 
 
-def test_deepmask_scoring_needs_a_window_of_7_blocks():
-    with pytest.raises(IfcnError, match="m = 20.*multiple of 7.*deepmask_scoring: conv"):
-        DeepMaskScoring(8, m=20)
+@pytest.mark.parametrize("size", range(1, 30))
+def test_adaptive_bins_are_torchs_adaptive_pooling_bins(size):
+    torch.manual_seed(size)
+    signal = torch.randn(1, 1, size)
+    expected = F.adaptive_max_pool1d(signal, 7)[0, 0]
+    bins = adaptive_bins(size, 7)
+    maxima = torch.stack([signal[0, 0, start : start + n].max() for start, n in bins])
+    torch.testing.assert_close(maxima, expected)
+    assert all(n >= 1 and start + n <= size for start, n in bins)
+
+
+def test_deepmask_scoring_drops_half_after_both_fc_layers_in_training_only():
+    """DeepMask's scoring branch: "two fully connected layers (with ReLU non-linearities and
+    dropout 0.5)"; inference (eval mode) is deterministic."""
+    torch.manual_seed(0)
+    scoring = DeepMaskScoring(4, m=11, hidden=256)
+    with torch.no_grad():
+        scoring.fc1.bias.fill_(1.0)  # every hidden unit active, so a zero is a dropped unit
+        scoring.fc2.bias.fill_(1.0)
+    seen = []
+    for layer in (scoring.fc2, scoring.score):  # their inputs: fc1's and fc2's after dropout
+        layer.register_forward_hook(lambda _, args, __: seen.append(args[0].detach().clone()))
+    features = torch.randn(1, 4, 10, 12)
+    tops, batch = torch.tensor([[0, 0], [-3, 2], [4, 5]]), torch.zeros(3, dtype=torch.long)
+
+    scoring.eval()
+    first = scoring.forward_windows(features, batch, tops)
+    clean = list(seen)
+    assert all((hidden > 0).all() for hidden in clean)
+    torch.testing.assert_close(scoring.forward_windows(features, batch, tops), first)
+    torch.testing.assert_close(scoring(features), scoring(features))
+
+    seen.clear()
+    scoring.train()
+    trained = scoring.forward_windows(features, batch, tops)
+    for dropped, kept in zip(seen, clean, strict=True):
+        zero = dropped == 0
+        assert 0.4 < zero.float().mean().item() < 0.6  # p = 0.5
+        if dropped is seen[0]:  # fc1's units: the kept ones scaled by 1 / (1 - p)
+            torch.testing.assert_close(dropped[~zero], 2 * kept[~zero])
+    assert not torch.allclose(trained, first)
+    assert not torch.allclose(scoring(features), scoring(features))
 
 
 def _window_logit(scoring: DeepMaskScoring, features: Tensor, image: int, top) -> Tensor:
-    """The fc layers on one window's crop: its m×m cells (zeros outside), 7×7 block maxima."""
+    """The fc layers on one window's crop: its m×m cells (zeros outside), adaptively max-pooled
+    to 7×7 by torch."""
     m, pad = scoring.m, 64
     padded = F.pad(features[image], (pad, pad, pad, pad))
     y0, x0 = top[0] + pad, top[1] + pad
     crop = padded[:, y0 : y0 + m, x0 : x0 + m]
-    pooled = F.max_pool2d(crop[None], scoring.block).flatten(1)
+    pooled = F.adaptive_max_pool2d(crop[None], 7).flatten(1)
     hidden = F.relu(scoring.fc2(F.relu(scoring.fc1(pooled))))
     return scoring.score(hidden)[0, 0]
 
 
-@pytest.mark.parametrize("m", [7, 14, 21])
+@pytest.mark.parametrize("m", [5, 7, 11, 14, 20, 21])
 def test_sliding_fc_equals_the_fc_layers_on_each_windows_crop(m):
+    """Any m: the window is pooled to 7×7 as adaptive max pooling does (7 | m: equal blocks)."""
     torch.manual_seed(m)
-    scoring = DeepMaskScoring(6, m=m, hidden=5)
+    scoring = DeepMaskScoring(6, m=m, hidden=5).eval()  # dropout off
     with torch.no_grad():
         for param in scoring.parameters():
             param.normal_()  # large weights and biases, so any misplaced cell shows

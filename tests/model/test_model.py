@@ -56,11 +56,14 @@ def test_a_window_smaller_than_k_is_refused_before_anything_is_built():
     assert check_model_config({"k": 5, "m": 5})["m"] == 5
 
 
-def test_deepmask_fc_scoring_needs_m_in_blocks_of_7_unless_conv():
-    with pytest.raises(IfcnError, match="m = 9: DeepMask's scoring branch"):
-        check_model_config({"head": "deepmask", "m": 9})
-    assert check_model_config({"head": "deepmask", "m": 9, "deepmask_scoring": "conv"})
-    assert check_model_config({"m": 9})  # the instancefcn head has no such branch
+@pytest.mark.parametrize("m", [9, 11, 20])
+def test_deepmask_fc_scoring_takes_any_m_by_pooling_adaptively(m):
+    """Issue 25: a run with model.m: 11 runs its ~DeepMask ablation (no multiple of 7 needed)."""
+    cfg = check_model_config({"head": "deepmask", "m": m})
+    model = build_model({**cfg, "head_channels": 8}).eval()
+    assert isinstance(model.objectness_branch, DeepMaskScoring)
+    assert model.objectness_branch.m == m
+    assert model(torch.randn(1, 3, 40, 48))["objectness"].shape == (1, 1, 5, 6)
     with pytest.raises(IfcnError, match="unknown model.deepmask_scoring 'mlp'"):
         check_model_config({"deepmask_scoring": "mlp"})
 

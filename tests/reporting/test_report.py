@@ -137,6 +137,17 @@ def test_report_says_which_head_ran_and_how_deepmask_scored(run_dir):
     assert "scored by its `conv` branch, model.deepmask_scoring" in text
 
 
+def test_report_says_how_the_loss_terms_were_weighed(run_dir):
+    """Eq. (1) is a plain sum; the default averages each term and adds them 1:1."""
+    text = _report(run_dir)
+    assert "each averaged" in text and "train.loss_reduction: mean" in text
+    assert "the paper writes a plain sum" in text
+    config = validate_config({"run": "demo", "train": {"loss_reduction": "sum"}})
+    text = _report(run_dir, config)
+    assert "eq. (1) literally" in text and "train.loss_reduction: sum" in text
+    assert "each averaged" not in text
+
+
 def test_cli_report_draws_the_loss_curve_and_writes_the_tables(run_dir, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"run": "demo", "model": {"head_channels": 8}}))
