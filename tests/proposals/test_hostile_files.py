@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -59,28 +58,35 @@ def files(tmp_path):
     return gt, proposals
 
 
-def _limit(pid: int) -> None:
-    """A regression must fail, not swap the machine to death or run for ever. Set once the
-    process runs, not in a preexec_fn: that forks the test process, whose pages then count in
-    the child's peak resident memory (a long pytest session's 800 MiB)."""
-    resource.prlimit(pid, resource.RLIMIT_AS, (8 << 30, 8 << 30))
-    resource.prlimit(pid, resource.RLIMIT_CPU, (300, 300))
+# Runs `python -m ifcn ARGS` under limits (a regression must fail, not swap the machine to
+# death or run for ever) and prints its peak resident memory in KiB (wait4). A small process
+# forks it: a child's peak counts the pages of the process it was forked from (the kernel
+# keeps the larger of its hiwater marks across exec), and a long pytest session holds 800 MiB.
+_RUNNER = """
+import os, resource, sys
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+    resource.setrlimit(resource.RLIMIT_CPU, (300, 300))
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execv(sys.executable, [sys.executable, "-m", "ifcn", *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def _ifcn(tmp_path: Path, *args: object) -> tuple[int, str, int]:
     """`python -m ifcn args` in a process of its own: exit code, stderr, peak resident memory
-    in MiB (its own, from wait4)."""
+    in MiB (its own)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     err = tmp_path / "stderr.txt"
     with open(err, "w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ifcn", *map(str, args)], stdout=subprocess.DEVNULL,
-            stderr=stderr, env=env, cwd=ROOT,
+        process = subprocess.run(
+            [sys.executable, "-c", _RUNNER, *map(str, args)], stdout=subprocess.PIPE,
+            stderr=stderr, env=env, cwd=ROOT, text=True, check=False,
         )  # fmt: skip
-        _limit(process.pid)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, err.read_text(), usage.ru_maxrss // 1024
+    return process.returncode, err.read_text(), int(process.stdout) // 1024
 
 
 def _one_line(code: int, err: str, *names: object) -> str:
