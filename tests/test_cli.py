@@ -20,6 +20,7 @@ import ifcn
 from ifcn import cli
 from ifcn.errors import IfcnError
 from tests.configs import ROOT
+from tests.tmpfs import tmpfs
 
 DEVELOPER_NOTES = ("DESIGN", "tests plug in", "monkeypatch")
 
@@ -296,17 +297,6 @@ def test_an_output_below_a_file_is_one_line(
     assert blocker.read_text() == ""
 
 
-def mount_tmpfs(folder: Path, options: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    folder.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-
-
 @pytest.fixture
 def read_only_folder(tmp_path):
     """A folder no one may write to: a read-only tmpfs as root (for whom chmod changes
@@ -317,19 +307,15 @@ def read_only_folder(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    mount_tmpfs(folder, "size=64k,ro")
-    try:
+    with tmpfs(folder, "size=64k,ro"):
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.fixture
 def full_disk(tmp_path):
     """A 64 KiB tmpfs filled up by one file (root only)."""
     folder = tmp_path / "full"
-    mount_tmpfs(folder, "size=64k")
-    try:
+    with tmpfs(folder, "size=64k"):
         fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
         with pytest.raises(OSError) as exc_info:
             while True:
@@ -337,8 +323,6 @@ def full_disk(tmp_path):
         os.close(fd)
         assert exc_info.value.errno == errno.ENOSPC
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("stage", ["data convert", "train", "evaluate", "ablation"])

@@ -24,6 +24,7 @@ from ifcn.evaluation.ar import evaluate
 from ifcn.evaluation.recall import COCO_IOU_THRESHOLDS
 from ifcn.proposals.format import write_proposals
 from tests.configs import settings
+from tests.tmpfs import tmpfs
 
 ATTRS = {
     "config": {},
@@ -416,18 +417,8 @@ def _ifcn(*args: object, limit: int | None = None, timeout: int = 300):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 KiB tmpfs (needs root), unmounted afterwards."""
-    import os
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with tmpfs(tmp_path / "disk", "size=64k") as mount:
+        yield mount
 
 
 def test_a_full_disk_while_evaluate_writes_leaves_nothing(tmp_path, small_disk):

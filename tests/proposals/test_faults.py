@@ -24,6 +24,7 @@ from ifcn.errors import IfcnError
 from ifcn.proposals.candidates import Candidates, CandidateWriter
 from ifcn.proposals.format import Proposals, write_proposals
 from tests.proposals.hand import candidate_attrs, score_map_candidates
+from tests.tmpfs import tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 ATTRS = {"config": {}, "checkpoint_sha256": "0" * 64, "dataset": "gt.json", "scales": [1.0, 2.0],
@@ -301,16 +302,8 @@ def test_out_naming_a_folder_and_negative_workers_are_one_line(tmp_path, small_r
 @pytest.fixture
 def small_disk(tmp_path):
     """A 400 KiB tmpfs (needs root), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with tmpfs(tmp_path / "disk", "size=400k") as mount:
+        yield mount
 
 
 def _ifcn(*args: str) -> subprocess.CompletedProcess:

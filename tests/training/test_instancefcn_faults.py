@@ -23,6 +23,7 @@ from ifcn.training import checkpoint
 from ifcn.training import instancefcn as train_module
 from ifcn.training.instancefcn import run_training
 from tests.configs import ROOT, write_config
+from tests.tmpfs import tmpfs
 
 ITERS = 12
 LOG_COLUMNS = ["iteration", "loss", "loss_objectness", "loss_mask", "lr", "num_pos", "num_neg"]
@@ -345,21 +346,9 @@ def test_an_existing_file_as_out_is_refused_and_left_alone(tmp_path, fault_confi
 @pytest.fixture
 def small_disk(tmp_path, straight):
     """A tmpfs that holds one checkpoint of the fault config's model and not two (root only)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
     size = (straight / "checkpoints" / "model_0000012.pt").stat().st_size
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2}", "tmpfs", str(folder)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", f"size={size * 3 // 2}") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_full_disk_is_one_line_naming_the_checkpoint_and_keeps_the_previous_one(
