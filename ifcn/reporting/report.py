@@ -1,17 +1,7 @@
-"""results/<run>/report.md, written from the run's own files.
+"""results/<run>/report.md, written from the run's own files: its sections, tables and links.
 
-It reads only JSON, CSV and PNG files (ar.json, segm_eval.json, the ablation tables, the
-training log, figures.json and its pictures), so changing the report never runs the network.
-This run's figures come first; the paper's published figures follow in their own section,
-for reference, never beside this run's numbers. Pictures are linked relative to the report so
-the folder can be moved or published as a whole. With --ar-table / --map-table the AR and mAP
-tables are also written as CSV (for Snakemake's HTML report), with --loss-plot the training
-loss curve as PNG.
-
-Example: ifcn report --config results/synthetic/config.yaml --ar results/synthetic/val/ar.json
---figures results/synthetic/figures/figures.json --out results/synthetic/report.md
-
-The command `ifcn report` is `ifcn.commands.report`.
+The command `ifcn report` is `ifcn.commands.report`, whose docstring says what the report reads
+and how it lays the figures out.
 """
 
 from __future__ import annotations

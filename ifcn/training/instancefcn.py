@@ -1,16 +1,7 @@
-"""Image-centric training of InstanceFCN (paper §3.3, DESIGN §5).
+"""InstanceFCN's training run: the model, criterion, optimiser and loss columns handed to the
+one training loop (`ifcn.training.engine`).
 
-One image per process per step, SGD with momentum 0.9 and weight decay 5e-4, lr multiplied by
-``lr_gamma`` after ``lr_step`` of the iterations. The same command runs as one process or under
-``torchrun`` / ``srun`` (ifcn.training.distributed, docs/slurm.md): each rank takes its own image
-and DDP averages the gradients, so the effective batch is the world size W and ``train.iters``
-counts optimiser steps of W images (config/README.md says how to scale iters and lr with W).
-Checkpoints are written by rank 0 alone, atomically, every ``checkpoint_period`` steps and at
-the end; ``--resume`` continues exactly: data order, augmentation and window sampling of step i
-depend only on (seed, i, rank). SIGTERM (SLURM preemption, torchrun shutting down) makes every
-rank finish its step, rank 0 write a checkpoint, and all exit with an error that says so.
-
-The command `ifcn train` is `ifcn.commands.train`.
+The command `ifcn train` is `ifcn.commands.train`, whose docstring says what a run does.
 """
 
 from __future__ import annotations
