@@ -27,7 +27,7 @@ rule infer:
     shell:
         "ifcn infer --config {input.config:q} --checkpoint {input.model:q}"
         " --images {input.images:q} --image-root {params.image_root:q}"
-        " --shard {wildcards.shard}/{params.shards:q} --device auto --out {output:q}"
+        " --shard {wildcards.shard:q}/{params.shards:q} --device auto --out {output:q}"
         " > {log:q} 2>&1"
 
 
