@@ -110,24 +110,22 @@ def _construct_int(loader: _Loader, node: ScalarNode) -> int:
             f"line {_line(node)}: {text} is the octal number {number} in YAML 1.1: write "
             f"{decimal} for the decimal number, or quote it for text"
         )
-    if node.style is None and _BASE_60.fullmatch(text):
-        number = loader.construct_yaml_int(node)
-        raise StrictYamlError(
-            f"line {_line(node)}: {text} is the base-60 number {number} in YAML 1.1: quote it "
-            "for text"
-        )
+    _refuse_base_60(node, loader.construct_yaml_int)
     return loader.construct_yaml_int(node)
 
 
 def _construct_float(loader: _Loader, node: ScalarNode) -> float:
-    text = node.value
-    if node.style is None and _BASE_60.fullmatch(text):
-        number = loader.construct_yaml_float(node)
-        raise StrictYamlError(
-            f"line {_line(node)}: {text} is the base-60 number {number} in YAML 1.1: quote it "
-            "for text"
-        )
+    _refuse_base_60(node, loader.construct_yaml_float)
     return loader.construct_yaml_float(node)
+
+
+def _refuse_base_60(node: ScalarNode, construct) -> None:
+    """YAML 1.1 reads a plain `1:30` as the number 90 (int or float): refused, naming it."""
+    if node.style is None and _BASE_60.fullmatch(node.value):
+        raise StrictYamlError(
+            f"line {_line(node)}: {node.value} is the base-60 number {construct(node)} in YAML "
+            "1.1: quote it for text"
+        )
 
 
 def _construct_bool(loader: _Loader, node: ScalarNode) -> bool | Word:
