@@ -199,16 +199,6 @@ def run_totals(texts: Sequence[bytes], height: int = 0, width: int = 0) -> np.nd
     return run_stats(texts).covered
 
 
-# the value of a count of one character, by character (0 for what is not one)
-_ONE_CHARACTER = np.array(
-    [
-        0 if c < _FIRST else ((c - _FIRST) & _BITS) - (((c - _FIRST) & _SIGN) << 1)
-        for c in range(256)
-    ],
-    dtype=np.int64,
-)
-
-
 def joined_run_stats(chars: np.ndarray, offset: np.ndarray) -> RunStats:
     """`RunStats` of well-formed texts joined (uint8): text i is chars[offset[i]:offset[i+1]].
 
@@ -220,8 +210,8 @@ def joined_run_stats(chars: np.ndarray, offset: np.ndarray) -> RunStats:
     the end of the last odd run: bounds of the mask's columns, for nothing more than a scan.
 
     Vectorised over all texts at once, in a few passes: almost every count is one character
-    (a table lookup), the few longer ones are decoded apart. Within a text the runs at odd
-    counts from the second and at even counts from the third are running sums, and counts of
+    (its 5 bits, read in int8), the few longer ones are decoded apart. Within a text the runs at
+    odd counts from the second and at even counts from the third are running sums, and counts of
     one parity within a text have one parity in the whole array: each half of the array (even,
     odd indices) is summed once, and each text's sums and smallest run come from segment sums
     and minima of those running sums, less the sum before the text.
@@ -244,15 +234,17 @@ def joined_run_stats(chars: np.ndarray, offset: np.ndarray) -> RunStats:
 def _run_stats(chars: np.ndarray, offset: np.ndarray) -> RunStats:
     """`joined_run_stats` of one batch of texts (offset[0] == 0)."""
     n = len(offset) - 1
-    final = chars < _FIRST + _MORE  # the last character of each count
-    finals = chars[final]
-    # the counts' values, in two halves (even and odd indices), each contiguous
-    halves = [np.take(_ONE_CHARACTER, finals[parity::2]) for parity in (0, 1)]
-    count = np.add.reduceat(final, offset[:-1], dtype=np.int64)  # counts per text (non-empty)
+    code = chars - np.uint8(_FIRST)  # 0..63: the texts are well formed
+    final = code < _MORE  # the last character of each count
+    more = np.flatnonzero(~final)  # characters that continue a count: few
+    # a one-character count's value, its top bit (0x10) the sign, in int8: no table lookup
+    values = (code[final] ^ np.uint8(_SIGN)).view(np.int8) - np.int8(_SIGN)
+    count = np.diff(offset) - np.diff(np.searchsorted(more, offset))  # counts per text
     first = np.cumsum(count) - count
     last = first + count
+    # the counts' values, in two halves (even and odd indices), each contiguous
+    halves = [values[parity::2].astype(np.int64) for parity in (0, 1)]
     bad = np.zeros(n, dtype=bool)
-    more = np.flatnonzero(~final)  # characters that continue a count: few
     if len(more):
         number = more - np.arange(len(more))  # the count each belongs to
         group = np.flatnonzero(np.diff(number, prepend=-1))
@@ -263,9 +255,8 @@ def _run_stats(chars: np.ndarray, offset: np.ndarray) -> RunStats:
         value = np.zeros(len(longer), dtype=np.int64)
         for k in range(int(size.max())):
             has = np.flatnonzero(size > k)
-            code = chars[begin[has] + k].astype(np.int64) - _FIRST
-            value[has] |= (code & _BITS) << (5 * k)
-        negative = (chars[begin + size - 1].astype(np.int64) - _FIRST) & _SIGN != 0
+            value[has] |= (code[begin[has] + k].astype(np.int64) & _BITS) << (5 * k)
+        negative = code[begin + size - 1] & _SIGN != 0
         value[negative] -= np.int64(1) << (5 * size[negative])
         for parity in (0, 1):
             here = longer % 2 == parity
@@ -279,7 +270,7 @@ def _run_stats(chars: np.ndarray, offset: np.ndarray) -> RunStats:
     for parity in (0, 1):
         half = halves[parity]
         half[first[first % 2 == parity] // 2] = 0  # run 0 stands alone
-        sums = np.cumsum(half)
+        sums = np.cumsum(half, out=half)
         lo, hi = (first + 1 - parity) // 2, (last + 1 - parity) // 2  # the text's range here
         some = np.flatnonzero(hi > lo)
         if not len(some):
