@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ifcn.atomic import output_file
 from ifcn.config import command_config, config_option, evaluation_first_n, override_option
-from ifcn.evaluation.ar import AREA_CHOICES, evaluate, format_table, write_outputs
+from ifcn.evaluation.recall import AREA_CHOICES
 from ifcn.reporting.plots import Plotter
 
 
@@ -68,6 +68,10 @@ def main(args: argparse.Namespace) -> int:
     first_n = evaluation_first_n(config, args.gt, given=args.first_n is not None)
     out = output_file(args.out)
     with Plotter() as plotter:
+        # imported once the plotting process runs: it imports matplotlib meanwhile, on the core
+        # that this process's imports leave idle
+        from ifcn.evaluation.ar import evaluate, format_table, write_outputs
+
         result = evaluate(
             args.gt,
             args.proposals,

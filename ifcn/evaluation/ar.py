@@ -31,6 +31,7 @@ from ifcn.errors import IfcnError
 from ifcn.evaluation.ground_truth import GroundTruth, load_ground_truth
 from ifcn.evaluation.readers import ProposalsH5, ResultsJson, open_proposals
 from ifcn.evaluation.recall import (
+    AREA_CHOICES,
     COCO_AREA_RANGES,
     COCO_IOU_THRESHOLDS,
     CURVE_IOU_THRESHOLDS,
@@ -42,8 +43,6 @@ from ifcn.evaluation.recall import (
 )
 from ifcn.reporting.plots import Plotter, plot_recall_iou
 from ifcn.signals import worker_process
-
-AREA_CHOICES = {"coco": list(COCO_AREA_RANGES), "all": ["all"]}
 
 
 @dataclass
@@ -139,7 +138,8 @@ def _count(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hits and regular GTs of `job` over `image_ids`, summed over chunks run in `workers`
     processes; `meanwhile` runs in this process while they work."""
-    pieces = max(1, min(len(image_ids), workers * 4))
+    # small chunks, handed out as workers free up: they end within a chunk of each other
+    pieces = max(1, min(len(image_ids), workers * 16))
     bounds = np.linspace(0, len(image_ids), pieces + 1).astype(int)
     chunks = [image_ids[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     if workers <= 1 or len(chunks) <= 1:

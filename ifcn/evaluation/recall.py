@@ -32,6 +32,8 @@ COCO_AREA_RANGES = {
     "medium": (32.0**2, 96.0**2),
     "large": (96.0**2, 1e5**2),
 }
+# what `--area-ranges` may name: the area ranges each choice reports
+AREA_CHOICES = {"coco": list(COCO_AREA_RANGES), "all": ["all"]}
 MIN_IOU = 0.5  # pairs below this are never needed
 
 
