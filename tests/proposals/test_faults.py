@@ -356,7 +356,7 @@ def test_a_killed_infer_leaves_a_temporary_the_rerun_sweeps(tmp_path):
     rng = np.random.default_rng(0)
     folder = tmp_path / "photos"
     folder.mkdir()
-    for i in range(400):
+    for i in range(120):
         pixels = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"{i:04d}.png")
     from tests.proposals.runs import checkpoint, small_config
@@ -381,7 +381,7 @@ def test_a_killed_infer_leaves_a_temporary_the_rerun_sweeps(tmp_path):
     shard.write_bytes(b"")
     assert cli.main(args[3:]) == 0
     with Candidates(out) as read:
-        assert len(read) == 400
+        assert len(read) == 120
     assert sorted(p.name for p in out.parent.iterdir()) == [shard.name, "candidates.h5"]
 
 
