@@ -15,6 +15,7 @@ the per-round ratios; AR must equal COCOeval's to 1e-12 (recall per threshold, a
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import io
 import json
@@ -166,6 +167,9 @@ def main() -> None:
         t = time.perf_counter()
         paths = make_dataset(d, args.images, args.per_image)
         print(f"generated {args.images} images in {time.perf_counter() - t:.1f} s")
+        # ifcn as a user has it installed, its modules compiled: with PYTHONDONTWRITEBYTECODE
+        # set (some shells and CI images set it) each process would compile them again
+        compileall.compile_dir(Path(__file__).resolve().parents[1] / "ifcn", quiet=1)
         reference = d / "cocoeval.npy"
         cocoeval = [sys.executable, __file__, "--cocoeval", str(paths["gt"]), str(paths["json"])]
         outputs = {}
