@@ -163,20 +163,28 @@ def check_learnable(dataset: CocoInstances, rule: LabelRule, max_size: int | Non
             f"{len(dataset)} training images: every step would see 0 positive windows",
             where,
         )
-    boxes = store["mask_box"][instance]
+    # one scale at a time: a few arrays of one value per instance (COCO: 860k), not [n, scales]
+    sides = store["mask_box"][:, 2:].max(1)[instance]
     image_of = np.repeat(np.arange(len(store)), np.diff(store["ann_offset"]))[instance]
-    image_sizes = np.stack([store["height"], store["width"]], 1)[image_of].astype(np.float64)
-    factors = np.array(dataset.scales, dtype=np.float64)[None, :] / image_sizes.min(1)[:, None]
-    if max_size is not None:
-        factors = np.minimum(factors, max_size / image_sizes.max(1)[:, None])
-    sizes = boxes[:, 2:].max(1)[:, None] * factors  # [instances, scales]
+    heights, widths = store["height"], store["width"]
+    shorter = np.minimum(heights, widths).astype(np.float64)[image_of]
+    limit = None if max_size is None else (max_size / np.maximum(heights, widths))[image_of]
+    del image_of
     low = rule.canonical_size * 2.0**-rule.pos_scale_range
     high = min(rule.canonical_size * 2.0**rule.pos_scale_range, rule.window_side)
-    if not ((sizes >= low - 1) & (sizes <= high + 1)).any():
+    smallest, largest, learnable = np.inf, -np.inf, False
+    for scale in np.array(dataset.scales, dtype=np.float64).tolist():
+        factors = scale / shorter
+        if limit is not None:
+            np.minimum(factors, limit, out=factors)
+        sizes = np.multiply(sides, factors, out=factors)
+        smallest, largest = min(smallest, sizes.min()), max(largest, sizes.max())
+        learnable = learnable or bool(((sizes >= low - 1) & (sizes <= high + 1)).any())
+    if not learnable:
         raise IfcnError(
-            f"none of the {len(boxes)} instances can make a positive window: at the training "
-            f"scales {dataset.scales} their larger sides measure {sizes.min():.0f}-"
-            f"{sizes.max():.0f} px, a positive needs {low:.0f}-{high:.0f} px (train.canonical "
+            f"none of the {len(sides)} instances can make a positive window: at the training "
+            f"scales {dataset.scales} their larger sides measure {smallest:.0f}-"
+            f"{largest:.0f} px, a positive needs {low:.0f}-{high:.0f} px (train.canonical "
             f"{rule.canonical_size:.0f} px x 2^+-{rule.pos_scale_range}); every step would see "
             "0 positive windows: change train.scales or train.canonical",
             where,

@@ -62,13 +62,16 @@ class CocoInstances(torch.utils.data.Dataset):
                 workers=min(8, os.cpu_count() or 1),
             )  # fmt: skip
         self.store = store
-        if not len(store):
+        self._len = len(store)
+        if not self._len:
             raise IfcnError("the image list is empty", json_path)
-        self.image_ids: list[int] = store["image_id"].tolist()
-        self._stats = image_stats([self.image_root / n for n in store.file_names()])
+        # no list of 118k ids, names or Paths kept or made: they would be Python objects of
+        # every rank (and pages its DataLoader workers copy), where the store's arrays are shared
+        root = os.fspath(self.image_root)
+        self._stats = image_stats(os.path.join(root, name) for name in store.file_names())
         missing = np.flatnonzero(self._stats[:, 0] < 0)
         if len(missing):
-            path = self.image_path(self.image_ids[int(missing[0])])
+            path = self.image_root / store.file_name(int(missing[0]))
             raise IfcnError(f"image file missing (listed in {self.json_path})", path)
 
     def close(self) -> None:
@@ -84,14 +87,20 @@ class CocoInstances(torch.utils.data.Dataset):
         """Image entries by id: file_name, height and width."""
         return self.store.image_table()
 
+    @property
+    def image_ids(self) -> list[int]:
+        """The image ids, sorted (a list made on each call)."""
+        return self.store["image_id"].tolist()
+
     def index_of(self, image_id: int) -> int:
-        index = int(np.searchsorted(self.store["image_id"], image_id))
-        if index >= len(self.image_ids) or self.image_ids[index] != image_id:
+        ids = self.store["image_id"]
+        index = int(np.searchsorted(ids, image_id))
+        if index >= len(ids) or ids[index] != image_id:
             raise KeyError(image_id)
         return index
 
     def image_path(self, image_id: int) -> Path:
-        return self.image_root / self.store.file_names()[self.index_of(image_id)]
+        return self.image_root / self.store.file_name(self.index_of(image_id))
 
     def _faults(self, indices: Sequence[int]) -> list[tuple[int, str]]:
         """(index, why) of the images among `indices` that are not complete images of their size."""
@@ -110,7 +119,7 @@ class CocoInstances(torch.utils.data.Dataset):
         recorded = self.store["image_stats"]
         changed = np.flatnonzero((self._stats != recorded).any(1) | (recorded < 0).any(1))
         for index, why in self._faults(changed.tolist())[:1]:
-            path = self.image_root / self.store.file_names()[index]
+            path = self.image_root / self.store.file_name(index)
             raise IfcnError(f"{why} (listed in {self.json_path})", path)
         if self.store.path is None:  # made now: its record will say the files were read
             self.store.arrays["image_stats"] = self._stats
@@ -136,7 +145,7 @@ class CocoInstances(torch.utils.data.Dataset):
             )
 
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return self._len
 
     def draw(self, seed: int) -> tuple[int, bool]:
         """The shorter side and flip of a sample: a function of the seed alone."""
@@ -162,9 +171,9 @@ class CocoInstances(torch.utils.data.Dataset):
             short_side, flipped = self.draw(seed)
         else:
             index, short_side, flipped = int(key), self.scales[0], False
-        if not 0 <= index < len(self.image_ids):
-            raise IndexError(f"index {index} out of range for {len(self.image_ids)} images")
-        image_id = self.image_ids[index]
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self._len} images")
+        image_id = int(self.store["image_id"][index])
         path = self.image_path(image_id)
         image = load_image(path)
         orig = (image.shape[0], image.shape[1])
@@ -195,7 +204,7 @@ class CocoInstances(torch.utils.data.Dataset):
             "orig_size": orig,
             "size": size,
             "flipped": flipped,
-            "file_name": self.store.file_names()[index],
+            "file_name": self.store.file_name(index),
         }
 
 

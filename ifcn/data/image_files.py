@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -80,16 +80,18 @@ def image_fault(path: str | os.PathLike, height: int, width: int) -> str | None:
     return None
 
 
-def image_stats(paths: Sequence[str | os.PathLike]) -> np.ndarray:
-    """[n, 2] int64 size and modification time (ns) of each file; -1 where it cannot be read."""
-    out = np.full((len(paths), 2), -1, np.int64)
-    for i, path in enumerate(paths):
-        try:
-            stat = os.stat(path)
-        except OSError:
-            continue
-        out[i] = stat.st_size, stat.st_mtime_ns
-    return out
+def image_stats(paths: Iterable[str | os.PathLike]) -> np.ndarray:
+    """[n, 2] int64 size and modification time (ns) of each file; -1 where it cannot be read.
+    `paths` may be a generator: COCO's 118k paths need not be held at once."""
+    return np.fromiter(map(_stat, paths), np.dtype((np.int64, 2))).reshape(-1, 2)
+
+
+def _stat(path: str | os.PathLike) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
 
 
 def changed_images(paths: Sequence[str | os.PathLike], recorded: np.ndarray) -> np.ndarray:

@@ -28,17 +28,23 @@ def recorded_image_root(json_path: str | Path, info: object) -> Path | None:
 def shared_images(
     first: ImageSet, first_root: Path | None, second: ImageSet, second_root: Path | None
 ) -> list[int]:
-    """Ids (in `second`) of the images that `second` shares with `first`, sorted."""
-    names = {(i, image["file_name"]) for i, image in first.images.items()}
-    files = set()
+    """Ids (in `second`) of the images that `second` shares with `first`, sorted.
+
+    `second` (the evaluation set) is held in sets and `first` (the training set: COCO's 118k
+    images) read one image at a time, so that its entries, names and paths are never all held.
+    """
+    names = {(i, image["file_name"]) for i, image in second.images.items()}
+    files: dict[str, list[int]] = {}
     if first_root is not None and second_root is not None:
-        files = {os.path.realpath(first_root / im["file_name"]) for im in first.images.values()}
-    return sorted(
-        i
-        for i, image in second.images.items()
-        if (i, image["file_name"]) in names
-        or (files and os.path.realpath(second_root / image["file_name"]) in files)
-    )
+        for i, image in second.images.items():
+            files.setdefault(os.path.realpath(second_root / image["file_name"]), []).append(i)
+    shared = set()
+    for i, image in first.images.items():
+        if (i, image["file_name"]) in names:
+            shared.add(i)
+        if files:
+            shared.update(files.get(os.path.realpath(first_root / image["file_name"]), ()))
+    return sorted(shared)
 
 
 def require_disjoint(

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import operator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -99,6 +101,28 @@ def _arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+class FileNames(Sequence[str]):
+    """A store's image file names, decoded one at a time from its joined column: a list of
+    COCO's 118k names would be ~10 MB of Python objects in every rank and DataLoader worker
+    (whose touches copy the pages they share with their rank)."""
+
+    def __init__(self, chars: np.ndarray, offset: np.ndarray):
+        self._chars, self._offset = chars.view(np.ndarray), offset.view(np.ndarray)
+
+    def __len__(self) -> int:
+        return len(self._offset) - 1
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"image index {index} out of range for {len(self)} images")
+        return self._chars[self._offset[i] : self._offset[i + 1]].tobytes().decode()
+
+
 @dataclass
 class AnnotationStore:
     """The checked annotations of one COCO JSON (see the module's docstring): images sorted by
@@ -112,7 +136,6 @@ class AnnotationStore:
     info: dict
     path: Path | None = None  # the record's file; None while it lives in memory only
     images_verified: bool = False  # image_stats hold the files' stats when they were read
-    _names: list[str] | None = field(default=None, repr=False)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
@@ -120,7 +143,6 @@ class AnnotationStore:
     def close(self) -> None:
         """Drop the arrays (and with them the file's mapping, once no view is left)."""
         self.arrays = {}
-        self._names = None
 
     def __len__(self) -> int:
         return len(self.arrays["image_id"])
@@ -129,13 +151,13 @@ class AnnotationStore:
     def num_annotations(self) -> int:
         return len(self.arrays["ann_id"])
 
-    def file_names(self) -> list[str]:
+    def file_names(self) -> FileNames:
         """Every image's file name (relative to the image root), in image order."""
-        if self._names is None:
-            chars, offset = self.arrays["name_chars"].tobytes(), self.arrays["name_offset"]
-            ends = offset.tolist()
-            self._names = [chars[a:b].decode() for a, b in zip(ends[:-1], ends[1:], strict=True)]
-        return self._names
+        return FileNames(self.arrays["name_chars"], self.arrays["name_offset"])
+
+    def file_name(self, index: int) -> str:
+        """Image `index`'s file name."""
+        return self.file_names()[index]
 
     def image_table(self) -> dict[int, dict]:
         """Image entries by id: file_name, height and width (as `Instances.image_table`)."""
@@ -148,8 +170,9 @@ class AnnotationStore:
         }  # fmt: skip
 
     def image_set(self) -> ImageSet:
-        """The image table and `info` of the JSON (as `read_image_set` reads them)."""
-        return ImageSet(self.json_path, self.image_table(), self.info)
+        """The image table and `info` of the JSON (as `read_image_set` reads them), its
+        entries made when read (`StoreImages`)."""
+        return ImageSet(self.json_path, StoreImages(self), self.info)
 
     def annotation_slice(self, index: int) -> slice:
         """The rows of image `index`'s annotations."""
@@ -186,6 +209,39 @@ class AnnotationStore:
             where = f"image {int(self['image_id'][index])}: {bad}"
             raise _damaged(self.path, where, self.json_path)
         return [{"size": [height, width], "counts": text} for text in texts]
+
+
+class StoreImages(Mapping[int, dict]):
+    """A store's image entries by id (file_name, height, width, as `image_table`), each made
+    when it is read: COCO's 118k entries as dicts are ~50 MB of Python objects at once."""
+
+    def __init__(self, store: AnnotationStore):
+        self._store = store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._store["image_id"].tolist())
+
+    def __getitem__(self, image_id: int) -> dict:
+        ids = self._store["image_id"]
+        index = int(np.searchsorted(ids, image_id))
+        if index >= len(ids) or ids[index] != image_id:
+            raise KeyError(image_id)
+        return self._entry(index)
+
+    def _entry(self, index: int) -> dict:
+        store = self._store
+        return {"file_name": store.file_name(index), "height": int(store["height"][index]),
+                "width": int(store["width"][index])}  # fmt: skip
+
+    def items(self) -> Iterator[tuple[int, dict]]:  # type: ignore[override]
+        """(id, entry) in id order, without a lookup per id."""
+        return ((i, self._entry(k)) for k, i in enumerate(self._store["image_id"].tolist()))
+
+    def values(self) -> Iterator[dict]:  # type: ignore[override]
+        return (entry for _, entry in self.items())
 
 
 def _damaged(path: Path | None, what: str, json_path: Path) -> IfcnError:
@@ -440,7 +496,7 @@ class ImageSet:
     """The images a COCO JSON lists, by id (file_name, height, width), and its `info`."""
 
     json_path: Path
-    images: dict[int, dict]
+    images: Mapping[int, dict]
     info: dict
 
 

@@ -4,12 +4,15 @@ one rule."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
 from ifcn.data import rle
 from ifcn.data.rle import (
+    all_well_formed,
     encode_counts,
     encode_mask,
     rle_text_faults,
@@ -179,6 +182,41 @@ def test_rle_texts_are_judged_the_same_whatever_batch_they_fall_in(monkeypatch):
     for chars in (1, 50, 400):  # one text per batch, texts split across batches, a few batches
         monkeypatch.setattr(rle, "RLE_BATCH_CHARS", chars)
         assert rle_text_faults(texts, np.array(pixels)) == whole
+
+
+def test_a_joined_column_is_judged_as_its_texts_whatever_block_a_fault_falls_in(monkeypatch):
+    rng = np.random.default_rng(2)
+    texts = [r["counts"] for r in mask_utils.encode(_masks(rng, 20, 30, 40))]
+    chars = np.frombuffer(b"".join(texts), np.uint8)
+    offset = np.concatenate([[0], np.cumsum([len(t) for t in texts])])
+    for block in (1, 7, 64, 1 << 22):  # the block size changes no answer
+        monkeypatch.setattr(rle, "FORM_BLOCK_CHARS", block)
+        assert all_well_formed(chars, offset)
+        for position in (0, len(chars) // 2, len(chars) - 2):  # first, middle and last blocks
+            for value in (ord("0") - 1, ord("o") + 1, 0, 255):  # either side of '0'..'o'
+                damaged = chars.copy()
+                damaged[position] = value
+                assert not all_well_formed(damaged, offset), (block, position, value)
+    # '0' and 'o', the ends of the characters of a count, are well formed; '/' and 'p' are not
+    for texts, formed in (([b"0", b"o0"], True), ([b"0", b"/0"], False), ([b"p0"], False)):
+        offset = np.concatenate([[0], np.cumsum([len(t) for t in texts])])
+        joined = np.frombuffer(b"".join(texts), np.uint8)
+        assert all_well_formed(joined, offset) == formed == bool(well_formed(texts).all())
+
+
+def test_a_joined_column_is_checked_without_temporaries_of_its_size():
+    """Every process that opens a COCO-sized record checks its 340 MB column: three
+    temporaries of that size were a peak of 1 GB in each rank of a training."""
+    text = b"o" * 63 + b"0"  # one count of 64 characters
+    chars = np.frombuffer(text * (1 << 20), np.uint8)  # 64 MiB
+    offset = np.arange(0, len(chars) + 1, len(text), dtype=np.int64)
+    tracemalloc.start()
+    try:
+        assert all_well_formed(chars, offset)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20  # a few blocks and the offsets' differences, not 3 x 64 MiB
 
 
 def test_the_json_and_proposals_checks_judge_damaged_text_alike():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import h5py
@@ -262,3 +263,46 @@ def test_backslash_file_names_are_read_as_plain_paths(tmp_path):
     assert read_image_table(path)[1]["file_name"] == "img/1.png"
     ds = CocoInstances(path, tmp_path, [40])
     assert ds[0]["file_name"] == "img/1.png" and torch.is_tensor(ds[0]["image"])
+
+
+def test_the_records_names_and_image_entries_are_those_of_the_json(tmp_path):
+    """Read one at a time from the record's arrays (no list of 118k names or dicts of them in
+    every rank): the same names and entries as the JSON's."""
+    path = coco_like(tmp_path)
+    assert cli.main(["data", "check", "--json", str(path), "--images", str(tmp_path)]) == 0
+    store = open_store(proof_path(path), path)
+    table = read_image_table(path)
+    names = store.file_names()
+    assert len(names) == 4 and list(names) == [table[i]["file_name"] for i in sorted(table)]
+    assert names[-1] == names[3] == store.file_name(3) and names[1:3] == list(names)[1:3]
+    with pytest.raises(IndexError):
+        names[4]
+    images = store.image_set().images
+    assert dict(images) == dict(images.items()) == store.image_table() == table
+    assert list(images.values()) == [table[i] for i in sorted(table)]
+    assert len(images) == 4 and 5 in images and 3 not in images
+    with pytest.raises(KeyError):
+        images[3]
+
+
+def test_a_dataset_holds_no_python_object_per_image(tmp_path):
+    """Every rank and DataLoader worker of a COCO training holds the dataset: its images are
+    read from the record's arrays (memory-mapped, shared), not copied into lists."""
+    path = coco_like(tmp_path)
+    data = json.loads(path.read_text())
+    first = data["images"][0]
+    for k in range(3000):  # one file under many names
+        name = f"img/many_{k}.png"
+        (tmp_path / name).hardlink_to(tmp_path / first["file_name"])
+        data["images"].append({**first, "id": 100 + k, "file_name": name})
+    path.write_text(json.dumps(data))
+    assert cli.main(["data", "check", "--json", str(path), "--images", str(tmp_path)]) == 0
+    store = open_store(proof_path(path), path)
+    tracemalloc.start()
+    try:
+        ds = CocoInstances(path, tmp_path, [30], store=store)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(ds) == 3004 and ds.image_path(2999 + 100) == tmp_path / "img/many_2999.png"
+    assert held < 3004 * 20  # its file stats (16 bytes an image), no list of ids, names, paths
