@@ -197,6 +197,32 @@ def test_slurm_profile_gives_every_gpu_stage_a_gpu(tmp_path):
     assert _local_rules("config/coco.yaml", tmp_path / "api") == {"download"}
 
 
+def test_the_plan_each_slurm_job_makes_again_imports_no_torch(tmp_path):
+    """A cluster job parses the workflow and plans its job twice (the jobstep executor's
+    snakemake, then the one its srun starts): torch and torchvision, seconds to import, stay
+    with the stages that run a network, or every job pays for them twice before it starts
+    (and the SLURM tests' jobs miss the executor's status checks)."""
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from snakemake.api import SnakemakeApi\n"
+        "from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, "
+        "ResourceSettings\n"
+        "with SnakemakeApi(OutputSettings(quiet={'all'})) as api:\n"
+        "    wf = api.workflow(ResourceSettings(), ConfigSettings(configfiles=[Path(sys.argv[1])]),"
+        " snakefile=Path(sys.argv[2]), workdir=Path(sys.argv[3]))\n"
+        "    wf.dag(DAGSettings()).execute_workflow(executor='dryrun')\n"
+        "    print(json.dumps(sorted(m for m in ('torch', 'torchvision') if m in sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "config" / "tiny.yaml"), str(ROOT / "Snakefile"),
+         str(tmp_path)],
+        env=_env(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert planned_jobs(result.stderr)["train"] == 1  # it planned the run
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
 def test_invalid_config_fails_before_any_job_naming_the_file(tmp_path):
     work = _workdir(tmp_path, train={"iterz": 5})
     result = snakemake("--cores", "1", "--configfile", "run.yaml", cwd=work, check=False)

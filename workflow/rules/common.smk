@@ -23,7 +23,6 @@ from ifcn.config import config_json, write_run_config
 from ifcn.data.datasets import convert_request, dataset, require_sources
 from ifcn.data.folder import EXTENSIONS, image_files
 from ifcn.errors import IfcnError
-from ifcn.model.backbone import find_pretrained_weights
 from ifcn.variants import TABLES, plan_ablations
 
 # One config route: the --configfile files (default config/config.yaml) with the --config
@@ -182,4 +181,8 @@ def check_pretrained_weights():
     seconds naming the file to place where, instead of after hours of downloads)."""
     jobs = {job.rule.name for job in workflow.dag.needrun_jobs()}
     if config["model"]["pretrained"] and {"train", "classify_train"} & jobs:
+        # imported here, not above: it imports torch (seconds), which the workflow's parse,
+        # repeated twice by each cluster job, needs nowhere else
+        from ifcn.model.backbone import find_pretrained_weights
+
         find_pretrained_weights(config["model"]["backbone"], config["model"]["weights"])
