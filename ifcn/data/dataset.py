@@ -93,11 +93,7 @@ class CocoInstances(torch.utils.data.Dataset):
         return self.store["image_id"].tolist()
 
     def index_of(self, image_id: int) -> int:
-        ids = self.store["image_id"]
-        index = int(np.searchsorted(ids, image_id))
-        if index >= len(ids) or ids[index] != image_id:
-            raise KeyError(image_id)
-        return index
+        return self.store.index(image_id)
 
     def image_path(self, image_id: int) -> Path:
         return self.image_root / self.store.file_name(self.index_of(image_id))
@@ -174,7 +170,8 @@ class CocoInstances(torch.utils.data.Dataset):
         if not 0 <= index < self._len:
             raise IndexError(f"index {index} out of range for {self._len} images")
         image_id = int(self.store["image_id"][index])
-        path = self.image_path(image_id)
+        file_name = self.store.file_name(index)
+        path = self.image_root / file_name
         image = load_image(path)
         orig = (image.shape[0], image.shape[1])
         self._check_size(image_id, path, orig)
@@ -204,7 +201,7 @@ class CocoInstances(torch.utils.data.Dataset):
             "orig_size": orig,
             "size": size,
             "flipped": flipped,
-            "file_name": self.store.file_name(index),
+            "file_name": file_name,
         }
 
 

@@ -151,6 +151,14 @@ class AnnotationStore:
     def num_annotations(self) -> int:
         return len(self.arrays["ann_id"])
 
+    def index(self, image_id: int) -> int:
+        """Row of image `image_id` (the ids are sorted); KeyError if the store lacks it."""
+        ids = self.arrays["image_id"]
+        index = int(np.searchsorted(ids, image_id))
+        if index >= len(ids) or ids[index] != image_id:
+            raise KeyError(image_id)
+        return index
+
     def file_names(self) -> FileNames:
         """Every image's file name (relative to the image root), in image order."""
         return FileNames(self.arrays["name_chars"], self.arrays["name_offset"])
@@ -225,11 +233,7 @@ class StoreImages(Mapping[int, dict]):
         return iter(self._store["image_id"].tolist())
 
     def __getitem__(self, image_id: int) -> dict:
-        ids = self._store["image_id"]
-        index = int(np.searchsorted(ids, image_id))
-        if index >= len(ids) or ids[index] != image_id:
-            raise KeyError(image_id)
-        return self._entry(index)
+        return self._entry(self._store.index(image_id))
 
     def _entry(self, index: int) -> dict:
         store = self._store
