@@ -183,6 +183,11 @@ def _unraisable(unraisable) -> None:
         with contextlib.suppress(OSError):  # first: a signal handled in it must not raise
             os.write(_wakeup[-1], bytes([_stopping[0] + _AGAIN]))
         _again.append(True)
+    elif isinstance(unraisable.exc_value, Stopped) and _owner and os.getpid() != _owner[0]:
+        # a DataLoader worker's stop raised in a weakref callback or `__del__`: sent again,
+        # to end its loop where it can raise, and nothing printed
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), unraisable.exc_value.signum)
     elif isinstance(unraisable.exc_value, SystemExit) and _exiting:
         _tick_on()
         _exiting.clear()
