@@ -5,10 +5,10 @@ parses, calls, and turns the two failures of normal use into one line and exit s
 input (`IfcnError`) and a file the system refuses (`OSError`: unwritable folder, full disk).
 Anything else is a bug and keeps its traceback. SIGTERM and SIGINT, from the moment the CLI
 starts, end a stage with one line and 143 / 130 (`ifcn.signals`, whatever error the interrupted
-code then raises), and every stage gets a writable matplotlib folder (`ifcn.mplconfig`). The
-stage modules' docstrings are written for developers, so the one-line summary and the example
-that `--help` shows live here, in `HELP`. Modules are imported lazily so a light stage
-(evaluate, nms) does not pay for importing torch.
+code then raises), every stage gets a writable matplotlib folder (`ifcn.mplconfig`), and torch's
+threads fit a CPU quota (`ifcn.cpus`). The stage modules' docstrings are written for developers,
+so the one-line summary and the example that `--help` shows live here, in `HELP`. Modules are
+imported lazily so a light stage (evaluate, nms) does not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 import textwrap
 
 from ifcn import signals
+from ifcn.cpus import limit_threads
 from ifcn.errors import IfcnError, describe_os_error
 from ifcn.mplconfig import matplotlib_config_dir
 
@@ -273,6 +274,7 @@ def _fail(prog: str, message: str, status: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     restore = signals.install()  # before a stage's imports: Ctrl-C during them is one line too
+    limit_threads()  # before torch is imported: a CPU quota below the cores sizes its threads
     try:
         with matplotlib_config_dir():
             return _main(list(sys.argv[1:] if argv is None else argv))

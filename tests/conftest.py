@@ -13,6 +13,24 @@ from ifcn.data.synth import generate_dataset
 from tests import slurm_cluster as cluster
 from tests.configs import ROOT, write_config
 
+_config: list[pytest.Config] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _config[:] = [config]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A failure is named as it happens, not only in the summary at the end: a run that CI
+    stops at its time limit (or a hang that faulthandler_timeout ends) still says what failed."""
+    terminal = _config[0].pluginmanager.get_plugin("terminalreporter") if _config else None
+    if not report.failed or terminal is None:
+        return
+    crash = getattr(report.longrepr, "reprcrash", None)
+    where = f"{crash.path}:{crash.lineno}: " if crash else ""
+    message = crash.message if crash else str(report.longrepr).strip().splitlines()[-1:]
+    terminal.write_line(f"\nFAILED ({report.when}) {report.nodeid}: {where}{message}"[:2000])
+
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:

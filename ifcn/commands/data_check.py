@@ -13,11 +13,11 @@ the evaluation split against the training JSON unless `data.allow_shared_images`
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ifcn.atomic import atomic_path
 from ifcn.config import command_config, config_option
+from ifcn.cpus import available_cpus
 from ifcn.data.check import check_dataset, forget, format_report, record
 from ifcn.data.datasets import SPLITS
 from ifcn.data.overlap import require_disjoint
@@ -45,7 +45,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="also fail if the JSON shares an image with this (training) COCO JSON",
     )
     parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes over images"
+        "--workers", type=int, default=min(8, available_cpus()), help="processes over images"
     )
     return parser
 

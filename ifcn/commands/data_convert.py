@@ -10,10 +10,10 @@ copied. What the conversion changed is printed and kept in `info.conversion_note
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ifcn.config import command_config, config_option, override_option
+from ifcn.cpus import available_cpus
 from ifcn.data.convert import FORMATS, convert, write_converted
 from ifcn.data.datasets import SPLITS, convert_request
 from ifcn.data.formats.coco import AREA_BBOX
@@ -72,7 +72,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=int,
-        default=min(8, os.cpu_count() or 1),
+        default=min(8, available_cpus()),
         help="processes over masks and images",
     )
     return parser

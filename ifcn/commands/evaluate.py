@@ -10,12 +10,12 @@ limits the evaluation images (`data.val_json`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from ifcn.atomic import output_file
 from ifcn.config import command_config, config_option, evaluation_first_n, override_option
+from ifcn.cpus import available_cpus
 from ifcn.evaluation.recall import AREA_CHOICES
 from ifcn.reporting.plots import Plotter
 
@@ -52,7 +52,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="skip proposals of images the GT lacks, and accept GT images the .h5 lacks",
     )
     parser.add_argument(
-        "--workers", type=int, default=_default_workers(), metavar="N",
+        "--workers", type=int, default=available_cpus(), metavar="N",
         help="processes computing mask IoUs (default: the CPUs available)",
     )  # fmt: skip
     parser.add_argument(
@@ -96,10 +96,3 @@ def main(args: argparse.Namespace) -> int:
         write_outputs(result, out, record, plotter)
     print(format_table(result))
     return 0
-
-
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

@@ -20,6 +20,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 
+from ifcn.cpus import available_cpus
 from ifcn.data.image import image_tensor, load_image, resize_image, resize_masks
 from ifcn.data.image_files import image_fault, image_stats
 from ifcn.data.masks import mask_boxes
@@ -59,7 +60,7 @@ class CocoInstances(torch.utils.data.Dataset):
         if store is None:
             store = checked_annotations(
                 self.json_path, reader=reader, cache_dir=cache_dir,
-                workers=min(8, os.cpu_count() or 1),
+                workers=min(8, available_cpus()),
             )  # fmt: skip
         self.store = store
         self._len = len(store)
@@ -105,7 +106,7 @@ class CocoInstances(torch.utils.data.Dataset):
         def fault(i: int) -> str | None:
             return image_fault(self.image_root / names[i], int(height[i]), int(width[i]))
 
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(8, available_cpus())) as pool:
             found = list(pool.map(fault, indices))
         return [(i, why) for i, why in zip(indices, found, strict=True) if why]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms as box_nms
 
+from ifcn.cpus import available_cpus
 from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import Candidates, ImageCandidates
 from ifcn.proposals.format import ProposalWriter
@@ -68,11 +68,6 @@ def _init_worker(path: str, settings: dict) -> None:
 
 def _work(index: int) -> dict:
     return nms_image(_worker["reader"].read(index), _worker["settings"])
-
-
-def default_workers() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 @contextlib.contextmanager
@@ -125,7 +120,7 @@ def run_nms(
         "top_n": int(settings["top_n"]),
         "mask_threshold": float(settings["mask_threshold"]),
     }
-    workers = max(1, min(int(workers) or default_workers(), count))
+    workers = max(1, min(int(workers) or available_cpus(), count))
     with (
         torch_threads(1),
         image_results(candidates, count, settings, workers) as results,

@@ -39,6 +39,7 @@ import numpy as np
 from isal import isal_zlib
 
 from ifcn.atomic import temporary_path, write_error
+from ifcn.cpus import available_cpus
 from ifcn.errors import IfcnError
 
 IMAGE_FIELDS = ("id", "file_name", "height", "width")
@@ -46,7 +47,7 @@ MAX_SIDE = 1 << 20  # image sides beyond this are not images but damage
 _GZIP = 1  # level 1: most of the gain at a fraction of the default level's time
 _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: an image is a chunk or two, a full read is sequential
 _FLUSH_BYTES = 1 << 26  # rows buffered before they go to the file
-_THREADS = min(4, os.cpu_count() or 1)  # threads deflating a text column
+_THREADS = min(4, available_cpus())  # threads deflating a text column
 # Deflate codes at most 258 bytes in a 2-bit symbol: no stream of it inflates more than 1032
 # times its size, and HDF5's shuffle and fletcher32 filters do not shrink data. A dataset that
 # declares more than this many times what the file stores of it is refused before it is read.
