@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import textwrap
+from collections.abc import Callable
 
 from ifcn import signals
 from ifcn.cpus import limit_threads
@@ -274,7 +275,6 @@ def _fail(prog: str, message: str, status: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     restore = signals.install()  # before a stage's imports: Ctrl-C during them is one line too
-    limit_threads()  # before torch is imported: a CPU quota below the cores sizes its threads
     try:
         with matplotlib_config_dir():
             return _main(list(sys.argv[1:] if argv is None else argv))
@@ -303,15 +303,32 @@ def _main(argv: list[str]) -> int:
             return 2 if stream is sys.stderr else 0
         return _unknown(argv)
     prog = "ifcn " + " ".join(words)
-    args = None
+    parsed: list[argparse.Namespace] = []
+
+    def run() -> int:
+        module = importlib.import_module(COMMANDS[words])
+        limit_threads()  # torch's threads, if the stage imported it, fit a CPU quota
+        parser: argparse.ArgumentParser = module.get_args_parser()
+        parser.prog = prog
+        _user_help(parser, words)
+        parsed.append(parser.parse_args(argv[len(words) :]))
+        args = parsed[0]
+        ranks = getattr(args, "nproc_per_node", None)
+        if ranks is not None and ranks != 1:  # the stage in forked ranks, each as a stage
+            from ifcn.training.launch import fork_ranks
+
+            return fork_ranks(ranks, lambda: _guarded(prog, lambda: module.main(args), parsed))
+        return module.main(args)
+
+    return _guarded(prog, run, parsed)
+
+
+def _guarded(prog: str, run: Callable[[], int | None], parsed: list[argparse.Namespace]) -> int:
+    """`run()`'s exit status, with bad input, a refused file and a stop each turned into one
+    line and their status."""
     try:
         try:
-            module = importlib.import_module(COMMANDS[words])
-            parser: argparse.ArgumentParser = module.get_args_parser()
-            parser.prog = prog
-            _user_help(parser, words)
-            args = parser.parse_args(argv[len(words) :])
-            result = module.main(args)
+            result = run()
         except BaseException as exc:
             stop = _stop_behind(exc)
             if stop is None:
@@ -323,7 +340,8 @@ def _main(argv: list[str]) -> int:
         _silence_stdout()
         return 1
     except OSError as exc:
-        return _fail(prog, describe_os_error(exc, writing=getattr(args, "out", None)))
+        out = getattr(parsed[0], "out", None) if parsed else None
+        return _fail(prog, describe_os_error(exc, writing=out))
     stop = signals.requested()
     if stop is not None:  # its exception was swallowed on the way (see ifcn.signals)
         return _stopped(prog, stop)

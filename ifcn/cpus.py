@@ -79,13 +79,12 @@ def available_cpus() -> int:
 
 
 def limit_threads() -> None:
-    """Size torch's thread team to the CPUs a quota leaves, where the user set none
-    (OMP_NUM_THREADS, which torch reads at import, and which the stage's processes inherit);
-    without a quota torch's own count stands."""
-    count = available_cpus()
-    if count >= _affinity() or "OMP_NUM_THREADS" in os.environ:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(count)
+    """Fit torch's thread team (if torch is imported) to the CPUs a quota leaves, where the user
+    set no thread count (OMP_NUM_THREADS). The variable is not set here: launchers read it as
+    the user's (srun tasks and forked ranks take one thread when it is unset)."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() > count:
+    if torch is None or "OMP_NUM_THREADS" in os.environ:
+        return
+    count = available_cpus()
+    if count < _affinity() and torch.get_num_threads() > count:
         torch.set_num_threads(count)

@@ -39,6 +39,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="mixed precision on CUDA")
     override_option(parser, "--workers", "train.workers", "DataLoader processes per process")
     parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train as N ranks of this node, forked from this process after its imports (as "
+        "torchrun --standalone --nproc-per-node N does, sharing the imports' memory): one per GPU",
+    )
+    parser.add_argument(
         "--cudnn-benchmark",
         action="store_true",
         help="let cuDNN time its algorithms per input shape: faster when image sizes repeat "

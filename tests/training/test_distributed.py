@@ -349,6 +349,51 @@ def test_sigterm_to_one_srun_task_stops_all_at_one_checkpoint_and_resumes_exactl
     )
 
 
+def _forked(config: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """`ifcn train --nproc-per-node 2`, without OMP_NUM_THREADS: the launcher must give each
+    rank one thread, as torchrun does."""
+    env = clean_env()
+    del env["OMP_NUM_THREADS"]
+    command = [sys.executable, "-m", "ifcn", "train", "--config", str(config), "--out", str(out)]
+    command += ["--device", "cpu", "--nproc-per-node", str(WORLD), *extra]
+    return subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.slow
+def test_forked_ranks_stop_together_on_the_launchers_sigterm_and_train_as_torchrun(
+    ddp_config, torchrun_run, tmp_path
+):
+    """SIGTERM to the launcher alone (a user's kill, Snakemake's cancel): every rank stops at
+    one checkpoint as under torchrun, and the resumed run ends with torchrun's weights."""
+    out = tmp_path / "run"
+    launcher = _forked(ddp_config, out)
+    try:
+        _wait_for_log_row(out / "train_log.csv", 2, [launcher])
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 143, err[-3000:]
+    lines = err.strip().splitlines()
+    stopped = [re.search(r"stopped by SIGTERM at iteration (\d+)", line) for line in lines]
+    iterations = {int(m.group(1)) for m in stopped if m}
+    assert len([m for m in stopped if m]) == WORLD and len(iterations) == 1, lines
+    iteration = iterations.pop()
+    assert 2 <= iteration < ITERS and "Traceback" not in err
+    assert checkpoint.latest_checkpoint(out) == checkpoint.checkpoint_path(out, iteration)
+
+    launcher = _forked(ddp_config, out, "--resume", "auto")
+    try:
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, err[-3000:]
+    assert f"ifcn train: {WORLD} process(es) x 1 image per step" in err
+    _equal_to_torchrun(out, torchrun_run)
+
+
 def _slurm_env(cluster: Cluster) -> dict[str, str]:
     """The test's environment for the cluster, without OMP_NUM_THREADS: ifcn itself must give
     each srun task one thread, as torchrun does (else the weights differ from torchrun's)."""
