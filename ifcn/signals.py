@@ -327,5 +327,6 @@ def worker_process() -> None:
     where it is forked): SIGINT ignored, SIGTERM a quiet exit once out of its queues."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_quietly)
+    sys.unraisablehook = _unraisable  # a stop swallowed in a `__del__` is raised again
     _tick_on()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # held while it was spawned

@@ -494,6 +494,34 @@ def test_a_pool_stopped_at_random_moments_always_ends_at_once(signum, alone):
         assert _group(task.pid) == []
 
 
+SPAWNED_WORKER = """
+import os, signal, sys, time
+from ifcn import signals
+
+class Finalised:
+    def __del__(self):  # the pool's SIGTERM lands here, where Python cannot raise
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+
+signals.worker_process()  # as a spawned pool worker starts: no handlers inherited
+Finalised()
+print("alive after the swallowed stop", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_spawned_workers_stop_swallowed_in_a_finaliser_still_ends_it_quietly():
+    """A spawned worker inherits no unraisable hook: its stop, raised inside a `__del__`, was
+    printed as a traceback and then never raised again, and the worker lived on (its pool's
+    shutdown waits for it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", SPAWNED_WORKER], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert (done.returncode, done.stderr) == (143, ""), done.stderr
+    assert time.monotonic() - start < 20
+
+
 def test_install_and_restore_leave_the_process_as_it_was():
     from ifcn import signals
 

@@ -30,6 +30,7 @@ from ifcn.data.rle import (
     well_formed,
 )
 from ifcn.errors import IfcnError
+from ifcn.pool import Pool
 from ifcn.signals import worker_process
 
 
@@ -222,7 +223,7 @@ def _parse_in_parts(
         parts = [(view[a:b], a) for a, b in zip(bounds[0::2], bounds[1::2], strict=True)]
         context = multiprocessing.get_context("fork")
         checks = (dict(sizes), set(categories))
-        with context.Pool(len(parts), _set_parts, (parts, text, checks)) as pool:
+        with Pool(len(parts), _set_parts, (parts, text, checks), context=context) as pool:
             columns = pool.map(_parse_part, range(len(parts)), chunksize=1)
         del parts, view
     finally:

@@ -25,6 +25,7 @@ import pycocotools.mask as mask_utils
 
 from ifcn import atomic
 from ifcn.errors import IfcnError
+from ifcn.pool import Pool
 from ifcn.signals import held, worker_process
 
 CATEGORIES: tuple[dict, ...] = (
@@ -365,7 +366,7 @@ def generate_dataset(out_dir: str | Path, settings: Mapping, workers: int = 1) -
         context = multiprocessing.get_context("spawn")
         with contextlib.ExitStack() as stack:
             with held():  # until its workers can handle a signal (see ifcn.signals)
-                pool = stack.enter_context(context.Pool(workers, initializer=_init_worker))
+                pool = stack.enter_context(Pool(workers, _init_worker, context=context))
             results = pool.map(_make_image, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
     else:
         results = [_make_image(job) for job in jobs]

@@ -41,6 +41,7 @@ from ifcn.evaluation.recall import (
     greedy_hits,
     recall_ratio,
 )
+from ifcn.pool import Pool
 from ifcn.reporting.plots import Plotter, plot_recall_iou
 from ifcn.signals import worker_process
 
@@ -148,10 +149,10 @@ def _count(
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        with context.Pool(min(workers, len(chunks)), _set_job, (job,)) as pool:
+        with Pool(min(workers, len(chunks)), _set_job, (job,), context=context) as pool:
             pending = pool.map_async(_run_chunk, chunks, chunksize=1)
             meanwhile()
-            results = pending.get()
+            results = pool.get(pending)
     empty = job.run([])
     hits = sum((r[0] for r in results), start=empty[0])
     regular = sum((r[1] for r in results), start=empty[1])

@@ -10,7 +10,6 @@ of a candidates file, in a pool of processes.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torchvision.ops import nms as box_nms
 
 from ifcn.cpus import available_cpus
+from ifcn.pool import Pool
 from ifcn.progress import progress_bar
 from ifcn.proposals.candidates import Candidates, ImageCandidates
 from ifcn.proposals.format import ProposalWriter
@@ -88,7 +88,7 @@ def image_results(
     """Every image's `nms_image` result in file order, from a pool of processes or this one."""
     settings = dict(settings)
     if workers > 1:
-        with multiprocessing.Pool(workers, _init_worker, (str(candidates), settings)) as pool:
+        with Pool(workers, _init_worker, (str(candidates), settings)) as pool:
             yield pool.imap(_work, range(count), chunksize=2)
     else:
         with Candidates(candidates) as reader:

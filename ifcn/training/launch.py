@@ -3,7 +3,7 @@
 torchrun starts each rank as a new interpreter, which imports torch, torchvision and ifcn again
 (~0.4 GiB and a few seconds a rank) beside a launcher that imported torch too. Forked after the
 imports, the ranks share those pages copy-on-write, and their start is immediate: two ranks of a
-COCO-sized training hold ~1.2x one rank's memory instead of torchrun's ~1.8x (docs/results.md).
+COCO-sized training hold 1.13x one rank's memory instead of torchrun's 1.86x (docs/results.md).
 The environment each rank gets is torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT, one compute thread unless OMP_NUM_THREADS says otherwise), so the
 training code cannot tell the two apart and trains the same weights.

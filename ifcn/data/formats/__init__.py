@@ -6,7 +6,6 @@ type, the reading of index-map PNGs and image sizes, split lists, and the parall
 
 from __future__ import annotations
 
-import multiprocessing
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 
 from ifcn.data.image import open_image
 from ifcn.errors import IfcnError
+from ifcn.pool import Pool
 from ifcn.progress import progress_bar
 from ifcn.signals import worker_process
 
@@ -126,7 +126,7 @@ def map_images(
                 out.append(fn(x))
                 bar.update()
             return out
-        with multiprocessing.Pool(workers, worker_process) as pool:
+        with Pool(workers, worker_process) as pool:
             chunk = max(1, min(64, total // (4 * workers)))
             for result in pool.imap(fn, items, chunksize=chunk):
                 out.append(result)
