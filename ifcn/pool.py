@@ -15,6 +15,7 @@ import itertools
 import multiprocessing
 import multiprocessing.pool
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -22,11 +23,17 @@ from ifcn import signals
 from ifcn.errors import IfcnError
 
 TICK = 0.2  # seconds between looks at the workers while results are awaited
+STOP_WAIT = 2.0  # seconds a worker's stop may precede this process's own
+# how a worker ends on SIGTERM or SIGINT: its quiet exit (ifcn.signals), or the signal itself
+_STOPPED = {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT}
 
 
 def _how(exitcode: int) -> str:
     if exitcode == -signal.SIGKILL:
-        return "was killed by SIGKILL (the kernel's out-of-memory killer does this)"
+        return (
+            "was killed by SIGKILL (the kernel's out-of-memory killer does this: give the stage "
+            "more memory or fewer --workers)"
+        )
     if exitcode < 0:
         return f"died of {signal.Signals(-exitcode).name}"
     return f"exited with status {exitcode}"
@@ -62,13 +69,14 @@ class Pool(multiprocessing.pool.Pool):
             code = process.exitcode
             if code is None or code == 0:
                 continue
+            if code in _STOPPED:  # a stop of the whole process group: it reaches this process
+                deadline = time.monotonic() + STOP_WAIT  # too, and raises `Stopped` in the wait
+                while signals.requested() is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
             stop = signals.requested()
             if stop is not None:
                 raise stop
-            raise IfcnError(
-                f"a worker process (pid {process.pid}) {_how(code)}; with less memory at "
-                "hand, give the stage fewer --workers"
-            )
+            raise IfcnError(f"a worker process (pid {process.pid}) {_how(code)}")
 
     def get(self, pending: multiprocessing.pool.AsyncResult) -> Any:
         """`pending.get()`, looking at the workers while it waits."""

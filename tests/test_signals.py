@@ -450,15 +450,16 @@ def test_sigint_while_the_stage_imports_is_one_line(world, tmp_path, command, li
 # --- the machinery, on a bare pool: many stops at random moments --------------------------------
 
 POOL_STAGE = """
-import multiprocessing, sys
+import sys
 from ifcn import signals
+from ifcn.pool import Pool  # every stage's: its workers' own stops must not read as deaths
 
 def work(x):
     return [sum(range(20000))] * 10
 
 restore = signals.install()
 try:
-    with multiprocessing.Pool(2, signals.worker_process) as pool:
+    with Pool(2, signals.worker_process) as pool:
         print("ready", flush=True)
         for _ in pool.imap(work, range(10**7), chunksize=8):
             pass
