@@ -371,8 +371,9 @@ def test_a_killed_infer_leaves_a_temporary_the_rerun_sweeps(tmp_path):
     process = subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(out.parent.glob(".candidates.h5.*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.002)
+    # at once: the 120 images take a few tenths of a second, a fast machine's run could end
+    # within a fixed wait (it did once: nothing was left to sweep)
     process.send_signal(signal.SIGKILL)
     process.wait()
     left = list(out.parent.glob(".candidates.h5.*.tmp"))
