@@ -66,12 +66,14 @@ def sweep_stale(target: str | Path) -> None:
             path.unlink()
 
 
-def temporary_path(target: str | Path) -> Path:
+def temporary_path(target: str | Path, created: list[Path] | None = None) -> Path:
     """Create an empty temporary file beside `target` (mode 0666 less the umask), named so that
     `sweep_stale` can tell whether its writer still runs, after sweeping stale ones.
 
     The target's folder is created if missing. A target that is a folder, or a folder that
-    cannot be written, is an IfcnError naming it.
+    cannot be written, is an IfcnError naming it. The file's name is appended to `created`, if
+    given, before the file exists: a stop (ifcn.signals) raised right after its creation, before
+    the caller has the name, still leaves the caller what to remove.
     """
     target = Path(target)
     if target.is_dir():
@@ -87,10 +89,14 @@ def temporary_path(target: str | Path) -> Path:
         path = (
             target.parent / f".{target.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}{_SUFFIX}"
         )
+        if created is not None:
+            created.append(path)
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return path
-        except FileExistsError:
+        except FileExistsError:  # not ours (a dead process of this pid left it): keep it
+            if created is not None:
+                created.remove(path)
             continue
         except OSError as exc:
             raise IfcnError(f"cannot write here ({exc.strerror})", target) from None
@@ -123,15 +129,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     is an IfcnError naming `path`.
     """
     path = Path(path)
-    tmp = temporary_path(path)
+    created: list[Path] = []
     try:
+        tmp = temporary_path(path, created)
         yield tmp
         try:
             os.replace(tmp, path)
         except OSError as exc:
             raise write_error(exc, path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in created:
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

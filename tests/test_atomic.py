@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,8 +11,11 @@ import pytest
 
 from ifcn.atomic import atomic_path, stale_temporaries, temporary_path, write_text
 from ifcn.errors import IfcnError
+from ifcn.evaluation.ar import write_outputs
 from ifcn.proposals.candidates import CandidateWriter
 from ifcn.proposals.format import write_proposals
+from ifcn.proposals.table import Column, TableWriter
+from ifcn.signals import Stopped
 from tests.proposals.hand import candidate_attrs, score_map_candidates
 
 
@@ -46,6 +50,32 @@ def test_a_failed_block_leaves_neither_the_target_nor_a_temporary(tmp_path):
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "out.json") as tmp:
         tmp.write_text("half")
         raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+class _StopAfterCreating:
+    """`os.close` that raises a stop once the temporary exists, before its creator has its name:
+    where a SIGTERM landed in a fresh-clone `make test` (viz left `.00002.png.png...tmp`)."""
+
+    def __init__(self):
+        self.close = os.close
+
+    def __call__(self, fd: int) -> None:
+        self.close(fd)
+        raise Stopped(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("writer", ["atomic_path", "table", "evaluation outputs"])
+def test_a_stop_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, writer):
+    monkeypatch.setattr("ifcn.atomic.os.close", _StopAfterCreating())
+    with pytest.raises(Stopped):
+        if writer == "atomic_path":
+            with atomic_path(tmp_path / "out.png"):
+                pass
+        elif writer == "table":
+            TableWriter(tmp_path / "out.h5", {"format": "test"}, {"rows": {"x": Column("f4")}})
+        else:
+            write_outputs(None, tmp_path / "ar.json", {})
     assert list(tmp_path.iterdir()) == []
 
 

@@ -367,9 +367,10 @@ def write_outputs(
     already renamed. The figure is drawn by `plotter` if given."""
     paths = output_paths(out)
     temporaries: dict[str, Path] = {}
+    created: list[Path] = []  # every temporary, named before it exists
     try:
         for key, path in paths.items():
-            temporaries[key] = temporary_path(path)
+            temporaries[key] = temporary_path(path, created)
         try:
             _write_csv(result, temporaries["csv"])
         except OSError as exc:
@@ -401,7 +402,7 @@ def write_outputs(
             raise write_error(exc, paths["json"]) from None
         _rename_together(temporaries, paths)
     finally:
-        for tmp in temporaries.values():
+        for tmp in created:
             tmp.unlink(missing_ok=True)
     return paths
 

@@ -129,10 +129,11 @@ class TableWriter:
         self.groups = {name: dict(columns) for name, columns in groups.items()}
         self.image_columns = dict(image_columns or {})
         self._attrs = {key: attr_value(value) for key, value in attrs.items()}
-        self._tmp = temporary_path(self.path)
+        self._created: list[Path] = []  # the temporary, named before it exists
         self._file = None
         self._scratch: dict[str, Any] = {}
         try:
+            self._tmp = temporary_path(self.path, self._created)
             # No chunk cache, and a flush after every write: a full disk then fails the write
             # itself, and HDF5 keeps no dirty data that it would try to flush again on closing
             # or at exit (where it crashes the process).
@@ -336,8 +337,9 @@ class TableWriter:
                     self._file.close()
             self._close_scratch()
         finally:
-            with contextlib.suppress(OSError):
-                self._tmp.unlink(missing_ok=True)
+            for tmp in self._created:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
 
 
 def _link_kind(link: object) -> str:
