@@ -29,11 +29,13 @@ from collections.abc import Callable
 
 from ifcn import signals
 from ifcn.errors import IfcnError
+from ifcn.training.distributed import dist_info_from_env
 
 GRACE = 30.0  # seconds the other ranks get to stop after one failed, before SIGKILL
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now (the ranks' rendezvous on 127.0.0.1)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -42,7 +44,7 @@ def _free_port() -> int:
 def _check_can_fork(nproc: int) -> None:
     if nproc < 1:
         raise IfcnError(f"--nproc-per-node {nproc}: give 1 or more processes")
-    if os.environ.get("WORLD_SIZE") or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+    if dist_info_from_env().distributed:
         raise IfcnError(
             f"--nproc-per-node {nproc}: this process is already one rank of a launch (torchrun "
             "or srun set WORLD_SIZE / SLURM_STEP_NUM_TASKS); use one launcher, not two"
@@ -83,8 +85,8 @@ def fork_ranks(nproc: int, stage: Callable[[], int]) -> int:
     """Run `stage` (a whole stage, returning its exit status) in `nproc` forked ranks; return
     the first failing rank's status (a signal's 128 + n), 0 when all succeed."""
     _check_can_fork(nproc)
-    port = _free_port()
-    children: dict[int, int] = {}  # pid -> rank
+    port = free_port()
+    children: set[int] = set()  # the ranks still running, by pid
     forwarded: set[int] = set()
 
     def forward(signum, frame) -> None:
@@ -102,16 +104,14 @@ def fork_ranks(nproc: int, stage: Callable[[], int]) -> int:
             pid = os.fork()
             if pid == 0:
                 _rank(rank, nproc, port, stage)
-            children[pid] = rank
-        gc.unfreeze()
-        gc.enable()
+            children.add(pid)
         handlers = {s: signal.signal(s, forward) for s in signals.SIGNALS}
         while children:
             for pid in list(children):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done == 0:
                     continue
-                del children[pid]
+                children.remove(pid)
                 code = os.waitstatus_to_exitcode(status)
                 code = 128 - code if code < 0 else code
                 if code and not first_failure:
@@ -136,7 +136,7 @@ def fork_ranks(nproc: int, stage: Callable[[], int]) -> int:
     return first_failure
 
 
-def _tell(children: dict[int, int], signum: int) -> None:
+def _tell(children: set[int], signum: int) -> None:
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)

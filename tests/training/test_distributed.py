@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from ifcn.model import build_model
 from ifcn.training import checkpoint, distributed
 from ifcn.training.distributed import DistInfo, assigned_gpus, dist_info_from_env, slurm_init_method
 from ifcn.training.hooks import build_lr_lambda
+from ifcn.training.launch import free_port
 from ifcn.training.sampler import IterationSampler, step_seed
 from tests.configs import ROOT, write_config
 from tests.slurm_cluster import Cluster
@@ -41,12 +41,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     }
     env.update(OMP_NUM_THREADS="1", **extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
