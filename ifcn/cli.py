@@ -317,6 +317,7 @@ def _main(argv: list[str]) -> int:
         if ranks is not None and ranks != 1:  # the stage in forked ranks, each as a stage
             from ifcn.training.launch import fork_ranks
 
+            module.validate(args)
             return fork_ranks(ranks, lambda: _guarded(prog, lambda: module.main(args), parsed))
         return module.main(args)
 

@@ -56,6 +56,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def validate(args: argparse.Namespace) -> None:
+    """What `--nproc-per-node` checks once before it forks the ranks: a bad config is then one
+    line, not one a rank."""
+    command_config(args)
+
+
 def main(args: argparse.Namespace) -> int:
     config = command_config(args)
     try:

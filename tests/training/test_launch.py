@@ -102,3 +102,16 @@ def test_a_launch_that_cannot_fork_is_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ifcn train: error: ") and message in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_config_is_one_line_for_all_the_ranks(tmp_path, tiny_config):
+    """Checked once before the fork: every rank would print the same error."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(tiny_config.read_text() + "\nnot_a_section: 1\n")
+    command = [sys.executable, "-m", "ifcn", "train", "--config", str(config), "--out",
+               str(tmp_path / "run"), "--nproc-per-node", "2", "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"ifcn train: error: {config}: ")
+    assert not (tmp_path / "run").exists()
