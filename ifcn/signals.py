@@ -16,6 +16,12 @@ Three ways a stop could get lost are closed here:
 - Python drops the signals a forked child receives while it starts up: signals wait while a
   process forks, and are handled once the child runs Python.
 
+A forked child's stack holds its parent's frames, down to the call of `os.fork()`: a stop
+raised in the child where no `try` of its own catches it (before multiprocessing's launch
+enters its `try`, in a fork hook, after its target has returned) would unwind into them, and
+the child would go on running its parent's code: a second copy of the caller, of pytest in
+the tests. A child ends with `os._exit` there instead.
+
 SLURM signals every process of a job, a terminal or Snakemake the whole process group, so the
 processes a stage starts see the signal too, and must end without a traceback and without
 leaving their pool unable to shut down:
@@ -41,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import SemLock
 
 from ifcn.errors import IfcnError
@@ -83,6 +90,7 @@ _stopping: list[int] = []
 _again: list[bool] = []
 _wakeup: list[int] = []
 _pipe: list[int] = []  # the forwarder's pipe, which a forked child closes
+_forked_at: list = []  # in a forked child: the frame that called os.fork(), its parent's
 _removed: dict[int, object] = {}
 _previous_hook: list[Callable] = [sys.__unraisablehook__]
 _AGAIN = 64  # added to a signal's number: the forwarder is asked to send it again
@@ -112,11 +120,9 @@ def _ignore(signum, frame) -> None:
 def _child_stop(signum, frame) -> None:
     """The handler a forked process inherited: a DataLoader worker's loop ends on `Stopped`;
     any other child is a worker of a pool, or about to become one."""
-    caller = frame
-    while caller is not None:
+    for caller in _own_frames(frame):
         if caller.f_code.co_name == "_worker_loop" and "torch" in caller.f_code.co_filename:
             raise Stopped(signum)
-        caller = caller.f_back
     if signum == signal.SIGTERM:
         _exit_quietly(signum, frame)
 
@@ -132,6 +138,7 @@ def _release() -> None:
 
 
 def _release_child() -> None:
+    _forked_at[:] = [sys._getframe(1)]
     signal.set_wakeup_fd(-1)  # the parent's forwarder is not this process's
     for fd in _pipe:
         with contextlib.suppress(OSError):
@@ -264,16 +271,22 @@ _exiting: list[bool] = []
 
 
 def _in_queue_operation(frame) -> bool:
-    while frame is not None:
-        code = frame.f_code
+    for caller in _own_frames(frame):
+        code = caller.f_code
         if code in _QUEUE_CODES:
             return True
         if code is SemLock.__enter__.__code__:
-            lock = frame.f_locals.get("self")
+            lock = caller.f_locals.get("self")
             if lock is None or lock._semlock._is_mine():
                 return True  # a lock still waited for is left safely: its wait just fails
-        frame = frame.f_back
     return False
+
+
+def _own_frames(frame) -> Iterator:
+    """`frame` and its callers, up to the frames a fork inherited (see the module's docstring)."""
+    while frame is not None and not (_forked_at and frame is _forked_at[0]):
+        yield frame
+        frame = frame.f_back
 
 
 def _exit_quietly(signum, frame) -> None:
@@ -284,13 +297,15 @@ def _exit_quietly(signum, frame) -> None:
     if _in_queue_operation(frame) and time.monotonic() < _exit_at[0]:
         _tick_on()  # the next tick looks again
         return
+    if not any(f.f_code is BaseProcess.run.__code__ for f in _own_frames(frame)):
+        os._exit(128 + signal.SIGTERM)  # outside the target, whose caller makes it the status
     _exiting.append(True)
     raise SystemExit(128 + signal.SIGTERM)
 
 
 def _tick(signum, frame) -> None:
-    if _exit_at:
-        _exit_quietly(signal.SIGTERM, frame)
+    if _exit_at and signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+        _exit_quietly(signal.SIGTERM, frame)  # not inside `held()`: it waits until that ends
 
 
 def _tick_on() -> None:

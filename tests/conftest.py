@@ -14,6 +14,7 @@ from tests import slurm_cluster as cluster
 from tests.configs import ROOT, write_config
 
 _config: list[pytest.Config] = []
+_session_pid = os.getpid()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -22,7 +23,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """A failure is named as it happens, not only in the summary at the end: a run that CI
-    stops at its time limit (or a hang that faulthandler_timeout ends) still says what failed."""
+    stops at its time limit (or a hang that faulthandler_timeout ends) still says what failed.
+    A forked child that unwound into pytest's frames (a bug) ends here, named, instead of
+    running the rest of the tests as a second pytest that its parent waits for."""
+    if os.getpid() != _session_pid:
+        os.write(2, f"\nA CHILD PROCESS ran pytest's code ({report.nodeid}): ended\n".encode())
+        os._exit(70)
     terminal = _config[0].pluginmanager.get_plugin("terminalreporter") if _config else None
     if not report.failed or terminal is None:
         return

@@ -496,7 +496,7 @@ def test_a_pool_stopped_at_random_moments_always_ends_at_once(signum, alone):
 
 
 SPAWNED_WORKER = """
-import os, signal, sys, time
+import multiprocessing, os, signal, sys, time
 from ifcn import signals
 
 class Finalised:
@@ -504,10 +504,13 @@ class Finalised:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.2)
 
+def target():
+    Finalised()
+    print("alive after the swallowed stop", flush=True)
+    time.sleep(30)
+
 signals.worker_process()  # as a spawned pool worker starts: no handlers inherited
-Finalised()
-print("alive after the swallowed stop", flush=True)
-time.sleep(30)
+multiprocessing.Process(target=target).run()  # its target, run here, as the worker runs it
 """
 
 
@@ -521,6 +524,50 @@ def test_a_spawned_workers_stop_swallowed_in_a_finaliser_still_ends_it_quietly()
                           text=True, timeout=60)  # fmt: skip
     assert (done.returncode, done.stderr) == (143, ""), done.stderr
     assert time.monotonic() - start < 20
+
+
+FORKED_AT_ONCE = """
+import ctypes, functools, multiprocessing, os, signal, sys
+from ifcn import signals
+from ifcn.reporting.plots import Plotter
+from ifcn.training.launch import fork_ranks
+
+parent = os.getpid()
+restore = signals.install()
+# each child forked from here on is sent a SIGTERM by its last fork hook (C code, which runs no
+# handler): Python handles it in the frames the child inherited, as soon as os.fork() returns
+raise_signal = getattr(ctypes.CDLL(None), "raise")
+os.register_at_fork(after_in_child=functools.partial(raise_signal, signal.SIGTERM))
+status = None
+try:
+    if sys.argv[1] == "plotter":
+        with Plotter():
+            pass
+    elif sys.argv[1] == "process":
+        child = multiprocessing.get_context("fork").Process(target=print)
+        child.start()
+        child.join()
+        status = child.exitcode
+    else:
+        status = fork_ranks(2, lambda: 0)
+finally:
+    print("after the fork:", "the parent" if os.getpid() == parent else "A CHILD", flush=True)
+restore()
+print(status)
+"""
+
+
+@pytest.mark.parametrize("kind", ["plotter", "process", "ranks"])
+def test_a_child_stopped_as_it_forks_never_runs_its_parents_code(kind):
+    """CI's hang: a Plotter's child, stopped by its parent's clean-up as it started, raised
+    SystemExit in the frames it inherited (before multiprocessing's launch enters its `try`),
+    unwound into its parent's code and went on as a second pytest, which its parent waited for."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", FORKED_AT_ONCE, kind], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    status = {"plotter": "None", "process": "143", "ranks": "143"}[kind]
+    expected = (0, f"after the fork: the parent\n{status}\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == expected
 
 
 def test_install_and_restore_leave_the_process_as_it_was():

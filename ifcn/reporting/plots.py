@@ -21,7 +21,7 @@ import numpy as np
 
 from ifcn import atomic
 from ifcn.errors import IfcnError
-from ifcn.signals import held, worker_process
+from ifcn.signals import STOP_GRACE, held, worker_process
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -148,6 +148,9 @@ class Plotter:
             self._process.join(timeout=5)
         if self._process.is_alive():  # still importing, or stuck: it holds nothing to keep
             self._process.terminate()
+            self._process.join(timeout=STOP_GRACE + 2)
+        if self._process.is_alive():  # never a wait without end on a helper
+            self._process.kill()
             self._process.join()
 
     def draw(self, plot: Callable[..., Path], *args: Any) -> None:

@@ -75,6 +75,7 @@ def _rank(rank: int, nproc: int, port: int, stage: Callable[[], int]) -> None:
     except BaseException:  # a bug: its traceback, as the stage alone would print it
         traceback.print_exc()
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals.SIGNALS)  # no stop raised past here
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
