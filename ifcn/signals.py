@@ -7,7 +7,7 @@ one line and exits 128 + the signal's number (143, 130). Signals that arrive whi
 are ignored, so that the clean-up completes; a worker ending with the stop is expected then, so
 torch's SIGCHLD check (a DataLoader worker that died) is switched off too.
 
-Three ways a stop could get lost are closed here:
+Four ways a stop could get lost, or hang the stage, are closed here:
 - The kernel may hand a process's signal to any of its threads, Python runs handlers in the
   main thread only, and a main thread waiting on a lock (a pool's next result) is not woken by
   a signal another thread took: a forwarder thread sends it to the main thread (`_forward`).
@@ -15,6 +15,9 @@ Three ways a stop could get lost are closed here:
   the stop is raised again a moment later (`_unraisable`).
 - Python drops the signals a forked child receives while it starts up: signals wait while a
   process forks, and are handled once the child runs Python.
+- A stop raised in a lock wrapper written in Python (threading's Condition) just after it took
+  the lock, before the `with` that releases it began, would leave the lock held, and a thread
+  that waits for it (a pool's result handler) waits forever: it is raised a moment later.
 
 A forked child's stack holds its parent's frames, down to the call of `os.fork()`: a stop
 raised in the child where no `try` of its own catches it (before multiprocessing's launch
@@ -48,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Condition as MultiprocessingCondition
 from multiprocessing.synchronize import SemLock
 
 from ifcn.errors import IfcnError
@@ -96,21 +100,40 @@ _previous_hook: list[Callable] = [sys.__unraisablehook__]
 _AGAIN = 64  # added to a signal's number: the forwarder is asked to send it again
 
 
+# Lock wrappers written in Python: a stop raised in one after its lock is taken (before the
+# `with` that releases it has begun) or before its release would leave the lock held, and a
+# thread that waits for it (a pool's result handler) would wait forever.
+_LOCK_WRAPPERS = {
+    code
+    for kind in (threading.Condition, SemLock, MultiprocessingCondition)
+    for code in (kind.__enter__.__code__, kind.__exit__.__code__)
+}
+
+
 def _stop(signum, frame) -> None:
     if _owner and os.getpid() != _owner[0]:
         _child_stop(signum, frame)
         return
-    if _again:
-        _again.clear()
-        raise Stopped(_stopping[0])
-    if _stopping:
+    if _stopping and not _again:
         return  # the first one's clean-up is running: let it complete
-    _stopping.append(signum)
-    child = signal.getsignal(signal.SIGCHLD)
-    if callable(child):  # torch's check: a worker ending now is no error
-        _removed[signal.SIGCHLD] = child
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    raise Stopped(signum)
+    if not _stopping:
+        _stopping.append(signum)
+        child = signal.getsignal(signal.SIGCHLD)
+        if callable(child):  # torch's check: a worker ending now is no error
+            _removed[signal.SIGCHLD] = child
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _again.clear()
+    if frame is not None and frame.f_code in _LOCK_WRAPPERS:
+        _raise_later()
+        return
+    raise Stopped(_stopping[0])
+
+
+def _raise_later() -> None:
+    """The forwarder sends the stop again a moment later, and it is raised then."""
+    with contextlib.suppress(OSError):  # first: a signal handled in it must not raise
+        os.write(_wakeup[-1], bytes([_stopping[0] + _AGAIN]))
+    _again.append(True)
 
 
 def _ignore(signum, frame) -> None:
@@ -187,9 +210,7 @@ def _unraisable(unraisable) -> None:
     moment later, in whatever runs then, and nothing is printed; nor is what the objects the
     stop left half made raise in their `__del__` while it unwinds."""
     if isinstance(unraisable.exc_value, Stopped) and _stopping and os.getpid() == _owner[0]:
-        with contextlib.suppress(OSError):  # first: a signal handled in it must not raise
-            os.write(_wakeup[-1], bytes([_stopping[0] + _AGAIN]))
-        _again.append(True)
+        _raise_later()
     elif isinstance(unraisable.exc_value, Stopped) and _owner and os.getpid() != _owner[0]:
         # a DataLoader worker's stop raised in a weakref callback or `__del__`: sent again,
         # to end its loop where it can raise, and nothing printed

@@ -450,7 +450,8 @@ def test_sigint_while_the_stage_imports_is_one_line(world, tmp_path, command, li
 # --- the machinery, on a bare pool: many stops at random moments --------------------------------
 
 POOL_STAGE = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the stacks, if the test finds it hung
 from ifcn import signals
 from ifcn.pool import Pool  # every stage's: its workers' own stops must not read as deaths
 
@@ -487,7 +488,13 @@ def test_a_pool_stopped_at_random_moments_always_ends_at_once(signum, alone):
             assert task.stdout.readline() == "ready\n"
             time.sleep(rng.random() * 0.3)
             (os.kill if alone else os.killpg)(task.pid, signum)
-            _, err = task.communicate(timeout=60)
+            try:
+                _, err = task.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(task.pid, signal.SIGUSR1)
+                time.sleep(2)
+                os.killpg(task.pid, signal.SIGKILL)
+                pytest.fail("the stage hangs; its threads:\n" + task.communicate()[1][-20000:])
         finally:
             if task.poll() is None:
                 os.killpg(task.pid, signal.SIGKILL)
@@ -568,6 +575,53 @@ def test_a_child_stopped_as_it_forks_never_runs_its_parents_code(kind):
     status = {"plotter": "None", "process": "143", "ranks": "143"}[kind]
     expected = (0, f"after the fork: the parent\n{status}\n", "")
     assert (done.returncode, done.stdout, done.stderr) == expected
+
+
+LOCK_TAKEN_AS_THE_STOP_COMES = """
+import multiprocessing, os, signal, sys, threading, time
+from ifcn import signals
+
+restore = signals.install()
+if sys.argv[1] == "threading":
+    lock = threading.Lock()
+    guard = threading.Condition(lock)  # the with of Condition.__enter__, as a pool's results
+else:
+    lock = guard = multiprocessing.Lock()  # the with of SemLock.__enter__, as a pool's queues
+lock.acquire()
+
+
+def holder():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+    time.sleep(0.3)  # the main thread waits for the lock, in the wrapper's __enter__
+    os.kill(os.getpid(), signal.SIGTERM)  # taken by this thread: acted on by the main thread
+    time.sleep(0.3)  # as soon as it runs Python again, which is with the lock just taken
+    lock.release()
+
+
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+threading.Thread(target=holder).start()
+try:
+    with guard:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+        time.sleep(2)
+    print("not stopped")
+except signals.Stopped:
+    print("stopped")
+free = lock.acquire(timeout=1)
+print("the lock is free" if free else "THE LOCK IS STILL HELD")
+restore()
+"""
+
+
+@pytest.mark.parametrize("kind", ["threading", "multiprocessing"])
+def test_a_stop_as_a_lock_is_taken_leaves_it_free(kind):
+    """CI's other hang: the stop raised in `threading.Condition.__enter__` just after it took the
+    lock, before the `with` began, left the lock of the pool's results held; the pool's result
+    handler waited for it and `Pool.terminate` for the result handler, forever."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", LOCK_TAKEN_AS_THE_STOP_COMES, kind], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, "stopped\nthe lock is free\n", "")
 
 
 def test_install_and_restore_leave_the_process_as_it_was():
