@@ -26,6 +26,9 @@ from ifcn.errors import IfcnError
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 _SUFFIX = ".tmp"
+# every temporary this process created, with its pid (a forked child inherits the list): what
+# its writer did not rename or remove is removed by `remove_leftovers` when the stage ends
+_made: list[tuple[int, Path]] = []
 
 
 def _pattern(target: Path) -> re.Pattern:
@@ -91,15 +94,30 @@ def temporary_path(target: str | Path, created: list[Path] | None = None) -> Pat
         )
         if created is not None:
             created.append(path)
+        _made.append((os.getpid(), path))
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return path
         except FileExistsError:  # not ours (a dead process of this pid left it): keep it
             if created is not None:
                 created.remove(path)
+            _made.pop()
             continue
         except OSError as exc:
             raise IfcnError(f"cannot write here ({exc.strerror})", target) from None
+
+
+def remove_leftovers() -> list[Path]:
+    """Remove the temporaries this process created and still has; return them. Each writer
+    removes its own, but a stop (ifcn.signals) can land between a writer's creation and the
+    `with` that would remove it: the CLI calls this as a stage ends, so none is left."""
+    pid = os.getpid()
+    left = [path for owner, path in _made if owner == pid and path.exists()]
+    for path in left:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    _made[:] = [(owner, path) for owner, path in _made if owner != pid]
+    return left
 
 
 def output_file(text: str | Path) -> Path:

@@ -24,6 +24,7 @@ import textwrap
 from collections.abc import Callable
 
 from ifcn import signals
+from ifcn.atomic import remove_leftovers
 from ifcn.cpus import limit_threads
 from ifcn.errors import IfcnError, describe_os_error
 from ifcn.mplconfig import matplotlib_config_dir
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             return _main(list(sys.argv[1:] if argv is None else argv))
     finally:
         restore()
+        remove_leftovers()  # a temporary a stop caught before its writer could remove it
 
 
 def _main(argv: list[str]) -> int:

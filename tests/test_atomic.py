@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
+from ifcn import cli
 from ifcn.atomic import atomic_path, stale_temporaries, temporary_path, write_text
 from ifcn.errors import IfcnError
 from ifcn.evaluation.ar import write_outputs
 from ifcn.proposals.candidates import CandidateWriter
-from ifcn.proposals.format import write_proposals
+from ifcn.proposals.format import ProposalWriter, write_proposals
 from ifcn.proposals.table import Column, TableWriter
 from ifcn.signals import Stopped
 from tests.proposals.hand import candidate_attrs, score_map_candidates
@@ -77,6 +78,24 @@ def test_a_stop_right_after_the_temporary_is_created_leaves_nothing(tmp_path, mo
         else:
             write_outputs(None, tmp_path / "ar.json", {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_before_a_writers_with_begins_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """Where a SIGTERM landed in `ifcn nms` under load: after ProposalWriter made its temporary,
+    before the `with` that removes it began. The CLI removes what is left as the stage ends."""
+    candidates = tmp_path / "candidates.h5"
+    with CandidateWriter(candidates, candidate_attrs()) as writer:
+        writer.add(score_map_candidates(1, 3))
+
+    def stop_now(self):
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(ProposalWriter, "__enter__", stop_now)
+    out = tmp_path / "out"
+    argv = ["nms", "--candidates", str(candidates), "--workers", "1", "--out", f"{out}/p.h5"]
+    assert cli.main(argv) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "ifcn nms: stopped by SIGTERM"
+    assert list(out.iterdir()) == []
 
 
 def test_a_folder_is_not_a_file_to_write(tmp_path):

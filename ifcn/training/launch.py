@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable
 
 from ifcn import signals
+from ifcn.atomic import remove_leftovers
 from ifcn.errors import IfcnError
 from ifcn.training.distributed import dist_info_from_env
 
@@ -76,6 +77,8 @@ def _rank(rank: int, nproc: int, port: int, stage: Callable[[], int]) -> None:
         traceback.print_exc()
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, signals.SIGNALS)  # no stop raised past here
+        with contextlib.suppress(Exception):
+            remove_leftovers()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
