@@ -372,11 +372,18 @@ CASES = [
 ]  # fmt: skip
 
 
+# `python -m ifcn`, whose threads' stacks SIGUSR1 prints: what a stage that hangs was doing
+STAGE_WITH_STACKS = (
+    "import faulthandler, runpy, signal; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    "runpy.run_module('ifcn', run_name='__main__', alter_sys=True)"
+)
+
+
 def _run_until_ready(stage: Stage, command: list[str], out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
         env.pop(name, None)
-    task = subprocess.Popen([sys.executable, "-m", "ifcn", *command], env=env, cwd=ROOT,
+    task = subprocess.Popen([sys.executable, "-c", STAGE_WITH_STACKS, *command], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 180
@@ -406,7 +413,13 @@ def test_a_signal_stops_the_stage_with_one_line_and_leaves_nothing(
             os.kill(task.pid, signum)
         else:
             os.killpg(task.pid, signum)
-        _, err = task.communicate(timeout=120)
+        try:
+            _, err = task.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(task.pid, signal.SIGUSR1)
+            time.sleep(2)
+            os.killpg(task.pid, signal.SIGKILL)
+            pytest.fail("the stage hangs; its threads:\n" + task.communicate()[1].decode()[-20000:])
     finally:
         if task.poll() is None:
             os.killpg(task.pid, signal.SIGKILL)
@@ -671,7 +684,13 @@ def test_a_download_stops_with_one_line_and_keeps_its_part_to_resume(tmp_path, s
     try:
         task = _run_until_ready(stage, stage.command.format(out=out).split(), out)
         os.killpg(task.pid, signum)
-        _, err = task.communicate(timeout=120)
+        try:
+            _, err = task.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(task.pid, signal.SIGUSR1)
+            time.sleep(2)
+            os.killpg(task.pid, signal.SIGKILL)
+            pytest.fail("the stage hangs; its threads:\n" + task.communicate()[1].decode()[-20000:])
     finally:
         server.shutdown()
     assert task.returncode == 128 + signum, err.decode()
