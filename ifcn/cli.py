@@ -28,7 +28,6 @@ from ifcn.atomic import remove_leftovers
 from ifcn.cpus import limit_threads
 from ifcn.errors import IfcnError, describe_os_error
 from ifcn.mplconfig import matplotlib_config_dir
-from ifcn.pool import end_pools
 
 # command (words) -> module holding get_args_parser() and main(args)
 COMMANDS: dict[tuple[str, ...], str] = {
@@ -282,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             return _main(list(sys.argv[1:] if argv is None else argv))
     finally:
         restore()
-        end_pools()  # what a stop caught before its `with` began: a pool, a temporary
-        remove_leftovers()
+        remove_leftovers()  # a temporary a stop caught before its writer could remove it
 
 
 def _main(argv: list[str]) -> int:

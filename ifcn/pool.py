@@ -16,14 +16,12 @@ import multiprocessing
 import multiprocessing.pool
 import signal
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ifcn import signals
 from ifcn.errors import IfcnError
 
-_running: weakref.WeakSet = weakref.WeakSet()  # the pools started and not terminated
 TICK = 0.2  # seconds between looks at the workers while results are awaited
 STOP_WAIT = 2.0  # seconds a worker's stop may precede this process's own
 # how a worker ends on SIGTERM or SIGINT: its quiet exit (ifcn.signals), or the signal itself
@@ -51,14 +49,6 @@ def _batched(iterable: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def end_pools() -> None:
-    """Terminate the pools this process started and did not end: a stop that lands between a
-    pool's start and the `with` that would end it leaves its workers (and the thread that
-    replaces them) running. The CLI calls this as a stage ends."""
-    for pool in list(_running):
-        pool.terminate()
-
-
 class Pool(multiprocessing.pool.Pool):
     """`multiprocessing.Pool(processes, initializer, initargs, context=...)` whose `map`, `imap`
     and `get` raise when a worker dies before the results are in."""
@@ -70,16 +60,8 @@ class Pool(multiprocessing.pool.Pool):
         initargs: Iterable[Any] = (),
         context: Any = None,
     ):
-        # whole or not at all: multiprocessing's own clean-up of a failed start catches
-        # Exception only, not a stop, and a stop between it and a `with` leaves the pool running
-        with signals.held():
-            super().__init__(processes, initializer, tuple(initargs), context=context)
-            self._started = list(self._pool)  # the pool forgets a dead worker once it replaced it
-            _running.add(self)
-
-    def terminate(self) -> None:
-        _running.discard(self)
-        super().terminate()
+        super().__init__(processes, initializer, tuple(initargs), context=context)
+        self._started = list(self._pool)  # the pool forgets a dead worker once it replaced it
 
     def check_workers(self) -> None:
         """IfcnError if a worker died (the stop itself if a signal is stopping the stage)."""

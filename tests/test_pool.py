@@ -13,7 +13,7 @@ import pytest
 
 from ifcn.data.formats import map_images
 from ifcn.errors import IfcnError
-from ifcn.pool import Pool, end_pools
+from ifcn.pool import Pool
 
 
 def _square(x: int) -> int:
@@ -64,15 +64,3 @@ def test_the_data_doors_parallel_map_fails_instead_of_hanging():
     killed they hung (reproduced by kill -9 of a worker of `ifcn data check`)."""
     with pytest.raises(IfcnError, match="was killed by SIGKILL"):
         map_images(_dies_at, list(range(40)), total=40, workers=2, desc="check", quiet=True)
-
-
-def test_a_pool_that_a_stop_kept_from_its_with_is_ended_with_the_stage():
-    """A stop between a pool's start and its `with` left its workers running, and the thread
-    that replaces them forking more while the stage exited (a CI-layout run's hang)."""
-    pool = Pool(2)
-    workers = list(pool._pool)
-    end_pools()
-    for worker in workers:
-        worker.join(10)
-        assert worker.exitcode is not None
-    pool.join()
