@@ -379,6 +379,20 @@ STAGE_WITH_STACKS = (
 )
 
 
+def _stderr_or_stacks(task: subprocess.Popen, timeout: float):
+    """The stage's stderr once it ends; if it hangs, a failure showing its threads' stacks
+    (each process prints them on SIGUSR1: faulthandler)."""
+    try:
+        return task.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(task.pid, signal.SIGUSR1)
+        time.sleep(2)
+        os.killpg(task.pid, signal.SIGKILL)
+        stacks = task.communicate()[1]
+        text = stacks if isinstance(stacks, str) else stacks.decode(errors="replace")
+        pytest.fail("the stage hangs; its threads:\n" + text[-20000:])
+
+
 def _run_until_ready(stage: Stage, command: list[str], out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
@@ -413,13 +427,7 @@ def test_a_signal_stops_the_stage_with_one_line_and_leaves_nothing(
             os.kill(task.pid, signum)
         else:
             os.killpg(task.pid, signum)
-        try:
-            _, err = task.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(task.pid, signal.SIGUSR1)
-            time.sleep(2)
-            os.killpg(task.pid, signal.SIGKILL)
-            pytest.fail("the stage hangs; its threads:\n" + task.communicate()[1].decode()[-20000:])
+        err = _stderr_or_stacks(task, 120)
     finally:
         if task.poll() is None:
             os.killpg(task.pid, signal.SIGKILL)
@@ -501,13 +509,7 @@ def test_a_pool_stopped_at_random_moments_always_ends_at_once(signum, alone):
             assert task.stdout.readline() == "ready\n"
             time.sleep(rng.random() * 0.3)
             (os.kill if alone else os.killpg)(task.pid, signum)
-            try:
-                _, err = task.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(task.pid, signal.SIGUSR1)
-                time.sleep(2)
-                os.killpg(task.pid, signal.SIGKILL)
-                pytest.fail("the stage hangs; its threads:\n" + task.communicate()[1][-20000:])
+            err = _stderr_or_stacks(task, 60)
         finally:
             if task.poll() is None:
                 os.killpg(task.pid, signal.SIGKILL)
@@ -684,13 +686,7 @@ def test_a_download_stops_with_one_line_and_keeps_its_part_to_resume(tmp_path, s
     try:
         task = _run_until_ready(stage, stage.command.format(out=out).split(), out)
         os.killpg(task.pid, signum)
-        try:
-            _, err = task.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(task.pid, signal.SIGUSR1)
-            time.sleep(2)
-            os.killpg(task.pid, signal.SIGKILL)
-            pytest.fail("the stage hangs; its threads:\n" + task.communicate()[1].decode()[-20000:])
+        err = _stderr_or_stacks(task, 120)
     finally:
         server.shutdown()
     assert task.returncode == 128 + signum, err.decode()
